@@ -1,0 +1,409 @@
+# -*- test-case-name: tests.test_auth -*-
+"""
+Who is calling, and what they may do.
+
+Everything here is pure: a token, the configured keys and the current time go in, a L{Principal}
+or a L{Refusal} with a fixed, short reason comes out.  The WebSocket handshake (L{protocol}) and the
+HTTP API (L{web}) are thin adapters around it, so the rules are tested without sockets.
+
+Reasons are fixed phrases on purpose: they end up in an HTTP status line and in logs, so nothing
+taken from the request (and never the token) may appear in them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+ROLES = ("admin", "operator", "viewer", "agent")
+DEFAULT_ROLE = "viewer"
+
+#: An HMAC secret shorter than this is refused at start (RFC 7518 section 3.2 asks for at least
+#: the hash size; 32 bytes covers HS256).
+MIN_SECRET_BYTES = 32
+
+#: Longest token we bother to parse.  Real tokens are a few hundred bytes; this stops a client
+#: from making us base64-decode and verify megabytes.
+MAX_TOKEN_LENGTH = 8192
+
+MAX_SUB_LENGTH = 256
+MAX_NAME_LENGTH = 256
+
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+_KEY_ALGORITHMS = {
+    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
+    "EC": ("ES256", "ES384", "ES512"),
+    "OKP": ("EdDSA",),
+}
+PUBLIC_KEY_ALGORITHMS = tuple(a for algs in _KEY_ALGORITHMS.values() for a in algs)
+
+_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_BEARER_RE = re.compile(r"\s*bearer\s+(\S+)\s*\Z", re.IGNORECASE)
+
+SECRET_FILE_NAME = "jwt-secret"
+
+
+class Refusal(Exception):
+    """
+    A request is refused.  C{status} is the HTTP status to answer with, C{reason} a fixed short
+    phrase that is safe to put in a status line, a log line and a JSON error body.
+    """
+
+    def __init__(self, status: int, reason: str, code: str | None = None) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.code = code or _CODES.get(status, "error")
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    426: "upgrade_required",
+    429: "too_many_connections",
+    431: "headers_too_large",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+def is_valid_id(value: object) -> bool:
+    """Ids (agents, sessions) are 1-128 characters of C{A-Z a-z 0-9 . _ : -} (CONTRACT section 3)."""
+    return isinstance(value, str) and _ID_RE.match(value) is not None
+
+
+def has_control_characters(value: str) -> bool:
+    return _CONTROL_RE.search(value) is not None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """
+    A verified caller: the token's claims that the hub acts on.
+
+    @ivar sub: the user id (for role C{agent}, the agent id).
+    @ivar expires_at: the token's C{exp}, seconds since the epoch.
+    """
+
+    sub: str
+    role: str
+    name: str | None
+    expires_at: float
+
+    def as_user(self) -> dict:
+        """The C{user} object of the C{welcome} frame."""
+        return {"id": self.sub, "name": self.name, "role": self.role}
+
+
+@dataclass
+class TokenVerifier:
+    """
+    Verifies JWTs against one key and a pinned list of algorithms.
+
+    The algorithm list comes from configuration, never from the token: a token signed with any
+    other algorithm (C{none}, or HS256 signed with an RSA public key) is refused.
+
+    @ivar key: the HMAC secret (bytes) or a public key object from C{cryptography}.
+    """
+
+    key: object
+    algorithms: Sequence[str]
+    issuer: str | None = None
+    audience: str | None = None
+    leeway: float = 5.0
+    _options: dict = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.algorithms:
+            raise ValueError("at least one algorithm is required")
+        self.algorithms = list(self.algorithms)
+        # Time claims are checked by us against the injected clock (PyJWT reads time.time()),
+        # the rest by PyJWT.  Nothing is required by PyJWT's default: require what we need.
+        self._options = {
+            "require": ["exp", "sub"],
+            "verify_signature": True,
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+            "verify_iss": self.issuer is not None,
+            "verify_aud": self.audience is not None,
+            "verify_sub": False,
+            "verify_jti": False,
+        }
+
+    def verify(self, token: str | bytes | None, now: float) -> Principal:
+        """
+        Verify C{token} at time C{now}.
+
+        @raise Refusal: with status 401 and a fixed reason when the token is not acceptable.
+        """
+        if token is None or token == "" or token == b"":
+            raise Refusal(401, "missing token")
+        if isinstance(token, bytes):
+            try:
+                token = token.decode("ascii")
+            except UnicodeDecodeError:
+                raise Refusal(401, "invalid token") from None
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Refusal(401, "invalid token")
+        try:
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=self.algorithms,
+                options=self._options,
+                issuer=self.issuer,
+                audience=self.audience,
+            )
+        except jwt.MissingRequiredClaimError:
+            raise Refusal(401, "invalid claims") from None
+        except jwt.InvalidIssuerError:
+            raise Refusal(401, "invalid issuer") from None
+        except jwt.InvalidAudienceError:
+            raise Refusal(401, "invalid audience") from None
+        except jwt.PyJWTError:
+            raise Refusal(401, "invalid token") from None
+        except Exception:
+            # A key/algorithm mismatch deep in a backend must never become a 500 with its text.
+            raise Refusal(401, "invalid token") from None
+        return self._principal(claims, now)
+
+    def _principal(self, claims: Mapping, now: float) -> Principal:
+        exp = _number(claims.get("exp"))
+        if exp is None:
+            raise Refusal(401, "invalid claims")
+        if exp + self.leeway <= now:
+            raise Refusal(401, "token expired")
+        for name in ("nbf", "iat"):
+            if name in claims:
+                value = _number(claims[name])
+                if value is None:
+                    raise Refusal(401, "invalid claims")
+                if value - self.leeway > now:
+                    raise Refusal(401, "token not yet valid")
+
+        sub = claims.get("sub")
+        if (
+            not isinstance(sub, str)
+            or not sub
+            or len(sub) > MAX_SUB_LENGTH
+            or has_control_characters(sub)
+        ):
+            raise Refusal(401, "invalid claims")
+        role = claims.get("role", DEFAULT_ROLE)
+        if role not in ROLES:
+            raise Refusal(401, "invalid claims")
+        if role == "agent" and not is_valid_id(sub):
+            raise Refusal(401, "invalid claims")
+        name = claims.get("name")
+        if name is not None and (
+            not isinstance(name, str)
+            or len(name) > MAX_NAME_LENGTH
+            or has_control_characters(name)
+        ):
+            raise Refusal(401, "invalid claims")
+        return Principal(sub=sub, role=role, name=name, expires_at=float(exp))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def token_from_request(
+    headers: Mapping[str, str], params: Mapping[str, Sequence[str]] | None = None
+) -> str | None:
+    """
+    The token of a request: C{Authorization: Bearer <jwt>} first, else the C{token} query parameter.
+
+    @param headers: lower-cased header names to values (Autobahn's C{request.headers}).
+    @param params: query parameters to lists of values, or L{None} where the query is not accepted.
+    @raise Refusal: 401 when an Authorization header is there but is not a bearer token.
+    """
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        match = _BEARER_RE.match(authorization)
+        if match is None:
+            raise Refusal(401, "invalid token")
+        return match.group(1)
+    if params:
+        values = params.get("token") or []
+        if values:
+            return values[0]
+    return None
+
+
+def normalize_origin(origin: str) -> str | None:
+    """
+    An Origin as browsers send it, reduced to C{scheme://host[:port]} with the default port of the
+    scheme left out and letters lower-cased, or L{None} when it is not an http(s) origin.
+    """
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    if port is None or port == default:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+class OriginPolicy:
+    """
+    The browser Origins allowed to open a WebSocket.  No list means any Origin.  A request without
+    an Origin header is not from a browser page and is allowed: the token is what protects the hub,
+    the Origin check only stops other web pages from riding a browser's credentials.
+    """
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self._allowed: set[str] = set()
+        for origin in allowed:
+            normalized = normalize_origin(origin)
+            if normalized is None:
+                raise ValueError(f"not an origin: {origin!r} (write it as https://host[:port])")
+            self._allowed.add(normalized)
+
+    def allows(self, origin: str | None) -> bool:
+        if not self._allowed or origin is None:
+            return True
+        normalized = normalize_origin(origin)
+        return normalized is not None and normalized in self._allowed
+
+
+# Who may do what.  One place for the role rules, used by the HTTP API and the WebSocket.
+
+
+def may_publish_agent_status(principal: Principal, agent_id: str) -> bool:
+    """Admins and operators publish for any agent; an agent only for itself."""
+    if principal.role in ("admin", "operator"):
+        return True
+    return principal.role == "agent" and principal.sub == agent_id
+
+
+def may_publish_session_activity(principal: Principal, agent_id: str | None) -> bool:
+    """Admins and operators publish any activity; an agent only activity that names it."""
+    if principal.role in ("admin", "operator"):
+        return True
+    return principal.role == "agent" and agent_id == principal.sub
+
+
+def may_list_connections(principal: Principal) -> bool:
+    return principal.role in ("admin", "operator")
+
+
+# The secret: generated for development, read from a file in production.
+
+
+def read_secret(path: str) -> bytes:
+    """
+    Read an HMAC secret from C{path}, surrounding white space removed.
+
+    @raise ValueError: with a message fit for a usage line when it is unreadable or too short.
+    """
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read JWT secret file {path}: {e.strerror}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"JWT secret in {path} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
+        )
+    return secret
+
+
+def load_or_create_secret(data_dir: str) -> tuple[bytes, str, bool]:
+    """
+    The development secret in C{data_dir}, generated (64 hex characters, mode 0600) on first use.
+
+    @return: C{(secret, path, created)}.
+    """
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(data_dir, SECRET_FILE_NAME)
+    created = False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        created = True
+    return read_secret(path), path, created
+
+
+def load_public_key(path: str, algorithms: Sequence[str]) -> object:
+    """
+    Load a PEM public key and check that it fits every algorithm in C{algorithms}.
+
+    @raise ValueError: with a message fit for a usage line.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read JWT public key {path}: {e.strerror}") from None
+    try:
+        key = load_pem_public_key(data)
+    except Exception:
+        raise ValueError(f"{path} is not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        kind = "RSA"
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        kind = "EC"
+    elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        kind = "OKP"
+    else:
+        raise ValueError(f"{path}: unsupported key type")
+    for algorithm in algorithms:
+        if algorithm not in _KEY_ALGORITHMS[kind]:
+            raise ValueError(f"--jwt-algorithm {algorithm} does not fit the {kind} key in {path}")
+    return key
+
+
+def mint_token(
+    secret: bytes | object,
+    sub: str,
+    now: float,
+    ttl: float = 3600.0,
+    role: str | None = None,
+    name: str | None = None,
+    issuer: str | None = None,
+    audience: str | None = None,
+    algorithm: str = "HS256",
+) -> str:
+    """Mint a token the hub accepts: C{sub}, C{exp}, C{iat}, and the optional claims given."""
+    claims: dict = {"sub": sub, "iat": int(now), "exp": int(now + ttl)}
+    if role is not None:
+        claims["role"] = role
+    if name is not None:
+        claims["name"] = name
+    if issuer is not None:
+        claims["iss"] = issuer
+    if audience is not None:
+        claims["aud"] = audience
+    return jwt.encode(claims, secret, algorithm=algorithm)

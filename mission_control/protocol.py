@@ -1,0 +1,218 @@
+# -*- test-case-name: tests.test_websocket -*-
+"""
+The WebSocket adapter: turns handshakes and frames into calls on the L{Hub}, and nothing more.
+
+Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
+
+    client                                   server
+    GET /ws  (Authorization: Bearer JWT, or ?token=JWT)
+                                             401/403/429/503/400 plain HTTP refusal, or 101
+                                             {"type":"welcome","payload":{connectionId,user,...}}
+                                             {"type":"snapshot","payload":{agents,sessions,lastSeq}}
+                                             {"type":"agent:status","payload":{...},"seq":N}  (live)
+                                             {"type":"heartbeat","payload":{timestamp,lastSeq}}
+    {"type":"ping","id":"r1"}          ->    {"type":"pong","id":"r1","payload":{}}
+    {"type":"ack","seq":41}            ->    {"type":"ack","payload":{"seq":41}}
+    anything malformed                 ->    {"type":"error","payload":{"code","message"}}
+
+The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
+reason, logged as a security event with the peer, and never with the token.
+"""
+
+from __future__ import annotations
+
+import http
+from typing import Mapping
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
+from mission_control.events import encode_json
+from mission_control.hub import Hub
+
+#: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
+#: own handshake failures carry text from the request ("... header value: <value>"): those are
+#: logged and answered with the standard phrase of their status instead.
+SERVER_NAME = "mission-control"
+WEBSOCKET_PATHS = ("/ws", "/ws/")
+
+
+class HubServerProtocol(WebSocketServerProtocol):
+    """One client connection.  Implements L{mission_control.hub.IConnection}."""
+
+    log = Logger()
+
+    principal = None
+    connection_id = None
+    acked_seq = 0
+
+    # The handshake
+
+    def onConnect(self, request):
+        peer = self.peer
+        try:
+            self.principal = self.factory.admit(request)
+        except Refusal as refusal:
+            self.log.warn(
+                "security: handshake refused from {peer}: {status} {reason}",
+                peer=peer,
+                status=refusal.status,
+                reason=refusal.reason,
+            )
+            self._refusal = refusal
+            raise ConnectionDeny(refusal.status, refusal.reason)
+        except Exception:
+            self.log.failure("handshake from {peer} failed", peer=peer)
+            self._refusal = Refusal(500, "internal error", code="internal_error")
+            raise ConnectionDeny(500, "Internal Server Error")
+        return None
+
+    _refusal: Refusal | None = None
+
+    def failHandshake(self, reason, code=400, responseHeaders=None):
+        """
+        Refuse the handshake with a fixed phrase and a JSON error body.  Autobahn's own reasons can
+        quote the request; they go to the log only.
+        """
+        refusal = self._refusal
+        if refusal is None or refusal.status != code:
+            try:
+                phrase = http.HTTPStatus(code).phrase
+            except ValueError:
+                phrase = "Error"
+            self.log.info(
+                "handshake from {peer} failed: {status} {detail}",
+                peer=self.peer,
+                status=code,
+                detail=_printable(reason),
+            )
+            refusal = Refusal(code, phrase)
+        self.wasNotCleanReason = refusal.reason
+        body = encode_json({"error": {"code": refusal.code, "message": refusal.reason}})
+        headers = [
+            ("Server", SERVER_NAME),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+        if code == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="mission-control"'))
+        if code == 426:
+            headers.append(("Upgrade", "websocket"))
+        headers.extend(responseHeaders or ())
+        self.sendHttpErrorResponse(code, refusal.reason, headers)
+        self.sendData(body)
+        self.dropConnection(abort=False)
+
+    def onOpen(self):
+        for frame in self.factory.hub.register(self):
+            self.send_frame(frame)
+
+    # Frames
+
+    def onMessage(self, payload, isBinary):
+        self.send_frame(self.factory.hub.handle_frame(self, payload, isBinary))
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.hub.unregister(self)
+
+    # IConnection
+
+    def deliver(self, prepared) -> None:
+        # sendPreparedMessage does not check the state: a closing connection is skipped.
+        if self.state == self.STATE_OPEN:
+            self.sendPreparedMessage(prepared)
+
+    def send_frame(self, frame: Mapping) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendMessage(encode_json(frame), isBinary=False)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        if code == 1001:
+            # sendClose() only takes 1000 and 3000-4999.
+            self.sendCloseFrame(code=1001, reasonUtf8=reason.encode("utf-8"))
+        else:
+            self.sendClose(code, reason)
+
+
+def _printable(text: object, limit: int = 200) -> str:
+    """Text from a request, made safe for one log line."""
+    value = str(text)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in value)
+
+
+class HubServerFactory(WebSocketServerFactory):
+    """
+    Builds L{HubServerProtocol}s and holds what they share: the hub, the token verifier, the
+    Origin policy.  Every Autobahn protocol option is set explicitly; its defaults are unsafe for a
+    public listener (no size limits, any Origin, no ping, a status page naming its version).
+    """
+
+    protocol = HubServerProtocol
+
+    def __init__(
+        self,
+        hub: Hub,
+        verifier: TokenVerifier,
+        origins: OriginPolicy | None = None,
+        reactor=None,
+        max_message_size: int = 65536,
+        ping_interval: float = 20.0,
+        ping_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(server=SERVER_NAME, reactor=reactor)
+        self.hub = hub
+        self.verifier = verifier
+        self.origins = origins or OriginPolicy()
+        self.setProtocolOptions(
+            versions=[13],
+            webStatus=False,
+            utf8validateIncoming=True,
+            maskServerFrames=False,
+            requireMaskedClientFrames=True,
+            applyMask=True,
+            maxFramePayloadSize=max_message_size,
+            maxMessagePayloadSize=max_message_size,
+            autoFragmentSize=0,
+            failByDrop=False,
+            echoCloseCodeReason=False,
+            openHandshakeTimeout=handshake_timeout,
+            closeHandshakeTimeout=5,
+            tcpNoDelay=True,
+            # Compression off: it defeats prepared (encode-once) broadcast and invites bombs.
+            perMessageCompressionAccept=lambda offers: None,
+            autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout,
+            autoPingSize=12,
+            autoPingRestartOnAnyTraffic=True,
+            serveFlashSocketPolicy=False,
+            # Origins are checked in onConnect (403, with browser-style origins); Autobahn's own
+            # check answers 400 and needs explicit ports.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
+            # Connection caps are the hub's (503 and 429 from admit()).
+            maxConnections=0,
+            trustXForwardedFor=0,
+        )
+        hub.set_prepare(self.prepareMessage)
+
+    def admit(self, request):
+        """
+        Decide a handshake: the path, the Origin, the token, the hub's connection caps.
+
+        @return: the L{Principal} of the new connection.
+        @raise Refusal: with the status and fixed reason to answer.
+        """
+        if request.path not in WEBSOCKET_PATHS:
+            raise Refusal(404, "not found")
+        if not self.origins.allows(request.headers.get("origin")):
+            raise Refusal(403, "origin not allowed")
+        token = token_from_request(request.headers, request.params)
+        principal = self.verifier.verify(token, self.reactor.seconds())
+        self.hub.admit(principal)
+        return principal

@@ -1,0 +1,326 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+C{twistd mission-control}: the options and the service tree.
+
+Every option can also come from a C{MISSION_CONTROL_<NAME>} environment variable (C{--jwt-leeway}
+reads C{MISSION_CONTROL_JWT_LEEWAY}); the command line wins.  Repeatable options take a
+comma- or space-separated list from the environment.  Everything that can be wrong with the
+configuration (an endpoint string, a short secret, a missing key file) is found in
+L{Options.postOptions} and reported as one usage line, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application import service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from mission_control import auth
+from mission_control.auth import OriginPolicy, TokenVerifier
+from mission_control.demo import DemoFleet
+from mission_control.hub import Hub
+from mission_control.protocol import HubServerFactory
+from mission_control.store import MemoryStore
+from mission_control.web.api import Api
+from mission_control.web.site import build_site
+
+ENV_PREFIX = "MISSION_CONTROL_"
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+MAX_MESSAGE_SIZE_CEILING = 16 * 1024 * 1024
+
+
+def _positive_float(name):
+    def convert(value):
+        number = float(value)
+        if number < 0 or number != number or number == float("inf"):
+            raise ValueError(f"{name} must be a number >= 0")
+        return number
+
+    return convert
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the mission-control hub: JWT-authenticated WebSocket broadcasting of agent "
+        "statuses and session activity, with a JSON HTTP API on the same listener."
+    )
+
+    optFlags = [
+        ["demo", None, "Run a simulated fleet of agents that publishes events, for trying it out."],
+    ]
+
+    # Defaults are applied in postOptions, after the environment, so that we can tell "not given".
+    optParameters = [
+        ["data-dir", None, None, "State directory (the generated dev secret). [./mission-control-data]"],
+        ["jwt-secret-file", None, None, "File with the HMAC secret (at least 32 bytes)."],
+        ["jwt-public-key", None, None, "PEM public key for RS*/PS*/ES*/EdDSA tokens."],
+        ["jwt-issuer", None, None, "Required iss claim."],
+        ["jwt-audience", None, None, "Required aud claim."],
+        ["jwt-leeway", None, None, "Clock skew allowed on exp/nbf/iat, seconds. [5]"],
+        ["heartbeat-interval", None, None, "Seconds between heartbeat frames; 0 turns them off. [30]"],
+        ["ping-interval", None, None, "Seconds between WebSocket pings. [20]"],
+        ["ping-timeout", None, None, "Seconds to wait for a pong before dropping the peer. [10]"],
+        ["max-message-size", None, None, "Largest client message in bytes; larger ones close with 1009. [65536]"],
+        ["max-connections-per-user", None, None, "Connections one user may hold; the next gets 429. [20]"],
+        ["max-connections", None, None, "Connections in total; the next gets 503. [10000]"],
+    ]
+
+    _repeatable = ("listen", "jwt-algorithm", "allowed-origin")
+
+    DEFAULTS = {
+        "data-dir": "./mission-control-data",
+        "jwt-leeway": "5",
+        "heartbeat-interval": "30",
+        "ping-interval": "20",
+        "ping-timeout": "10",
+        "max-message-size": "65536",
+        "max-connections-per-user": "20",
+        "max-connections": "10000",
+    }
+
+    def __init__(self, environ=None):
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        for name in self._repeatable:
+            self[name] = []
+
+    def opt_listen(self, endpoint):
+        """Twisted endpoint string to listen on (repeatable). [tcp:8080:interface=127.0.0.1]"""
+        self["listen"].append(endpoint)
+
+    def opt_jwt_algorithm(self, algorithm):
+        """Accepted JWT algorithm (repeatable). [HS256 with a secret, RS256 with a public key]"""
+        self["jwt-algorithm"].append(algorithm)
+
+    def opt_allowed_origin(self, origin):
+        """Browser Origin allowed to connect, as browsers send it (repeatable). [any]"""
+        self["allowed-origin"].append(origin)
+
+    def _from_environment(self):
+        for name in [p[0] for p in self.optParameters] + list(self._repeatable):
+            key = ENV_PREFIX + name.upper().replace("-", "_")
+            value = self.environ.get(key)
+            if value is None or value == "":
+                continue
+            if name in self._repeatable:
+                if not self[name]:
+                    self[name] = value.replace(",", " ").split()
+            elif self[name] is None:
+                self[name] = value
+        if not self["demo"]:
+            flag = self.environ.get(ENV_PREFIX + "DEMO", "").strip().lower()
+            self["demo"] = 1 if flag in ("1", "true", "yes", "on") else 0
+
+    def postOptions(self):
+        self._from_environment()
+        for name, value in self.DEFAULTS.items():
+            if self[name] is None:
+                self[name] = value
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+
+        self._numbers()
+        self._keys()
+        try:
+            self["origins"] = OriginPolicy(self["allowed-origin"])
+        except ValueError as e:
+            raise usage.UsageError(f"--allowed-origin: {e}") from None
+        from twisted.internet import reactor
+
+        for description in self["listen"]:
+            try:
+                serverFromString(reactor, description)
+            except Exception as e:
+                raise usage.UsageError(
+                    f"--listen {description!r} is not a usable endpoint: {_describe(e)}"
+                ) from None
+
+    def _numbers(self):
+        floats = {
+            "jwt-leeway": _positive_float("--jwt-leeway"),
+            "heartbeat-interval": _positive_float("--heartbeat-interval"),
+            "ping-interval": _positive_float("--ping-interval"),
+            "ping-timeout": _positive_float("--ping-timeout"),
+        }
+        for name, convert in floats.items():
+            try:
+                self[name] = convert(self[name])
+            except ValueError:
+                raise usage.UsageError(f"--{name} must be a number >= 0, not {self[name]!r}") from None
+        for name in ("ping-interval", "ping-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be greater than 0")
+        limits = {
+            "max-message-size": (128, MAX_MESSAGE_SIZE_CEILING),
+            "max-connections-per-user": (1, 1_000_000),
+            "max-connections": (1, 10_000_000),
+        }
+        for name, (low, high) in limits.items():
+            try:
+                value = int(self[name])
+            except (TypeError, ValueError):
+                value = None
+            if value is None or not low <= value <= high:
+                raise usage.UsageError(
+                    f"--{name} must be a whole number from {low} to {high}, not {self[name]!r}"
+                )
+            self[name] = value
+
+    def _keys(self):
+        secret_file, public_key = self["jwt-secret-file"], self["jwt-public-key"]
+        algorithms = self["jwt-algorithm"]
+        self["generated-secret"] = None
+        if secret_file and public_key:
+            raise usage.UsageError("give --jwt-secret-file or --jwt-public-key, not both")
+        try:
+            if public_key:
+                algorithms = algorithms or ["RS256"]
+                for algorithm in algorithms:
+                    if algorithm not in auth.PUBLIC_KEY_ALGORITHMS:
+                        raise ValueError(
+                            f"--jwt-algorithm {algorithm} is not a public-key algorithm "
+                            f"({', '.join(auth.PUBLIC_KEY_ALGORITHMS)})"
+                        )
+                key = auth.load_public_key(public_key, algorithms)
+            else:
+                algorithms = algorithms or ["HS256"]
+                for algorithm in algorithms:
+                    if algorithm not in auth.HMAC_ALGORITHMS:
+                        raise ValueError(
+                            f"--jwt-algorithm {algorithm} needs --jwt-public-key; with a secret "
+                            f"use {', '.join(auth.HMAC_ALGORITHMS)}"
+                        )
+                if secret_file:
+                    key = auth.read_secret(secret_file)
+                else:
+                    key, path, created = auth.load_or_create_secret(self["data-dir"])
+                    self["secret-path"] = path
+                    self["generated-secret"] = created
+        except (ValueError, OSError) as e:
+            raise usage.UsageError(str(e)) from None
+        self["jwt-algorithm"] = algorithms
+        self["verifier"] = TokenVerifier(
+            key=key,
+            algorithms=algorithms,
+            issuer=self["jwt-issuer"],
+            audience=self["jwt-audience"],
+            leeway=self["jwt-leeway"],
+        )
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
+
+
+class MissionControlService(service.MultiService):
+    """
+    The hub, its listeners and (with C{--demo}) the simulated fleet.  Listening happens in
+    C{privilegedStartService}, so a port that is taken stops twistd with one clear line.
+
+    @ivar ports: C{(endpoint description, listening port)} pairs, once started.
+    """
+
+    log = Logger()
+
+    def __init__(self, hub: Hub, site, listen: list[str], reactor, options=None) -> None:
+        super().__init__()
+        self.hub = hub
+        self.site = site
+        self.listen = listen
+        self.reactor = reactor
+        self.options = options or {}
+        self.ports: list = []
+
+    def privilegedStartService(self):
+        for description in self.listen:
+            endpoint = serverFromString(self.reactor, description)
+            result = []
+            endpoint.listen(self.site).addBoth(result.append)
+            if not result:
+                raise SystemExit(f"mission-control: listening on {description} did not complete")
+            if not hasattr(result[0], "getHost"):
+                raise SystemExit(
+                    f"mission-control: cannot listen on {description}: "
+                    f"{_describe(result[0].value)}"
+                )
+            self.ports.append((description, result[0]))
+        super().privilegedStartService()
+
+    def startService(self):
+        if not self.ports:
+            self.privilegedStartService()
+        super().startService()
+        self.hub.start()
+        for description, port in self.ports:
+            for url in urls_of(description, port):
+                self.log.info("mission-control listening: {url}", url=url)
+        if self.options.get("generated-secret") is not None:
+            data_dir = self.options["data-dir"]
+            self.log.info(
+                "development secret {how} {path}; mint a token with: "
+                "mission-control token --data-dir {data_dir} --sub alice --role admin",
+                how="generated in" if self.options["generated-secret"] else "read from",
+                path=self.options["secret-path"],
+                data_dir=data_dir,
+            )
+
+    def stopService(self):
+        self.hub.stop()
+        self.hub.close_all()
+        ports, self.ports = self.ports, []
+        d = super().stopService()
+        for _, port in ports:
+            port.stopListening()
+        return d
+
+
+def urls_of(description: str, port) -> list[str]:
+    """The URLs a listening port serves, for the start-up log."""
+    host = port.getHost()
+    secure = description.split(":", 1)[0].strip().lower() == "ssl"
+    if hasattr(host, "port"):
+        name = host.host if ":" not in host.host else f"[{host.host}]"
+        if name in ("0.0.0.0", "[::]"):
+            name = "localhost"
+        base = f"{name}:{host.port}"
+        return [f"{'https' if secure else 'http'}://{base}/", f"{'wss' if secure else 'ws'}://{base}/ws"]
+    return [f"unix socket {getattr(host, 'name', host)} (HTTP, and WebSocket at /ws)"]
+
+
+def makeService(options, reactor=None) -> MissionControlService:
+    """Build the service tree from parsed L{Options}."""
+    if reactor is None:
+        from twisted.internet import reactor
+    store = MemoryStore()
+    hub = Hub(
+        reactor,
+        store,
+        heartbeat_interval=options["heartbeat-interval"],
+        max_connections=options["max-connections"],
+        max_connections_per_user=options["max-connections-per-user"],
+    )
+    verifier = options["verifier"]
+    factory = HubServerFactory(
+        hub,
+        verifier,
+        origins=options["origins"],
+        reactor=reactor,
+        max_message_size=options["max-message-size"],
+        ping_interval=options["ping-interval"],
+        ping_timeout=options["ping-timeout"],
+    )
+    site = build_site(factory, Api(hub, verifier), reactor=reactor)
+    root = MissionControlService(hub, site, options["listen"], reactor, options)
+    if options["demo"]:
+        DemoFleet(hub, reactor).setServiceParent(root)
+    return root
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run it as: twistd -n mission-control")

@@ -1,0 +1,182 @@
+# -*- test-case-name: tests.test_api -*-
+"""
+The JSON HTTP API under C{/api} (docs/http-api.md).
+
+    POST /api/agents/{agentId}/status         admin, operator; agent for itself
+    GET  /api/agents                          any role
+    POST /api/sessions/{sessionId}/activity   admin, operator; agent for its own agentId
+    GET  /api/sessions                        any role
+    GET  /api/connections                     admin, operator
+
+A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
+JSON, and hands the rest to the L{Hub}.  Every client mistake is a 4xx with
+C{{"error": {"code", "message"}}}; nothing from the request is echoed except field names.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.logger import Logger
+from twisted.web import resource
+
+from mission_control import auth
+from mission_control.auth import Principal, Refusal, TokenVerifier, token_from_request
+from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
+from mission_control.hub import Hub
+from mission_control.web.site import MAX_BODY_SIZE, error_body
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(status, code, message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+class Api(resource.Resource):
+    """The whole C{/api} subtree, routed by path segments."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, hub: Hub, verifier: TokenVerifier) -> None:
+        super().__init__()
+        self.hub = hub
+        self.verifier = verifier
+        # (path shape) -> {method: handler}; "*" in a shape matches one id segment.
+        self._routes = [
+            (("agents",), {b"GET": self._list_agents}),
+            (("agents", "*", "status"), {b"POST": self._post_status}),
+            (("sessions",), {b"GET": self._list_sessions}),
+            (("sessions", "*", "activity"), {b"POST": self._post_activity}),
+            (("connections",), {b"GET": self._list_connections}),
+        ]
+
+    def render(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        try:
+            status, body = self._dispatch(request)
+        except ApiError as e:
+            status, body = e.status, error_body(e.code, e.message)
+            for name, value in e.headers.items():
+                request.setHeader(name, value)
+        request.setResponseCode(status)
+        return encode_json(body) if not isinstance(body, bytes) else body
+
+    def _dispatch(self, request):
+        segments = self._segments(request)
+        for shape, methods in self._routes:
+            if len(shape) == len(segments) and all(
+                s == "*" or s == seg for s, seg in zip(shape, segments)
+            ):
+                handler = methods.get(request.method)
+                if handler is None:
+                    if request.method == b"HEAD" and b"GET" in methods:
+                        handler = methods[b"GET"]
+                    else:
+                        allow = b", ".join(sorted(methods))
+                        raise ApiError(
+                            405, "method_not_allowed", "method not allowed", {b"Allow": allow}
+                        )
+                ids = [seg for s, seg in zip(shape, segments) if s == "*"]
+                principal = self._authenticate(request)
+                return handler(request, principal, *ids)
+        raise ApiError(404, "not_found", "no such resource")
+
+    @staticmethod
+    def _segments(request) -> list[str]:
+        parts = list(request.postpath)
+        if parts and parts[-1] == b"":
+            parts.pop()
+        try:
+            return [p.decode("utf-8") for p in parts]
+        except UnicodeDecodeError:
+            raise ApiError(404, "not_found", "no such resource") from None
+
+    def _authenticate(self, request) -> Principal:
+        headers = {}
+        value = request.getHeader(b"authorization")
+        if value is not None:
+            headers["authorization"] = value.decode("latin-1")
+        try:
+            token = token_from_request(headers)
+            return self.verifier.verify(token, self.hub.clock.seconds())
+        except Refusal as refusal:
+            self.log.warn(
+                "security: API request refused from {peer}: {status} {reason}",
+                peer=_peer(request),
+                status=refusal.status,
+                reason=refusal.reason,
+            )
+            raise ApiError(
+                401,
+                "unauthorized",
+                refusal.reason,
+                {b"WWW-Authenticate": b'Bearer realm="mission-control"'},
+            ) from None
+
+    @staticmethod
+    def _json_body(request) -> object:
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != b"application/json":
+            raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
+        request.content.seek(0)
+        raw = request.content.read(MAX_BODY_SIZE + 1)
+        if len(raw) > MAX_BODY_SIZE:
+            raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY_SIZE} bytes")
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ApiError(400, "bad_request", "malformed JSON") from None
+
+    def _publish(self, request, principal, event_type, subject_id):
+        body = self._json_body(request)
+        try:
+            envelope = self.hub.publish_for(principal, event_type, body, subject_id)
+        except Refusal as refusal:
+            self.log.warn(
+                "security: {user} ({role}) refused: {reason}",
+                user=principal.sub,
+                role=principal.role,
+                reason=refusal.reason,
+            )
+            raise ApiError(refusal.status, refusal.code, refusal.reason) from None
+        except ValidationError as e:
+            raise ApiError(400, e.code, e.message) from None
+        return 200, {"event": envelope}
+
+    def _subject_id(self, value: str, field: str) -> str:
+        if not auth.is_valid_id(value):
+            raise ApiError(400, "bad_request", f"{field} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        return value
+
+    # Handlers: (request, principal, *ids) -> (status, body)
+
+    def _post_status(self, request, principal, agent_id):
+        return self._publish(
+            request, principal, AGENT_STATUS, self._subject_id(agent_id, "agentId")
+        )
+
+    def _post_activity(self, request, principal, session_id):
+        return self._publish(
+            request, principal, SESSION_ACTIVITY, self._subject_id(session_id, "sessionId")
+        )
+
+    def _list_agents(self, request, principal):
+        return 200, {"agents": self.hub.store.agents()}
+
+    def _list_sessions(self, request, principal):
+        return 200, {"sessions": self.hub.store.sessions()}
+
+    def _list_connections(self, request, principal):
+        if not auth.may_list_connections(principal):
+            raise ApiError(403, "forbidden", "admin or operator role required")
+        return 200, {"total": self.hub.connection_count, "users": self.hub.users()}
+
+
+def _peer(request) -> str:
+    address = request.getClientAddress()
+    host = getattr(address, "host", None)
+    return host if host is not None else str(address)

@@ -1,0 +1,257 @@
+"""
+Test support: a real server on a loopback port, Autobahn clients, raw HTTP.
+
+Everything here talks over real sockets on 127.0.0.1; nothing is mocked.  Every helper registers
+its own clean-up on the test case, and the server's clean-up waits for the hub to see every
+connection gone before it stops listening, so the reactor is clean when a test ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+
+from mission_control import auth
+from mission_control.tap import Options, makeService
+
+
+def parse_options(args=(), environ=None, data_dir=None) -> Options:
+    """Parse tap options as twistd would, with a fresh data dir and an ephemeral port."""
+    options = Options(environ=environ or {})
+    argv = list(args)
+    if data_dir is None:
+        data_dir = tempfile.mkdtemp(prefix="mc-test-")
+    if "--data-dir" not in argv:
+        argv = ["--data-dir", data_dir] + argv
+    if "--listen" not in argv:
+        argv = ["--listen", "tcp:0:interface=127.0.0.1"] + argv
+    options.parseOptions(argv)
+    return options
+
+
+def wait_until(predicate, timeout=5.0, interval=0.01):
+    """A Deferred that fires when C{predicate()} is true, or fails after C{timeout} seconds."""
+    deadline = reactor.seconds() + timeout
+
+    @defer.inlineCallbacks
+    def poll():
+        while not predicate():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"timed out waiting for {predicate!r}")
+            yield task.deferLater(reactor, interval, lambda: None)
+
+    return poll()
+
+
+@dataclass
+class RunningServer:
+    service: object
+    options: Options
+    port: int
+    scheme: str = "http"
+
+    @property
+    def hub(self):
+        return self.service.hub
+
+    @property
+    def secret(self):
+        return self.options["verifier"].key
+
+    def token(self, sub="alice", role=None, ttl=3600.0, **claims) -> str:
+        return auth.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, role=role, **claims)
+
+    def url(self, path="/ws", query="") -> str:
+        ws = "wss" if self.scheme == "https" else "ws"
+        return f"{ws}://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
+
+
+def start_server(testcase, args=(), environ=None, tls_context=None) -> RunningServer:
+    """Start the whole service (as twistd would build it) on 127.0.0.1:0 and stop it afterwards."""
+    options = parse_options(args, environ)
+    service = makeService(options, reactor=reactor)
+    service.privilegedStartService()
+    service.startService()
+    description, port = service.ports[0]
+    scheme = "https" if description.startswith("ssl:") else "http"
+    server = RunningServer(service, options, port.getHost().port, scheme)
+
+    @defer.inlineCallbacks
+    def stop():
+        service.hub.close_all(1000, "test over")
+        yield wait_until(lambda: service.hub.connection_count == 0)
+        yield service.stopService()
+
+    testcase.addCleanup(stop)
+    return server
+
+
+class RecordingClient(WebSocketClientProtocol):
+    """An Autobahn client that queues every frame it receives, decoded."""
+
+    def __init__(self):
+        super().__init__()
+        self.frames = defer.DeferredQueue()
+        self.received = []
+        self.opened = defer.Deferred()
+        self.closed = defer.Deferred()
+        self.close_code = None
+
+    def onOpen(self):
+        self.opened.callback(self)
+
+    def onMessage(self, payload, isBinary):
+        frame = json.loads(payload)
+        self.received.append(frame)
+        self.frames.put(frame)
+
+    def onClose(self, wasClean, code, reason):
+        self.close_code = code
+        if not self.opened.called:
+            self.opened.errback(ConnectionError(f"handshake failed: {self.wasNotCleanReason}"))
+        self.closed.callback((wasClean, code, reason))
+
+    def send_json(self, value):
+        self.sendMessage(json.dumps(value).encode())
+
+    @defer.inlineCallbacks
+    def next_of(self, *types):
+        """The next frame whose type is one of C{types} (others are skipped)."""
+        while True:
+            frame = yield self.frames.get()
+            if frame["type"] in types:
+                return frame
+
+
+def connect(testcase, server: RunningServer, token=None, query="", headers=None,
+            in_header=True, tls_options=None, protocol=RecordingClient):
+    """
+    Open a WebSocket to C{server} with Autobahn's client; fires with the open client.  The token
+    goes in the Authorization header (or the query when C{in_header} is false).
+    """
+    headers = dict(headers or {})
+    if token is not None and in_header:
+        headers["Authorization"] = f"Bearer {token}"
+    if token is not None and not in_header:
+        query = (query + "&" if query else "") + f"token={token}"
+    factory = WebSocketClientFactory(server.url(query=query), headers=headers)
+    factory.protocol = protocol
+    factory.setProtocolOptions(autoPingInterval=0, openHandshakeTimeout=5)
+    if tls_options is not None:
+        from twisted.internet.endpoints import SSL4ClientEndpoint
+
+        endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", server.port, tls_options)
+    else:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server.port)
+
+    @defer.inlineCallbacks
+    def go():
+        client = yield endpoint.connect(factory)
+
+        def close():
+            if client.state == client.STATE_OPEN:
+                client.sendClose(1000)
+            return client.closed if client.opened.called else None
+
+        testcase.addCleanup(close)
+        yield client.opened
+        return client
+
+    return go()
+
+
+class _RawHTTP(Protocol):
+    def __init__(self, request: bytes):
+        self.request = request
+        self.data = b""
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        if self.request:
+            self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.data)
+
+
+@dataclass
+class RawResponse:
+    status: int
+    reason: str
+    headers: dict = field(default_factory=dict)
+    body: bytes = b""
+    raw: bytes = b""
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def parse_response(data: bytes) -> RawResponse:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2) if lines and lines[0] else ["", "0", ""]
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0,
+                       parts[2] if len(parts) > 2 else "", headers, body, data)
+
+
+@defer.inlineCallbacks
+def raw_request(port: int, request: bytes, close_after=True):
+    """Send C{request} bytes over a fresh TCP connection; fires with the L{RawResponse}."""
+    if close_after and b"connection:" not in request.lower():
+        request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+    proto = _RawHTTP(request)
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
+    data = yield proto.done
+    return parse_response(data)
+
+
+def upgrade_request(path="/ws", headers=None, host="127.0.0.1") -> bytes:
+    """A valid WebSocket upgrade request, with extra C{headers}."""
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def http_request(method, path, body=None, token=None, content_type="application/json",
+                 headers=None) -> bytes:
+    """An HTTP/1.1 request; C{body} is JSON-encoded unless it is bytes already."""
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
+    if body is not None:
+        if content_type:
+            lines.append(f"Content-Type: {content_type}")
+        lines.append(f"Content-Length: {len(body)}")
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+def tmp_path(testcase, name="") -> str:
+    path = testcase.mktemp()
+    os.makedirs(path)
+    return os.path.join(path, name) if name else path
