@@ -1,0 +1,352 @@
+"""
+Tests for L{mission_control.auth}: token verification, token extraction, Origins, secrets, roles.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import stat
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from twisted.trial.unittest import SynchronousTestCase
+
+from mission_control import auth
+from mission_control.auth import OriginPolicy, Principal, Refusal, TokenVerifier
+
+NOW = 1_800_000_000.0
+SECRET = b"s" * 64
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forge_hs256(claims: dict, key: bytes, header: dict | None = None) -> str:
+    """Sign by hand, as an attacker would (PyJWT refuses to use a PEM key as an HMAC secret)."""
+    header = header or {"alg": "HS256", "typ": "JWT"}
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
+def claims(**overrides) -> dict:
+    value = {"sub": "alice", "exp": int(NOW + 600), "iat": int(NOW)}
+    value.update(overrides)
+    return {k: v for k, v in value.items() if v is not None}
+
+
+class TokenVerifierHMACTests(SynchronousTestCase):
+    """HS256 tokens against a shared secret."""
+
+    def setUp(self):
+        self.verifier = TokenVerifier(key=SECRET, algorithms=["HS256"], leeway=5)
+
+    def token(self, **overrides) -> str:
+        return jwt.encode(claims(**overrides), SECRET, algorithm="HS256")
+
+    def refused(self, token) -> str:
+        error = self.assertRaises(Refusal, self.verifier.verify, token, NOW)
+        self.assertEqual(error.status, 401)
+        return error.reason
+
+    def test_valid_token(self):
+        """A good token yields its sub, role, name and expiry."""
+        principal = self.verifier.verify(self.token(role="operator", name="Alice A."), NOW)
+        self.assertEqual(
+            principal,
+            Principal(sub="alice", role="operator", name="Alice A.", expires_at=NOW + 600),
+        )
+
+    def test_role_defaults_to_viewer(self):
+        """A token without a role claim is a viewer's."""
+        self.assertEqual(self.verifier.verify(self.token(), NOW).role, "viewer")
+
+    def test_bytes_token(self):
+        """A token given as bytes is verified like the same text."""
+        self.assertEqual(self.verifier.verify(self.token().encode(), NOW).sub, "alice")
+
+    def test_missing_token(self):
+        """No token at all is refused as missing."""
+        self.assertEqual(self.refused(None), "missing token")
+        self.assertEqual(self.refused(""), "missing token")
+
+    def test_garbage(self):
+        """Text that is not a JWT is an invalid token."""
+        for garbage in ("garbage", "a.b.c", "....", "\u00e9t\u00e9", b"\xff\xfe"):
+            self.assertEqual(self.refused(garbage), "invalid token", garbage)
+
+    def test_wrong_secret(self):
+        """A token signed with another secret is refused."""
+        token = jwt.encode(claims(), b"x" * 40, algorithm="HS256")
+        self.assertEqual(self.refused(token), "invalid token")
+
+    def test_alg_none(self):
+        """An unsigned token (alg none) is refused whatever its claims."""
+        token = b64url(b'{"alg":"none","typ":"JWT"}') + "." + b64url(
+            json.dumps(claims(role="admin")).encode()
+        ) + "."
+        self.assertEqual(self.refused(token), "invalid token")
+
+    def test_algorithm_not_configured(self):
+        """A token signed with a valid secret but an algorithm not in the list is refused."""
+        token = jwt.encode(claims(), SECRET, algorithm="HS512")
+        self.assertEqual(self.refused(token), "invalid token")
+
+    def test_tampered_payload(self):
+        """Changing the payload after signing (viewer -> admin) breaks the signature."""
+        header, payload, signature = self.token(role="viewer").split(".")
+        evil = b64url(json.dumps(claims(role="admin")).encode())
+        self.assertEqual(self.refused(f"{header}.{evil}.{signature}"), "invalid token")
+
+    def test_missing_exp(self):
+        """exp is required."""
+        self.assertEqual(self.refused(self.token(exp=None)), "invalid claims")
+
+    def test_missing_sub(self):
+        """sub is required."""
+        self.assertEqual(self.refused(self.token(sub=None)), "invalid claims")
+
+    def test_bad_sub(self):
+        """sub must be a non-empty string of at most 256 characters without control characters."""
+        for sub in ("", "a" * 257, "ali\nce", 42, ["alice"]):
+            self.assertEqual(self.refused(self.token(sub=sub)), "invalid claims", sub)
+        self.assertEqual(self.verifier.verify(self.token(sub="a" * 256), NOW).sub, "a" * 256)
+
+    def test_unknown_role(self):
+        """A role outside admin, operator, viewer, agent is refused, not downgraded."""
+        for role in ("root", "", "Admin", 1):
+            self.assertEqual(self.refused(self.token(role=role)), "invalid claims", role)
+
+    def test_agent_sub_follows_id_rules(self):
+        """An agent's sub is its agent id and must follow the id rules."""
+        self.assertEqual(self.verifier.verify(self.token(sub="agent-1", role="agent"), NOW).sub,
+                         "agent-1")
+        self.assertEqual(self.refused(self.token(sub="agent 1", role="agent")), "invalid claims")
+
+    def test_bad_name(self):
+        """name, when present, is a string of at most 256 characters without control characters."""
+        for name in (42, "x" * 257, "a\x00b"):
+            self.assertEqual(self.refused(self.token(name=name)), "invalid claims")
+
+    def test_expired(self):
+        """A token past exp + leeway is expired; within the leeway it is still accepted."""
+        self.assertEqual(self.refused(self.token(exp=int(NOW - 6))), "token expired")
+        self.assertEqual(self.verifier.verify(self.token(exp=int(NOW - 4)), NOW).sub, "alice")
+
+    def test_not_yet_valid(self):
+        """nbf or iat in the future beyond the leeway is refused; within it, accepted."""
+        self.assertEqual(self.refused(self.token(nbf=int(NOW + 60))), "token not yet valid")
+        self.assertEqual(self.refused(self.token(iat=int(NOW + 60))), "token not yet valid")
+        self.assertEqual(self.verifier.verify(self.token(nbf=int(NOW + 4)), NOW).sub, "alice")
+        self.assertEqual(self.verifier.verify(self.token(iat=int(NOW + 4)), NOW).sub, "alice")
+
+    def test_time_claims_must_be_numbers(self):
+        """exp, nbf and iat that are not numbers are refused rather than ignored."""
+        for name in ("exp", "nbf", "iat"):
+            token = jwt.encode(claims(**{name: "tomorrow"}), SECRET, algorithm="HS256")
+            self.assertIn(self.refused(token), ("invalid claims", "invalid token"), name)
+
+    def test_oversized_token(self):
+        """A token longer than MAX_TOKEN_LENGTH is refused without being parsed."""
+        token = self.token(name="x" * 200) + "A" * auth.MAX_TOKEN_LENGTH
+        self.assertEqual(self.refused(token), "invalid token")
+
+    def test_issuer_and_audience(self):
+        """With iss/aud configured, tokens must carry the same values."""
+        verifier = TokenVerifier(key=SECRET, algorithms=["HS256"], issuer="mc", audience="dash")
+        good = jwt.encode(claims(iss="mc", aud="dash"), SECRET, algorithm="HS256")
+        self.assertEqual(verifier.verify(good, NOW).sub, "alice")
+        cases = {
+            "invalid issuer": claims(iss="evil", aud="dash"),
+            "invalid audience": claims(iss="mc", aud="other"),
+            "invalid claims": claims(aud="dash"),
+        }
+        for reason, value in cases.items():
+            token = jwt.encode(value, SECRET, algorithm="HS256")
+            error = self.assertRaises(Refusal, verifier.verify, token, NOW)
+            self.assertEqual(error.reason, reason)
+
+    def test_reasons_never_contain_the_token(self):
+        """No refusal reason quotes the token or its claims."""
+        token = self.token(sub="secret-sub", exp=int(NOW - 100))
+        error = self.assertRaises(Refusal, self.verifier.verify, token, NOW)
+        self.assertNotIn("secret-sub", error.reason)
+        self.assertNotIn(token[:20], str(error))
+
+
+class TokenVerifierPublicKeyTests(SynchronousTestCase):
+    """RS256 and ES256 tokens against a public key."""
+
+    def keypair(self, kind):
+        if kind == "RS256":
+            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            private = ec.generate_private_key(ec.SECP256R1())
+        pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return private, pem
+
+    def test_rs256_and_es256(self):
+        """Tokens signed with the private key verify against the public key."""
+        for algorithm in ("RS256", "ES256"):
+            private, pem = self.keypair(algorithm)
+            verifier = TokenVerifier(
+                key=serialization.load_pem_public_key(pem), algorithms=[algorithm]
+            )
+            token = jwt.encode(claims(role="admin"), private, algorithm=algorithm)
+            self.assertEqual(verifier.verify(token, NOW).role, "admin", algorithm)
+
+    def test_hs256_signed_with_public_key_is_refused(self):
+        """The key-confusion attack (HS256 with the PEM public key as secret) is refused."""
+        private, pem = self.keypair("RS256")
+        verifier = TokenVerifier(key=serialization.load_pem_public_key(pem), algorithms=["RS256"])
+        forged = forge_hs256(claims(role="admin"), pem)
+        error = self.assertRaises(Refusal, verifier.verify, forged, NOW)
+        self.assertEqual((error.status, error.reason), (401, "invalid token"))
+
+    def test_load_public_key_checks_algorithms(self):
+        """A key file must be PEM and fit every configured algorithm."""
+        _, rsa_pem = self.keypair("RS256")
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(rsa_pem)
+        self.assertIsInstance(auth.load_public_key(path, ["RS256", "PS256"]), rsa.RSAPublicKey)
+        self.assertRaises(ValueError, auth.load_public_key, path, ["ES256"])
+        with open(path, "wb") as f:
+            f.write(b"not a key")
+        self.assertRaises(ValueError, auth.load_public_key, path, ["RS256"])
+        self.assertRaises(ValueError, auth.load_public_key, path + ".missing", ["RS256"])
+
+
+class TokenFromRequestTests(SynchronousTestCase):
+    """Where the token is taken from."""
+
+    def test_header(self):
+        """Authorization: Bearer is read, whatever the scheme's case."""
+        self.assertEqual(auth.token_from_request({"authorization": "Bearer abc"}, {}), "abc")
+        self.assertEqual(auth.token_from_request({"authorization": "bearer  abc "}, {}), "abc")
+
+    def test_query(self):
+        """Without the header, the token query parameter is used."""
+        self.assertEqual(auth.token_from_request({}, {"token": ["q1", "q2"]}), "q1")
+
+    def test_header_wins(self):
+        """The header is preferred over the query parameter."""
+        token = auth.token_from_request({"authorization": "Bearer h"}, {"token": ["q"]})
+        self.assertEqual(token, "h")
+
+    def test_none(self):
+        """No header and no parameter: no token."""
+        self.assertIsNone(auth.token_from_request({}, {}))
+
+    def test_other_scheme(self):
+        """An Authorization header that is not a bearer token is refused, not ignored."""
+        error = self.assertRaises(
+            Refusal, auth.token_from_request, {"authorization": "Basic YWxpY2U6cHc="}, {}
+        )
+        self.assertEqual((error.status, error.reason), (401, "invalid token"))
+
+
+class OriginTests(SynchronousTestCase):
+    """The Origin allow-list, written as browsers send Origins."""
+
+    def test_normalize(self):
+        """Default ports are dropped, scheme and host lower-cased; non-origins are None."""
+        self.assertEqual(auth.normalize_origin("https://MC.example.com:443"), "https://mc.example.com")
+        self.assertEqual(auth.normalize_origin("http://h:8080"), "http://h:8080")
+        self.assertEqual(auth.normalize_origin("http://[::1]:80"), "http://[::1]")
+        for bad in ("null", "file://x", "https://", "https://h/path", "ftp://h", "https://h:99999"):
+            self.assertIsNone(auth.normalize_origin(bad), bad)
+
+    def test_policy(self):
+        """Only listed origins pass; a request without Origin (not a browser) passes."""
+        policy = OriginPolicy(["https://mc.example.com"])
+        self.assertTrue(policy.allows("https://mc.example.com"))
+        self.assertTrue(policy.allows("https://mc.example.com:443"))
+        self.assertTrue(policy.allows(None))
+        self.assertFalse(policy.allows("https://evil.example.com"))
+        self.assertFalse(policy.allows("http://mc.example.com"))
+        self.assertFalse(policy.allows("null"))
+
+    def test_no_list_allows_all(self):
+        """Without a list every Origin is allowed."""
+        self.assertTrue(OriginPolicy().allows("https://anything.example"))
+
+    def test_bad_entry(self):
+        """A list entry that is not an origin is a configuration error."""
+        self.assertRaises(ValueError, OriginPolicy, ["mc.example.com"])
+
+
+class SecretTests(SynchronousTestCase):
+    """The HMAC secret: read, generated, checked."""
+
+    def test_generated_once_with_mode_0600(self):
+        """The dev secret is created 0600 on first use and read back unchanged afterwards."""
+        data_dir = self.mktemp()
+        secret, path, created = auth.load_or_create_secret(data_dir)
+        self.assertTrue(created)
+        self.assertGreaterEqual(len(secret), auth.MIN_SECRET_BYTES)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        again, _, created_again = auth.load_or_create_secret(data_dir)
+        self.assertEqual((again, created_again), (secret, False))
+
+    def test_short_secret_refused(self):
+        """A secret under 32 bytes is refused with a message that says so."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"short\n")
+        error = self.assertRaises(ValueError, auth.read_secret, path)
+        self.assertIn("at least 32", str(error))
+
+    def test_missing_secret_file(self):
+        """A missing secret file is a clear error naming the file."""
+        path = self.mktemp()
+        error = self.assertRaises(ValueError, auth.read_secret, path)
+        self.assertIn(path, str(error))
+
+    def test_mint_round_trip(self):
+        """mint_token makes tokens the verifier accepts, with the claims given."""
+        token = auth.mint_token(SECRET, "bob", NOW, ttl=60, role="agent", name="Bob")
+        verifier = TokenVerifier(key=SECRET, algorithms=["HS256"])
+        principal = verifier.verify(token, NOW)
+        self.assertEqual((principal.sub, principal.role, principal.name, principal.expires_at),
+                         ("bob", "agent", "Bob", NOW + 60))
+        error = self.assertRaises(Refusal, verifier.verify, token, NOW + 66)
+        self.assertEqual(error.reason, "token expired")
+
+
+class PermissionTests(SynchronousTestCase):
+    """Who may publish and list what."""
+
+    def principal(self, role, sub="a1"):
+        return Principal(sub=sub, role=role, name=None, expires_at=NOW)
+
+    def test_agent_status(self):
+        """Admin and operator publish for anyone; an agent only for itself; a viewer never."""
+        self.assertTrue(auth.may_publish_agent_status(self.principal("admin"), "x"))
+        self.assertTrue(auth.may_publish_agent_status(self.principal("operator"), "x"))
+        self.assertTrue(auth.may_publish_agent_status(self.principal("agent"), "a1"))
+        self.assertFalse(auth.may_publish_agent_status(self.principal("agent"), "a2"))
+        self.assertFalse(auth.may_publish_agent_status(self.principal("viewer", "x"), "x"))
+
+    def test_session_activity(self):
+        """An agent publishes only activity that names it as the agent."""
+        self.assertTrue(auth.may_publish_session_activity(self.principal("agent"), "a1"))
+        self.assertFalse(auth.may_publish_session_activity(self.principal("agent"), "a2"))
+        self.assertFalse(auth.may_publish_session_activity(self.principal("agent"), None))
+        self.assertTrue(auth.may_publish_session_activity(self.principal("operator"), None))
+        self.assertFalse(auth.may_publish_session_activity(self.principal("viewer"), "a1"))
+
+    def test_list_connections(self):
+        """Only admins and operators see connections."""
+        self.assertEqual(
+            [auth.may_list_connections(self.principal(r)) for r in auth.ROLES],
+            [True, True, False, False],
+        )

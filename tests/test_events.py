@@ -1,0 +1,191 @@
+"""
+Tests for L{mission_control.events}: payload rules, timestamps, envelopes, client frames.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mission_control import events
+from mission_control.events import ValidationError
+
+NOW = 1_800_000_000.25  # 2027-01-15T08:00:00.250Z
+
+
+class TimestampTests(SynchronousTestCase):
+    """Timestamps are ISO 8601 with a zone, emitted as UTC with milliseconds."""
+
+    def test_format(self):
+        """format_timestamp gives UTC with exactly three decimals and a Z."""
+        self.assertEqual(events.format_timestamp(NOW), "2027-01-15T08:00:00.250Z")
+        self.assertEqual(events.format_timestamp(0), "1970-01-01T00:00:00.000Z")
+
+    def test_parse_normalizes_to_utc(self):
+        """Any zone is accepted and converted to UTC."""
+        self.assertEqual(events.parse_timestamp("2027-01-15T09:00:00+01:00", "t"),
+                         "2027-01-15T08:00:00.000Z")
+        self.assertEqual(events.parse_timestamp("2027-01-15T08:00:00.5Z", "t"),
+                         "2027-01-15T08:00:00.500Z")
+
+    def test_parse_rejects(self):
+        """No zone, no time, not a string, nonsense: each is refused, naming the field."""
+        for bad in ("2027-01-15T08:00:00", "2027-01-15", "yesterday", 1700000000, None, "x" * 100):
+            error = self.assertRaises(ValidationError, events.parse_timestamp, bad, "timestamp")
+            self.assertIn("timestamp", error.message)
+
+
+class AgentStatusTests(SynchronousTestCase):
+    """The agent:status payload."""
+
+    def test_required_fields(self):
+        """agentId, status and timestamp are always in the payload; timestamp defaults to now."""
+        payload = events.agent_status({"status": "online"}, NOW, "a1")
+        self.assertEqual(payload, {"agentId": "a1", "status": "online",
+                                   "timestamp": "2027-01-15T08:00:00.250Z"})
+
+    def test_all_statuses(self):
+        """online, busy, idle, offline and error are the statuses; anything else is refused."""
+        for status in events.STATUSES:
+            self.assertEqual(events.agent_status({"status": status}, NOW, "a1")["status"], status)
+        for bad in ("ONLINE", "sleeping", "", None, 1):
+            self.assertRaises(ValidationError, events.agent_status, {"status": bad}, NOW, "a1")
+
+    def test_missing_status(self):
+        """status is required."""
+        error = self.assertRaises(ValidationError, events.agent_status, {}, NOW, "a1")
+        self.assertEqual(error.message, "status is required")
+
+    def test_optional_fields(self):
+        """name, message, metadata and a given timestamp are kept."""
+        body = {"status": "error", "name": "Atlas", "message": "boom", "metadata": {"k": [1]},
+                "timestamp": "2027-01-15T08:00:01Z"}
+        payload = events.agent_status(body, NOW, "a1")
+        self.assertEqual(payload["metadata"], {"k": [1]})
+        self.assertEqual(payload["timestamp"], "2027-01-15T08:00:01.000Z")
+        self.assertEqual((payload["name"], payload["message"]), ("Atlas", "boom"))
+
+    def test_agent_id_from_body(self):
+        """Without an id from the path, agentId comes from the body and is required."""
+        self.assertEqual(events.agent_status({"agentId": "b2", "status": "idle"}, NOW)["agentId"], "b2")
+        self.assertRaises(ValidationError, events.agent_status, {"status": "idle"}, NOW)
+
+    def test_conflicting_agent_id(self):
+        """A body naming another agent than the path is refused."""
+        self.assertRaises(ValidationError, events.agent_status,
+                          {"agentId": "b2", "status": "idle"}, NOW, "a1")
+
+    def test_id_rules(self):
+        """Ids are 1-128 characters of A-Z a-z 0-9 . _ : -."""
+        events.agent_status({"status": "idle"}, NOW, "A.b_c:d-9")
+        events.agent_status({"status": "idle"}, NOW, "x" * 128)
+        for bad in ("", "x" * 129, "a b", "a/b", "é", "a\n"):
+            self.assertRaises(ValidationError, events.agent_status, {"status": "idle"}, NOW, bad)
+
+    def test_limits(self):
+        """message is at most 1024 characters, metadata at most 8 KiB of JSON and an object."""
+        events.agent_status({"status": "idle", "message": "m" * 1024}, NOW, "a1")
+        self.assertRaises(ValidationError, events.agent_status,
+                          {"status": "idle", "message": "m" * 1025}, NOW, "a1")
+        self.assertRaises(ValidationError, events.agent_status,
+                          {"status": "idle", "metadata": {"k": "v" * 8200}}, NOW, "a1")
+        for bad in ([1], "x", 3):
+            self.assertRaises(ValidationError, events.agent_status,
+                              {"status": "idle", "metadata": bad}, NOW, "a1")
+
+    def test_wrong_types(self):
+        """name and message must be strings; the payload must be an object."""
+        self.assertRaises(ValidationError, events.agent_status, {"status": "idle", "name": 5}, NOW, "a1")
+        self.assertRaises(ValidationError, events.agent_status, {"status": "idle", "message": []}, NOW, "a1")
+        for bad in ([], "online", None, 5):
+            self.assertRaises(ValidationError, events.agent_status, bad, NOW, "a1")
+
+    def test_unknown_field(self):
+        """Unknown fields are refused by name, so typos do not vanish silently."""
+        error = self.assertRaises(ValidationError, events.agent_status,
+                                  {"status": "idle", "mesage": "typo"}, NOW, "a1")
+        self.assertEqual(error.message, "unknown field: mesage")
+
+
+class SessionActivityTests(SynchronousTestCase):
+    """The session:activity payload."""
+
+    def test_required_fields(self):
+        """sessionId, activity and timestamp are always there."""
+        payload = events.session_activity({"activity": "started"}, NOW, "s1")
+        self.assertEqual(payload, {"sessionId": "s1", "activity": "started",
+                                   "timestamp": "2027-01-15T08:00:00.250Z"})
+
+    def test_activity_is_a_short_word(self):
+        """activity is a short word; sentences, empty and non-strings are refused."""
+        for word in ("started", "tool_call", "completed", "failed", "message", "x"):
+            events.session_activity({"activity": word}, NOW, "s1")
+        for bad in ("", "two words", "_x", "a" * 65, None, 3):
+            self.assertRaises(ValidationError, events.session_activity, {"activity": bad}, NOW, "s1")
+
+    def test_optional_fields(self):
+        """agentId, summary and detail are kept and checked."""
+        payload = events.session_activity(
+            {"activity": "tool_call", "agentId": "a1", "summary": "s", "detail": {"tool": "x"}},
+            NOW, "s1")
+        self.assertEqual((payload["agentId"], payload["summary"], payload["detail"]),
+                         ("a1", "s", {"tool": "x"}))
+        self.assertRaises(ValidationError, events.session_activity,
+                          {"activity": "x", "agentId": "bad id"}, NOW, "s1")
+        self.assertRaises(ValidationError, events.session_activity,
+                          {"activity": "x", "summary": "s" * 1025}, NOW, "s1")
+        self.assertRaises(ValidationError, events.session_activity,
+                          {"activity": "x", "detail": "text"}, NOW, "s1")
+
+    def test_missing_activity(self):
+        """activity is required."""
+        self.assertRaises(ValidationError, events.session_activity, {}, NOW, "s1")
+
+
+class EnvelopeTests(SynchronousTestCase):
+    """The server frame envelope."""
+
+    def test_envelope(self):
+        """An envelope has type, payload and ts; seq only for stored events; id only for replies."""
+        self.assertEqual(events.envelope("heartbeat", {}, "T"),
+                         {"type": "heartbeat", "payload": {}, "ts": "T"})
+        self.assertEqual(events.envelope("agent:status", {"a": 1}, "T", seq=4)["seq"], 4)
+        self.assertEqual(events.envelope("pong", {}, "T", reply_to="r1")["id"], "r1")
+
+    def test_encode(self):
+        """Frames are compact UTF-8 JSON, non-ASCII kept as is."""
+        data = events.encode_json({"type": "x", "payload": {"name": "Zoë"}})
+        self.assertEqual(data, '{"type":"x","payload":{"name":"Zoë"}}'.encode())
+
+
+class ClientFrameTests(SynchronousTestCase):
+    """Decoding client frames."""
+
+    def parse(self, value, binary=False):
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return events.parse_client_frame(data, binary)
+
+    def test_good_frame(self):
+        """A JSON object with a type (and optional id) decodes."""
+        frame = self.parse({"type": "ack", "id": "r1", "seq": 3})
+        self.assertEqual((frame.type, frame.id, frame.fields["seq"]), ("ack", "r1", 3))
+
+    def test_bad_frames(self):
+        """Binary, bad UTF-8, bad JSON, non-objects, missing or non-string types are refused."""
+        cases = [(b'{"type":"ping"}', True), (b"\xff\xfe", False), (b"{nope", False),
+                 (b"[1,2]", False), (b'"ping"', False), (b"{}", False), (b'{"type":5}', False),
+                 (b"[" * 100000, False)]
+        for data, binary in cases:
+            error = self.assertRaises(ValidationError, events.parse_client_frame, data, binary)
+            self.assertEqual(error.code, "bad_request", data[:20])
+
+    def test_bad_id(self):
+        """id must be a string of 1-128 characters."""
+        for bad in (5, "", "x" * 129):
+            self.assertRaises(ValidationError, self.parse, {"type": "ping", "id": bad})
+
+    def test_error_keeps_frame_id(self):
+        """A frame with a good id but no type is refused with that id, for the reply."""
+        error = self.assertRaises(ValidationError, self.parse, {"id": "r9"})
+        self.assertEqual(error.frame_id, "r9")
