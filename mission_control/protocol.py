@@ -39,10 +39,29 @@ SERVER_NAME = "mission-control"
 WEBSOCKET_PATHS = ("/ws", "/ws/")
 
 
+class _WithoutDebug:
+    """
+    Autobahn's logger minus its debug and trace levels, whatever the global log level: at those
+    levels Autobahn logs whole handshakes, and with them the tokens in headers and query strings.
+    """
+
+    def __init__(self, logger) -> None:
+        self._logger = logger
+
+    def debug(self, *args, **kwargs) -> None:
+        pass
+
+    trace = debug
+
+    def __getattr__(self, name):
+        return getattr(self._logger, name)
+
+
 class HubServerProtocol(WebSocketServerProtocol):
     """One client connection.  Implements L{mission_control.hub.IConnection}."""
 
-    log = Logger()
+    log = _WithoutDebug(WebSocketServerProtocol.log)
+    _log = Logger()
 
     principal = None
     connection_id = None
@@ -55,7 +74,7 @@ class HubServerProtocol(WebSocketServerProtocol):
         try:
             self.principal = self.factory.admit(request)
         except Refusal as refusal:
-            self.log.warn(
+            self._log.warn(
                 "security: handshake refused from {peer}: {status} {reason}",
                 peer=peer,
                 status=refusal.status,
@@ -64,7 +83,7 @@ class HubServerProtocol(WebSocketServerProtocol):
             self._refusal = refusal
             raise ConnectionDeny(refusal.status, refusal.reason)
         except Exception:
-            self.log.failure("handshake from {peer} failed", peer=peer)
+            self._log.failure("handshake from {peer} failed", peer=peer)
             self._refusal = Refusal(500, "internal error", code="internal_error")
             raise ConnectionDeny(500, "Internal Server Error")
         return None
@@ -82,7 +101,7 @@ class HubServerProtocol(WebSocketServerProtocol):
                 phrase = http.HTTPStatus(code).phrase
             except ValueError:
                 phrase = "Error"
-            self.log.info(
+            self._log.info(
                 "handshake from {peer} failed: {status} {detail}",
                 peer=self.peer,
                 status=code,

@@ -255,3 +255,34 @@ def tmp_path(testcase, name="") -> str:
     path = testcase.mktemp()
     os.makedirs(path)
     return os.path.join(path, name) if name else path
+
+
+class _HeadReader(Protocol):
+    """Reads until the end of a response head, then hangs up."""
+
+    def __init__(self, request: bytes):
+        self.request = request
+        self.data = b""
+        self.head = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        self.data += data
+        if b"\r\n\r\n" in self.data and not self.head.called:
+            self.head.callback(self.data)
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if not self.head.called:
+            self.head.callback(self.data)
+
+
+@defer.inlineCallbacks
+def raw_handshake(port: int, request: bytes):
+    """Send C{request} and return the response head as soon as it is complete (101s included)."""
+    proto = _HeadReader(request)
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
+    data = yield proto.head
+    return parse_response(data)
