@@ -216,6 +216,8 @@ class Root(resource.Resource):
         super().__init__()
 
     def getChild(self, path, request):
+        if path == b"" and not request.postpath:
+            return self
         return JSONErrorResource(404, "not_found", "no such resource")
 
     def render_GET(self, request):

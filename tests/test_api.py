@@ -1,0 +1,226 @@
+"""
+Tests for the HTTP API (L{mission_control.web.api}) over real loopback HTTP: publishing, reading,
+roles, and every kind of bad input getting the right 4xx with a JSON error.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.helpers import connect, http_request, raw_request, start_server
+
+
+class ApiTestCase(unittest.TestCase):
+    def setUp(self):
+        self.server = start_server(self)
+        self.admin = self.server.token("root", role="admin")
+        self.operator = self.server.token("op", role="operator")
+        self.viewer = self.server.token("v", role="viewer")
+        self.agent = self.server.token("a1", role="agent")
+
+    def call(self, method, path, body=None, token=None, **kwargs):
+        return raw_request(self.server.port, http_request(method, path, body, token=token, **kwargs))
+
+    @defer.inlineCallbacks
+    def error(self, status, code, method, path, body=None, token="admin", **kwargs):
+        token = getattr(self, token) if token in ("admin", "operator", "viewer", "agent") else token
+        response = yield self.call(method, path, body, token=token, **kwargs)
+        self.assertEqual(response.status, status, response.raw)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        error = response.json()["error"]
+        self.assertEqual(error["code"], code)
+        self.assertTrue(error["message"])
+        for leak in (b"Traceback", b"twisted", b"autobahn", b"python"):
+            self.assertNotIn(leak, response.raw)
+        return response
+
+
+class PublishTests(ApiTestCase):
+    """POST /api/agents/{id}/status and /api/sessions/{id}/activity."""
+
+    @defer.inlineCallbacks
+    def test_post_status(self):
+        """A status post is stored, returned as its envelope, and listed by GET /api/agents."""
+        response = yield self.call("POST", "/api/agents/a1/status",
+                                   {"status": "busy", "message": "indexing"}, token=self.operator)
+        self.assertEqual(response.status, 200)
+        event = response.json()["event"]
+        self.assertEqual((event["type"], event["seq"]), ("agent:status", 1))
+        self.assertEqual(event["payload"]["agentId"], "a1")
+        self.assertEqual(event["payload"]["message"], "indexing")
+        listing = yield self.call("GET", "/api/agents", token=self.viewer)
+        self.assertEqual(listing.json(), {"agents": [event["payload"]]})
+
+    @defer.inlineCallbacks
+    def test_post_activity(self):
+        """An activity post is stored and listed by GET /api/sessions."""
+        response = yield self.call("POST", "/api/sessions/s-1/activity",
+                                   {"activity": "started", "agentId": "a1"}, token=self.admin)
+        self.assertEqual(response.status, 200)
+        listing = yield self.call("GET", "/api/sessions", token=self.agent)
+        self.assertEqual(listing.json()["sessions"], [response.json()["event"]["payload"]])
+
+    @defer.inlineCallbacks
+    def test_publish_reaches_websocket(self):
+        """A publish answered 200 has been delivered to a connected client."""
+        client = yield connect(self, self.server, self.viewer)
+        yield client.next_of("snapshot")
+        response = yield self.call("POST", "/api/agents/a9/status", {"status": "error"},
+                                   token=self.admin)
+        frame = yield client.next_of("agent:status")
+        self.assertEqual(frame, response.json()["event"])
+
+    @defer.inlineCallbacks
+    def test_agent_publishes_for_itself(self):
+        """An agent may post its own status and its own sessions' activity."""
+        response = yield self.call("POST", "/api/agents/a1/status", {"status": "online"},
+                                   token=self.agent)
+        self.assertEqual(response.status, 200)
+        response = yield self.call("POST", "/api/sessions/s1/activity", {"activity": "started"},
+                                   token=self.agent)
+        self.assertEqual(response.json()["event"]["payload"]["agentId"], "a1")
+
+    @defer.inlineCallbacks
+    def test_forbidden(self):
+        """A viewer may not publish; an agent may not publish for another agent: 403."""
+        yield self.error(403, "forbidden", "POST", "/api/agents/a1/status", {"status": "online"},
+                         token="viewer")
+        yield self.error(403, "forbidden", "POST", "/api/agents/a2/status", {"status": "online"},
+                         token="agent")
+        yield self.error(403, "forbidden", "POST", "/api/sessions/s1/activity",
+                         {"activity": "started", "agentId": "a2"}, token="agent")
+        yield self.error(403, "forbidden", "POST", "/api/sessions/s1/activity",
+                         {"activity": "started"}, token="viewer")
+        listing = yield self.call("GET", "/api/agents", token=self.viewer)
+        self.assertEqual(listing.json(), {"agents": []})
+
+    @defer.inlineCallbacks
+    def test_connections_for_admins_and_operators(self):
+        """GET /api/connections: admin and operator see it, viewer and agent get 403."""
+        yield connect(self, self.server, self.viewer)
+        for token in (self.admin, self.operator):
+            response = yield self.call("GET", "/api/connections", token=token)
+            self.assertEqual(response.json(), {"total": 1, "users": [{"id": "v", "connections": 1}]})
+        yield self.error(403, "forbidden", "GET", "/api/connections", token="viewer")
+        yield self.error(403, "forbidden", "GET", "/api/connections", token="agent")
+
+
+class AuthenticationTests(ApiTestCase):
+    """The API takes the same tokens as the WebSocket, in the Authorization header."""
+
+    @defer.inlineCallbacks
+    def test_missing_and_bad_tokens(self):
+        """No token, a bad one, an expired one: 401 with WWW-Authenticate and the reason."""
+        response = yield self.error(401, "unauthorized", "GET", "/api/agents", token=None)
+        self.assertEqual(response.json()["error"]["message"], "missing token")
+        self.assertIn("Bearer", response.headers["www-authenticate"])
+        response = yield self.error(401, "unauthorized", "GET", "/api/agents", token="junk")
+        self.assertEqual(response.json()["error"]["message"], "invalid token")
+        response = yield self.error(401, "unauthorized", "GET", "/api/agents",
+                                    token=self.server.token(ttl=-60))
+        self.assertEqual(response.json()["error"]["message"], "token expired")
+
+    @defer.inlineCallbacks
+    def test_query_token_not_accepted(self):
+        """The API does not read tokens from the query string (they end up in logs and caches)."""
+        yield self.error(401, "unauthorized", "GET", f"/api/agents?token={self.admin}",
+                         token=None)
+
+    @defer.inlineCallbacks
+    def test_basic_auth_refused(self):
+        """An Authorization header with another scheme is refused."""
+        yield self.error(401, "unauthorized", "GET", "/api/agents", token=None,
+                         headers={"Authorization": "Basic YTpi"})
+
+
+class BadInputTests(ApiTestCase):
+    """Every client mistake is a 4xx with a JSON error; never a 500."""
+
+    @defer.inlineCallbacks
+    def test_bad_json(self):
+        """Malformed JSON, invalid UTF-8 and an empty body: 400 malformed JSON."""
+        for body in (b"{nope", b"\xff\xfe", b""):
+            yield self.error(400, "bad_request", "POST", "/api/agents/a1/status", body)
+
+    @defer.inlineCallbacks
+    def test_wrong_types(self):
+        """A body that is not an object, or fields of the wrong type: 400 naming the field."""
+        cases = [([1, 2], "payload"), ({"status": 5}, "status"),
+                 ({"status": "idle", "message": 5}, "message"),
+                 ({"status": "idle", "metadata": "x"}, "metadata"),
+                 ({"status": "idle", "timestamp": 17}, "timestamp")]
+        for body, field in cases:
+            response = yield self.error(400, "bad_request", "POST", "/api/agents/a1/status", body)
+            self.assertIn(field, response.json()["error"]["message"])
+
+    @defer.inlineCallbacks
+    def test_unknown_status(self):
+        """A status outside the five is refused with the list of allowed ones."""
+        response = yield self.error(400, "bad_request", "POST", "/api/agents/a1/status",
+                                    {"status": "sleeping"})
+        self.assertIn("online, busy, idle, offline, error", response.json()["error"]["message"])
+
+    @defer.inlineCallbacks
+    def test_bad_ids(self):
+        """Over-long or badly formed ids in the path: 400, and the id is not echoed."""
+        for agent_id in ("a" * 129, "a%20b", "a%0Ab", "%C3%A9", "a%2Fb"):
+            response = yield self.error(400, "bad_request", "POST",
+                                        f"/api/agents/{agent_id}/status", {"status": "idle"})
+            self.assertNotIn(b"aaaaaaaaaa", response.body)
+
+    @defer.inlineCallbacks
+    def test_too_large(self):
+        """A body over 64 KiB is refused with 413 before it is read."""
+        body = b'{"status":"idle","message":"' + b"x" * (70 * 1024) + b'"}'
+        yield self.error(413, "payload_too_large", "POST", "/api/agents/a1/status", body)
+
+    @defer.inlineCallbacks
+    def test_too_large_chunked(self):
+        """A chunked body that grows past 64 KiB is refused with 413 too."""
+        chunk = b"x" * 8192
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(10)) + b"0\r\n\r\n"
+        request = (b"POST /api/agents/a1/status HTTP/1.1\r\nHost: x\r\n"
+                   b"Authorization: Bearer " + self.admin.encode() + b"\r\n"
+                   b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                   b"Connection: close\r\n\r\n" + chunks)
+        response = yield raw_request(self.server.port, request)
+        self.assertEqual(response.status, 413)
+        self.assertEqual(self.server.hub.store.last_seq, 0)
+
+    @defer.inlineCallbacks
+    def test_wrong_content_type(self):
+        """A body that is not declared as JSON: 415."""
+        yield self.error(415, "unsupported_media_type", "POST", "/api/agents/a1/status",
+                         {"status": "idle"}, content_type="text/plain")
+        yield self.error(415, "unsupported_media_type", "POST", "/api/agents/a1/status",
+                         {"status": "idle"}, content_type=None)
+
+    @defer.inlineCallbacks
+    def test_charset_allowed(self):
+        """application/json with a charset parameter is accepted."""
+        response = yield self.call("POST", "/api/agents/a1/status", {"status": "idle"},
+                                   token=self.admin, content_type="application/json; charset=utf-8")
+        self.assertEqual(response.status, 200)
+
+    @defer.inlineCallbacks
+    def test_wrong_method(self):
+        """A known path with the wrong method: 405 with Allow."""
+        response = yield self.error(405, "method_not_allowed", "GET", "/api/agents/a1/status")
+        self.assertEqual(response.headers["allow"], "POST")
+        response = yield self.error(405, "method_not_allowed", "DELETE", "/api/agents")
+        self.assertEqual(response.headers["allow"], "GET")
+
+    @defer.inlineCallbacks
+    def test_unknown_paths(self):
+        """Unknown paths under /api and elsewhere: 404 JSON."""
+        for path in ("/api/nope", "/api/agents/a1", "/api/agents/a1/status/x", "/api", "/nope"):
+            yield self.error(404, "not_found", "GET", path)
+
+    @defer.inlineCallbacks
+    def test_nothing_stored_after_errors(self):
+        """None of the refused requests stored anything."""
+        yield self.error(400, "bad_request", "POST", "/api/agents/a1/status", {"status": "x"})
+        yield self.error(403, "forbidden", "POST", "/api/agents/a1/status", {"status": "idle"},
+                         token="viewer")
+        self.assertEqual(self.server.hub.store.last_seq, 0)
