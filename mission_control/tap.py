@@ -12,9 +12,11 @@ L{Options.postOptions} and reported as one usage line, before anything starts.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -88,6 +90,16 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
         for name in self._repeatable:
             self[name] = []
+
+    def parseOptions(self, options=None):
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            # Under twistd, which would print its whole usage text and then the error, both on
+            # stdout: one line on stderr and a non-zero exit instead.
+            raise SystemExit(f"twistd mission-control: {e}") from None
 
     def opt_listen(self, endpoint):
         """Twisted endpoint string to listen on (repeatable). [tcp:8080:interface=127.0.0.1]"""
@@ -242,6 +254,11 @@ class MissionControlService(service.MultiService):
             endpoint = serverFromString(self.reactor, description)
             result = []
             endpoint.listen(self.site).addBoth(result.append)
+            if not result or not hasattr(result[0], "getHost"):
+                # Do not leave the listeners opened so far behind.
+                for _, port in self.ports:
+                    port.stopListening()
+                self.ports = []
             if not result:
                 raise SystemExit(f"mission-control: listening on {description} did not complete")
             if not hasattr(result[0], "getHost"):
@@ -267,7 +284,7 @@ class MissionControlService(service.MultiService):
                 "mission-control token --data-dir {data_dir} --sub alice --role admin",
                 how="generated in" if self.options["generated-secret"] else "read from",
                 path=self.options["secret-path"],
-                data_dir=data_dir,
+                data_dir=shlex.quote(data_dir),
             )
 
     def stopService(self):
@@ -275,9 +292,9 @@ class MissionControlService(service.MultiService):
         self.hub.close_all()
         ports, self.ports = self.ports, []
         d = super().stopService()
-        for _, port in ports:
-            port.stopListening()
-        return d
+        # Fire only once the ports are closed, so a new listener can take them at once.
+        closing = [defer.maybeDeferred(port.stopListening) for _, port in ports]
+        return defer.gatherResults([d, *closing], consumeErrors=True).addCallback(lambda _: None)
 
 
 def urls_of(description: str, port) -> list[str]:
