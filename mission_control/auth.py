@@ -356,10 +356,31 @@ def load_or_create_secret(data_dir: str) -> tuple[bytes, str, bool]:
     return read_secret(path), path, created
 
 
-def load_public_key(path: str, algorithms: Sequence[str]) -> object:
+def key_algorithms(key: object) -> tuple[str, ...]:
     """
-    Load a PEM public key and check that it fits every algorithm in C{algorithms}.
+    The JWT algorithms a public key can verify, its default first: RSA keys RS*/PS* (RS256), EC
+    keys the one ES* of their curve (P-256: ES256, P-384: ES384, P-521: ES512), Ed25519 and Ed448
+    EdDSA.  An EC key on another curve verifies nothing.
+    """
+    if isinstance(key, rsa.RSAPublicKey):
+        return _KEY_ALGORITHMS["RSA"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        algorithm = _EC_CURVES.get(key.curve.name)
+        return (algorithm,) if algorithm else ()
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return _KEY_ALGORITHMS["OKP"]
+    return ()
 
+
+_EC_CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+
+def load_public_key(path: str, algorithms: Sequence[str] = ()) -> tuple[object, list[str]]:
+    """
+    Load a PEM public key and settle the algorithms it verifies: C{algorithms} when given, each of
+    which must fit the key, else the key's default (L{key_algorithms}).
+
+    @return: C{(key, algorithms)}.
     @raise ValueError: with a message fit for a usage line.
     """
     try:
@@ -371,18 +392,27 @@ def load_public_key(path: str, algorithms: Sequence[str]) -> object:
         key = load_pem_public_key(data)
     except Exception:
         raise ValueError(f"{path} is not a PEM public key") from None
-    if isinstance(key, rsa.RSAPublicKey):
-        kind = "RSA"
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        kind = "EC"
-    elif isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-        kind = "OKP"
-    else:
-        raise ValueError(f"{path}: unsupported key type")
+    fitting = key_algorithms(key)
+    kind = _key_kind(key)
+    if not fitting:
+        raise ValueError(f"{path}: unsupported key type or curve ({kind})")
     for algorithm in algorithms:
-        if algorithm not in _KEY_ALGORITHMS[kind]:
-            raise ValueError(f"--jwt-algorithm {algorithm} does not fit the {kind} key in {path}")
-    return key
+        if algorithm not in fitting:
+            raise ValueError(
+                f"--jwt-algorithm {algorithm} does not fit the {kind} key in {path} "
+                f"(it verifies {', '.join(fitting)})"
+            )
+    return key, list(algorithms) or [fitting[0]]
+
+
+def _key_kind(key: object) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return "EdDSA"
+    return type(key).__name__
 
 
 def mint_token(

@@ -191,14 +191,14 @@ class Options(usage.Options):
             raise usage.UsageError("give --jwt-secret-file or --jwt-public-key, not both")
         try:
             if public_key:
-                algorithms = algorithms or ["RS256"]
                 for algorithm in algorithms:
                     if algorithm not in auth.PUBLIC_KEY_ALGORITHMS:
                         raise ValueError(
                             f"--jwt-algorithm {algorithm} is not a public-key algorithm "
                             f"({', '.join(auth.PUBLIC_KEY_ALGORITHMS)})"
                         )
-                key = auth.load_public_key(public_key, algorithms)
+                # Without --jwt-algorithm, the key's own default (RS256, ES256, EdDSA...).
+                key, algorithms = auth.load_public_key(public_key, algorithms)
             else:
                 algorithms = algorithms or ["HS256"]
                 for algorithm in algorithms:

@@ -8,6 +8,7 @@ connection gone before it stops listening, so the reactor is clean when a test e
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -21,13 +22,19 @@ from twisted.internet.protocol import Protocol
 from mission_control import auth
 from mission_control.tap import Options, makeService
 
+_scratch = tempfile.TemporaryDirectory(prefix="mc-test-")
+_counter = itertools.count()
+
 
 def parse_options(args=(), environ=None, data_dir=None) -> Options:
-    """Parse tap options as twistd would, with a fresh data dir and an ephemeral port."""
+    """
+    Parse tap options as twistd would, with an ephemeral port and C{data_dir} (by default a fresh
+    temporary folder, removed at exit).
+    """
     options = Options(environ=environ or {})
     argv = list(args)
     if data_dir is None:
-        data_dir = tempfile.mkdtemp(prefix="mc-test-")
+        data_dir = _scratch.name + f"/data-{next(_counter)}"
     if "--data-dir" not in argv:
         argv = ["--data-dir", data_dir] + argv
     if "--listen" not in argv:

@@ -217,12 +217,46 @@ class TokenVerifierPublicKeyTests(SynchronousTestCase):
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(rsa_pem)
-        self.assertIsInstance(auth.load_public_key(path, ["RS256", "PS256"]), rsa.RSAPublicKey)
+        key, algorithms = auth.load_public_key(path, ["RS256", "PS256"])
+        self.assertIsInstance(key, rsa.RSAPublicKey)
+        self.assertEqual(algorithms, ["RS256", "PS256"])
         self.assertRaises(ValueError, auth.load_public_key, path, ["ES256"])
         with open(path, "wb") as f:
             f.write(b"not a key")
         self.assertRaises(ValueError, auth.load_public_key, path, ["RS256"])
         self.assertRaises(ValueError, auth.load_public_key, path + ".missing", ["RS256"])
+
+    def test_default_algorithm_follows_the_key(self):
+        """Without algorithms, the key's own is used: RS256, ES256/384/512 by curve, EdDSA."""
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        keys = {
+            "RS256": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            "ES256": ec.generate_private_key(ec.SECP256R1()),
+            "ES384": ec.generate_private_key(ec.SECP384R1()),
+            "ES512": ec.generate_private_key(ec.SECP521R1()),
+            "EdDSA": ed25519.Ed25519PrivateKey.generate(),
+        }
+        for expected, private in keys.items():
+            path = self.mktemp()
+            with open(path, "wb") as f:
+                f.write(private.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            key, algorithms = auth.load_public_key(path)
+            self.assertEqual(algorithms, [expected])
+            token = jwt.encode(claims(), private, algorithm=expected)
+            self.assertEqual(TokenVerifier(key=key, algorithms=algorithms).verify(token, NOW).sub,
+                             "alice")
+
+    def test_curve_must_match(self):
+        """A P-384 key with ES256 is refused at load time, not with a 401 on every token."""
+        private = ec.generate_private_key(ec.SECP384R1())
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(private.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        error = self.assertRaises(ValueError, auth.load_public_key, path, ["ES256"])
+        self.assertIn("ES384", str(error))
 
 
 class TokenFromRequestTests(SynchronousTestCase):
