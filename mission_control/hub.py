@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Mapping
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -69,6 +70,7 @@ class Hub:
         self._connections: set = set()
         self._by_user: dict[str, set] = {}
         self._heartbeat: LoopingCall | None = None
+        self._empty_waiters: list[Deferred] = []
         self.accepting = True
 
     # Lifecycle
@@ -91,6 +93,14 @@ class Hub:
         """Close every connection (1001 by default: the server is going away)."""
         for conn in tuple(self._connections):
             conn.close(code, reason)
+
+    def when_empty(self) -> Deferred:
+        """A Deferred that fires once no connection is registered (at once if none is)."""
+        if not self._connections:
+            return succeed(None)
+        d = Deferred()
+        self._empty_waiters.append(d)
+        return d
 
     def set_prepare(self, prepare: Callable[[bytes], Any]) -> None:
         """Use C{prepare} to turn encoded frames into what L{IConnection.deliver} takes."""
@@ -131,7 +141,7 @@ class Hub:
             {
                 "connectionId": conn.connection_id,
                 "user": conn.principal.as_user(),
-                "heartbeatInterval": self.heartbeat_interval,
+                "heartbeatInterval": _number(self.heartbeat_interval),
                 "lastSeq": self.store.last_seq,
                 "epoch": self.store.epoch,
             },
@@ -150,6 +160,10 @@ class Hub:
             mine.discard(conn)
             if not mine:
                 del self._by_user[sub]
+        if not self._connections:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for d in waiters:
+                d.callback(None)
         self.log.info(
             "connection {connection_id} of {user} closed",
             connection_id=conn.connection_id,
@@ -303,3 +317,8 @@ class Hub:
 
     def _now(self) -> str:
         return events.format_timestamp(self.clock.seconds())
+
+
+def _number(value: float) -> int | float:
+    """C{30.0} as C{30}: whole seconds read better in JSON."""
+    return int(value) if float(value).is_integer() else value

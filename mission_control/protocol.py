@@ -120,6 +120,8 @@ class HubServerProtocol(WebSocketServerProtocol):
             headers.append(("WWW-Authenticate", 'Bearer realm="mission-control"'))
         if code == 426:
             headers.append(("Upgrade", "websocket"))
+        if code == 405:
+            headers.append(("Allow", "GET"))
         headers.extend(responseHeaders or ())
         self.sendHttpErrorResponse(code, refusal.reason, headers)
         self.sendData(body)

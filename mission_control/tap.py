@@ -287,14 +287,31 @@ class MissionControlService(service.MultiService):
                 data_dir=shlex.quote(data_dir),
             )
 
+    #: Seconds that stopping waits for clients to finish their close handshakes.
+    close_timeout = 5.0
+
+    @defer.inlineCallbacks
     def stopService(self):
+        """
+        Refuse new connections, close every client with 1001, wait (at most C{close_timeout}
+        seconds) for the close handshakes, then stop the children and close the ports.
+        """
         self.hub.stop()
         self.hub.close_all()
+        empty = self.hub.when_empty()
+        timer = self.reactor.callLater(self.close_timeout, empty.cancel)
+        try:
+            yield empty
+        except defer.CancelledError:
+            self.log.warn("{count} clients did not close in time", count=self.hub.connection_count)
+        else:
+            timer.cancel()
         ports, self.ports = self.ports, []
-        d = super().stopService()
-        # Fire only once the ports are closed, so a new listener can take them at once.
-        closing = [defer.maybeDeferred(port.stopListening) for _, port in ports]
-        return defer.gatherResults([d, *closing], consumeErrors=True).addCallback(lambda _: None)
+        yield super().stopService()
+        # Return only once the ports are closed, so a new listener can take them at once.
+        yield defer.gatherResults(
+            [defer.maybeDeferred(port.stopListening) for _, port in ports], consumeErrors=True
+        )
 
 
 def urls_of(description: str, port) -> list[str]:
@@ -307,7 +324,10 @@ def urls_of(description: str, port) -> list[str]:
             name = "localhost"
         base = f"{name}:{host.port}"
         return [f"{'https' if secure else 'http'}://{base}/", f"{'wss' if secure else 'ws'}://{base}/ws"]
-    return [f"unix socket {getattr(host, 'name', host)} (HTTP, and WebSocket at /ws)"]
+    name = getattr(host, "name", host)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    return [f"unix socket {name} (HTTP, and WebSocket at /ws)"]
 
 
 def makeService(options, reactor=None) -> MissionControlService:

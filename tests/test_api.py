@@ -209,7 +209,7 @@ class BadInputTests(ApiTestCase):
         response = yield self.error(405, "method_not_allowed", "GET", "/api/agents/a1/status")
         self.assertEqual(response.headers["allow"], "POST")
         response = yield self.error(405, "method_not_allowed", "DELETE", "/api/agents")
-        self.assertEqual(response.headers["allow"], "GET")
+        self.assertEqual(response.headers["allow"], "GET, HEAD")
 
     @defer.inlineCallbacks
     def test_unknown_paths(self):

@@ -117,6 +117,13 @@ class HandshakeTests(unittest.TestCase):
         self.assertNotIn(b"<html", response.body.lower())
 
     @defer.inlineCallbacks
+    def test_other_methods_are_405(self):
+        """A WebSocket handshake with another method than GET: 405 with Allow: GET."""
+        request = upgrade_request(headers=bearer(self.server.token())).replace(b"GET", b"POST", 1)
+        response = yield self.refused(request, 405)
+        self.assertEqual(response.headers["allow"], "GET")
+
+    @defer.inlineCallbacks
     def test_invalid_upgrades_are_400(self):
         """Bad version, missing key, wrong Upgrade value: 400 without echoing the request."""
         token = self.server.token()
@@ -452,12 +459,23 @@ class LifecycleTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_shutdown_closes_with_1001(self):
-        """Stopping the service closes clients with 1001 (going away)."""
+        """
+        Stopping the service closes every client with 1001 (going away), and waits for their
+        close handshakes before it reports itself stopped; new handshakes meanwhile get 503.
+        """
         server = start_server(self)
-        client = yield connect(self, server, server.token())
-        server.hub.close_all()
-        yield client.closed
-        self.assertEqual(client.close_code, 1001)
+        clients = []
+        for name in ("a", "b", "c"):
+            clients.append((yield connect(self, server, server.token(name))))
+        stopped = server.service.stopService()
+        response = yield raw_request(server.port,
+                                     upgrade_request(headers=bearer(server.token("late"))))
+        self.assertEqual((response.status, response.reason), (503, "shutting down"))
+        yield stopped
+        self.assertEqual(server.hub.connection_count, 0)
+        for client in clients:
+            yield client.closed
+            self.assertEqual(client.close_code, 1001)
 
 
 class _SilentPeer(Protocol):

@@ -76,7 +76,8 @@ class Api(resource.Resource):
                     if request.method == b"HEAD" and b"GET" in methods:
                         handler = methods[b"GET"]
                     else:
-                        allow = b", ".join(sorted(methods))
+                        allowed = set(methods) | ({b"HEAD"} if b"GET" in methods else set())
+                        allow = b", ".join(sorted(allowed))
                         raise ApiError(
                             405, "method_not_allowed", "method not allowed", {b"Allow": allow}
                         )

@@ -111,9 +111,10 @@ class HubHTTPChannel(http.HTTPChannel):
 
     def _head_timed_out(self):
         self._head_deadline = None
-        self.log.info("dropping {peer}: request head not complete in time",
+        self.log.info("closing {peer}: no complete request head in time",
                       peer=str(self.transport.getPeer()))
-        self.transport.abortConnection()
+        # A graceful close: an idle kept-alive connection is not an attack, and nothing is pending.
+        self.transport.loseConnection()
 
     def allHeadersReceived(self):
         self._cancel_head_deadline()
