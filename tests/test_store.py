@@ -1,45 +1,638 @@
+# -*- test-case-name: tests.test_store -*-
 """
-Tests for L{mission_control.store.memory.MemoryStore}.
+Tests for L{mission_control.store}: one contract, L{StoreContractMixin}, run against every
+implementation of L{IEventStore} (memory, and SQLite on a real file), plus what only the durable
+store promises: surviving a close, a reopen and a killed process, and refusing unusable files.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+from typing import Optional
+
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
-from mission_control.store import MemoryStore
+from mission_control.store import (
+    IDEMPOTENCY_WINDOW,
+    IdempotencyConflict,
+    IEventStore,
+    MemoryStore,
+    Retention,
+    SQLiteStore,
+    StoredEvent,
+)
+from mission_control.store.sqlite import SCHEMA_VERSION
+
+T0 = 1_800_000_000.0
+TS = "2027-01-15T08:00:00.000Z"
 
 
-class MemoryStoreTests(SynchronousTestCase):
-    """Sequence numbers and latest state."""
+def status(agent: str, state: str = "online", **extra: object) -> dict:
+    """An C{agent:status} payload."""
+    return {"agentId": agent, "status": state, "timestamp": TS, **extra}
 
-    def test_seq_increases_without_gaps(self):
-        """Each append gets the next seq, starting at 1; last_seq follows."""
-        store = MemoryStore()
-        self.assertEqual(store.last_seq, 0)
-        seqs = [store.append("agent:status", {"agentId": f"a{i}"}) for i in range(5)]
-        self.assertEqual((seqs, store.last_seq), ([1, 2, 3, 4, 5], 5))
 
-    def test_latest_per_key(self):
-        """Only the newest payload per agent and per session is kept, most recent last."""
-        store = MemoryStore()
-        store.append("agent:status", {"agentId": "a1", "status": "online"})
-        store.append("agent:status", {"agentId": "a2", "status": "idle"})
-        store.append("agent:status", {"agentId": "a1", "status": "busy"})
-        store.append("session:activity", {"sessionId": "s1", "activity": "started"})
-        self.assertEqual(store.agents(), [{"agentId": "a2", "status": "idle"},
-                                          {"agentId": "a1", "status": "busy"}])
-        self.assertEqual(store.sessions(), [{"sessionId": "s1", "activity": "started"}])
+def activity(session: str, word: str = "started", **extra: object) -> dict:
+    """A C{session:activity} payload."""
+    return {"sessionId": session, "activity": word, "timestamp": TS, **extra}
 
-    def test_bounded(self):
-        """Past the cap the least recently updated entry is forgotten."""
-        store = MemoryStore(max_agents=2, max_sessions=1)
+
+class StoreContractMixin:
+    """
+    The behaviour every L{IEventStore} shares.  A subclass mixes this into a L{SynchronousTestCase}
+    and provides L{make_store}.
+    """
+
+    def make_store(self, retention: Retention = Retention()) -> IEventStore:
+        """A new, empty store with C{retention}, closed when the test ends."""
+        raise NotImplementedError
+
+    def publish(self, store: IEventStore, n: int, now: float = T0, start: int = 0) -> list[int]:
+        """Append C{n} agent statuses of agents C{a<start>}... at C{now}; their seqs."""
+        return [
+            store.append("agent:status", status(f"a{i}"), TS, now)[0].seq
+            for i in range(start, start + n)
+        ]
+
+    def seqs(self, store: IEventStore, after: int = 0, limit: int = 1000) -> list[int]:
+        """The seqs of the retained events after C{after}."""
+        return [event.seq for event in store.events_after(after, limit)]
+
+    # The interface
+
+    def test_provides_interface(self):
+        """The store provides every attribute and method of IEventStore."""
+        self.assertTrue(verifyObject(IEventStore, self.make_store()))
+
+    def test_empty(self):
+        """A new store has no events and no state: last_seq 0, first_seq 1."""
+        store = self.make_store()
+        self.assertEqual(
+            (store.last_seq, store.first_seq, store.events_after(0, 10)),
+            (0, 1, []),
+        )
+        self.assertEqual((store.agents(), store.sessions()), ([], []))
+
+    def test_close_twice(self):
+        """Closing a store twice is harmless."""
+        store = self.make_store()
+        store.close()
+        store.close()
+
+    def test_negative_retention_refused(self):
+        """A negative limit is refused with ValueError when the store is made."""
+        self.assertRaises(ValueError, self.make_store, Retention(max_events=-1))
+
+    # Sequence numbers
+
+    def test_seq_starts_at_one_without_gaps(self):
+        """Appends get seq 1, 2, 3, ... and last_seq follows; first_seq stays at 1."""
+        store = self.make_store()
+        self.assertEqual(self.publish(store, 5), [1, 2, 3, 4, 5])
+        self.assertEqual((store.last_seq, store.first_seq), (5, 1))
+
+    def test_append_returns_stored_event(self):
+        """append returns the StoredEvent it stored, with created true."""
+        store = self.make_store()
+        payload = status("a1", "busy", message="compiling")
+        event, created = store.append("agent:status", payload, TS, T0)
+        self.assertTrue(created)
+        self.assertEqual(event, StoredEvent(seq=1, type="agent:status", payload=payload, ts=TS))
+        self.assertEqual(
+            event.envelope(),
+            {"type": "agent:status", "payload": payload, "ts": TS, "seq": 1},
+        )
+
+    def test_bad_event_consumes_no_seq(self):
+        """
+        An unknown type, or a payload without its agentId / sessionId, raises ValueError and
+        consumes no seq: the next good event still gets seq 1.
+        """
+        store = self.make_store()
+        self.assertRaises(ValueError, store.append, "presence:join", {"agentId": "a"}, TS, T0)
+        self.assertRaises(ValueError, store.append, "agent:status", {"status": "idle"}, TS, T0)
+        self.assertRaises(ValueError, store.append, "session:activity", status("a1"), TS, T0)
+        self.assertEqual((store.last_seq, store.events_after(0, 10)), (0, []))
+        self.assertEqual(self.publish(store, 1), [1])
+
+    # History
+
+    def test_events_after_in_order(self):
+        """events_after gives the events with a greater seq, oldest first, as appended."""
+        store = self.make_store()
+        appended = [
+            store.append("agent:status", status("a1"), "2027-01-15T08:00:00.001Z", T0)[0],
+            store.append("session:activity", activity("s1"), "2027-01-15T08:00:00.002Z", T0)[0],
+            store.append("agent:status", status("a1", "idle"), "2027-01-15T08:00:00.003Z", T0)[0],
+        ]
+        self.assertEqual(store.events_after(0, 10), appended)
+        self.assertEqual(store.events_after(1, 10), appended[1:])
+        self.assertEqual(store.events_after(3, 10), [])
+
+    def test_events_after_limit(self):
+        """At most limit events come back, the oldest ones; a limit of 0 gives none."""
+        store = self.make_store()
+        self.publish(store, 10)
+        self.assertEqual(self.seqs(store, 0, 3), [1, 2, 3])
+        self.assertEqual(self.seqs(store, 3, 3), [4, 5, 6])
+        self.assertEqual(self.seqs(store, 8, 3), [9, 10])
+        self.assertEqual(store.events_after(0, 0), [])
+
+    def test_payload_round_trip(self):
+        """Nested objects, non-ASCII text and numbers come back exactly as appended."""
+        store = self.make_store()
+        payload = activity(
+            "s1", "tool_call", agentId="a1", summary="Résumé ✓ 日本",
+            detail={"args": [1, 2.5, None, True], "nested": {"quote": "\"'\\"}},
+        )
+        store.append("session:activity", payload, TS, T0)
+        self.assertEqual(store.events_after(0, 1)[0].payload, payload)
+        self.assertEqual(store.sessions(), [payload])
+
+    # Latest state
+
+    def test_latest_most_recent_wins(self):
+        """Only the newest payload per agent is kept, least recently updated first."""
+        store = self.make_store()
+        store.append("agent:status", status("a1", "online"), TS, T0)
+        store.append("agent:status", status("a2", "idle"), TS, T0)
+        store.append("agent:status", status("a1", "busy"), TS, T0)
+        self.assertEqual(store.agents(), [status("a2", "idle"), status("a1", "busy")])
+
+    def test_sessions_apart_from_agents(self):
+        """Session activity is latest state per session, and does not touch the agents' list."""
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0)
+        store.append("session:activity", activity("s1", agentId="a1"), TS, T0)
+        store.append("session:activity", activity("s2"), TS, T0)
+        store.append("session:activity", activity("s1", "completed"), TS, T0)
+        self.assertEqual(store.agents(), [status("a1")])
+        self.assertEqual(store.sessions(), [activity("s2"), activity("s1", "completed")])
+
+    def test_agent_cap_evicts_least_recently_updated(self):
+        """Past max_agents the agent updated longest ago is forgotten, before and after trim."""
+        store = self.make_store(Retention(max_agents=2))
         for agent in ("a1", "a2", "a1", "a3"):
-            store.append("agent:status", {"agentId": agent})
+            store.append("agent:status", status(agent), TS, T0)
         self.assertEqual([a["agentId"] for a in store.agents()], ["a1", "a3"])
-        store.append("session:activity", {"sessionId": "s1"})
-        store.append("session:activity", {"sessionId": "s2"})
-        self.assertEqual(store.sessions(), [{"sessionId": "s2"}])
+        store.trim(T0)
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a1", "a3"])
+        store.append("agent:status", status("a2"), TS, T0)
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a3", "a2"])
+
+    def test_session_cap_evicts_least_recently_updated(self):
+        """Past max_sessions the session updated longest ago is forgotten."""
+        store = self.make_store(Retention(max_sessions=1))
+        store.append("session:activity", activity("s1"), TS, T0)
+        store.append("session:activity", activity("s2"), TS, T0)
+        store.trim(T0)
+        self.assertEqual(store.sessions(), [activity("s2")])
+
+    # Retention
+
+    def test_retention_by_count(self):
+        """
+        At most max_events events are retained, the newest: first_seq moves up as soon as the
+        limit is passed, and trim keeps it there.
+        """
+        store = self.make_store(Retention(max_events=3))
+        self.publish(store, 5)
+        self.assertEqual((store.first_seq, self.seqs(store)), (3, [3, 4, 5]))
+        store.trim(T0)
+        self.assertEqual((store.first_seq, store.last_seq, self.seqs(store)), (3, 5, [3, 4, 5]))
+
+    def test_events_after_below_first_seq(self):
+        """Asking for events after a seq that was trimmed gives the retained ones from first_seq."""
+        store = self.make_store(Retention(max_events=2))
+        self.publish(store, 4)
+        store.trim(T0)
+        self.assertEqual(self.seqs(store, 1), [3, 4])
+        self.assertEqual(self.seqs(store, 0, 1), [3])
+
+    def test_retention_by_age(self):
+        """trim drops events older than max_age at the given now, and nothing before that."""
+        store = self.make_store(Retention(max_age=100))
+        for offset in (0, 50, 100):
+            store.append("agent:status", status("a1"), TS, T0 + offset)
+        store.trim(T0 + 100)
+        self.assertEqual(self.seqs(store), [1, 2, 3])
+        store.trim(T0 + 160)
+        self.assertEqual((store.first_seq, self.seqs(store)), (3, [3]))
+
+    def test_age_retention_keeps_an_unbroken_range(self):
+        """
+        When the clock stepped back, trimming by age stops at the first event young enough, so
+        the retained events stay one unbroken range of seqs (no hole a resume could fall into).
+        """
+        store = self.make_store(Retention(max_age=100))
+        for offset in (0, 200, -100, 300):
+            store.append("agent:status", status("a1"), TS, T0 + offset)
+        store.trim(T0 + 150)
+        self.assertEqual((store.first_seq, self.seqs(store)), (2, [2, 3, 4]))
+
+    def test_last_seq_survives_trimming_everything(self):
+        """
+        When every event has aged out, last_seq stays, first_seq is last_seq + 1, and the next
+        append continues the sequence.
+        """
+        store = self.make_store(Retention(max_age=10))
+        self.publish(store, 3)
+        store.trim(T0 + 1000)
+        self.assertEqual((store.last_seq, store.first_seq, self.seqs(store)), (3, 4, []))
+        self.assertEqual(self.publish(store, 1, now=T0 + 1000), [4])
+        self.assertEqual((store.first_seq, self.seqs(store)), (4, [4]))
+
+    def test_trim_keeps_latest_state(self):
+        """Trimming the history by age does not forget the latest state of agents and sessions."""
+        store = self.make_store(Retention(max_age=10))
+        store.append("agent:status", status("a1"), TS, T0)
+        store.append("session:activity", activity("s1"), TS, T0)
+        store.trim(T0 + 1000)
+        self.assertEqual((store.agents(), store.sessions()), ([status("a1")], [activity("s1")]))
+
+    # Epoch
+
+    def test_epoch_stable(self):
+        """A store's epoch is a non-empty string that appends and trims do not change."""
+        store = self.make_store(Retention(max_events=1))
+        epoch = store.epoch
+        self.publish(store, 3)
+        store.trim(T0 + 10**6)
+        self.assertIsInstance(epoch, str)
+        self.assertTrue(epoch)
+        self.assertEqual(store.epoch, epoch)
 
     def test_epoch_per_store(self):
-        """Each new store is a new history with its own epoch."""
-        self.assertNotEqual(MemoryStore().epoch, MemoryStore().epoch)
+        """Two new stores are two histories with different epochs."""
+        self.assertNotEqual(self.make_store().epoch, self.make_store().epoch)
+
+    # Client positions
+
+    def test_position_absent(self):
+        """An unknown user and client name has no position."""
+        self.assertIsNone(self.make_store().position("alice", "wall"))
+
+    def test_position_saved_and_overwritten(self):
+        """save_position is read back by position; a later save replaces it."""
+        store = self.make_store()
+        store.save_position("alice", "wall", 41, T0)
+        self.assertEqual(store.position("alice", "wall"), 41)
+        store.save_position("alice", "wall", 57, T0)
+        self.assertEqual(store.position("alice", "wall"), 57)
+
+    def test_position_per_user_and_client(self):
+        """Positions are kept apart per user and per client name."""
+        store = self.make_store()
+        store.save_position("alice", "wall", 1, T0)
+        store.save_position("alice", "laptop", 2, T0)
+        store.save_position("bob", "wall", 3, T0)
+        self.assertEqual(
+            [store.position(u, c) for u, c in [("alice", "wall"), ("alice", "laptop"),
+                                               ("bob", "wall"), ("bob", "laptop")]],
+            [1, 2, 3, None],
+        )
+
+    def test_stale_position_trimmed(self):
+        """trim forgets a position not saved within max_age, and keeps a recent one."""
+        store = self.make_store(Retention(max_age=100))
+        store.save_position("alice", "old", 1, T0)
+        store.save_position("alice", "new", 2, T0 + 150)
+        store.trim(T0 + 200)
+        self.assertIsNone(store.position("alice", "old"))
+        self.assertEqual(store.position("alice", "new"), 2)
+
+    # Idempotency
+
+    def test_idempotent_repeat(self):
+        """
+        A repeat of a key with the same fingerprint within the window returns the first event
+        with created false, and appends nothing: no seq, no history, no latest-state change.
+        """
+        store = self.make_store()
+        first, created = store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        self.assertTrue(created)
+        again, created = store.append(
+            "agent:status", status("a1", "error"), TS, T0 + 5, ("alice", "k1", "f1")
+        )
+        self.assertEqual((again, created), (first, False))
+        self.assertEqual((store.last_seq, self.seqs(store)), (1, [1]))
+        self.assertEqual(store.agents(), [status("a1")])
+
+    def test_idempotency_conflict(self):
+        """The same key with another fingerprint raises IdempotencyConflict and appends nothing."""
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        self.assertRaises(
+            IdempotencyConflict,
+            store.append, "agent:status", status("a2"), TS, T0, ("alice", "k1", "f2"),
+        )
+        self.assertEqual((store.last_seq, store.agents()), (1, [status("a1")]))
+
+    def test_idempotency_per_user(self):
+        """Another user's identical key is a different key: it appends."""
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        event, created = store.append("agent:status", status("a1"), TS, T0, ("bob", "k1", "f1"))
+        self.assertEqual((event.seq, created), (2, True))
+
+    def test_idempotency_expires(self):
+        """
+        IDEMPOTENCY_WINDOW seconds after the first use, a key is new again: it appends (even with
+        another fingerprint), and its later repeats return the new event.
+        """
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        _, created = store.append(
+            "agent:status", status("a1"), TS, T0 + IDEMPOTENCY_WINDOW - 1, ("alice", "k1", "f1")
+        )
+        self.assertFalse(created)
+        later = T0 + IDEMPOTENCY_WINDOW
+        second, created = store.append(
+            "agent:status", status("a1"), TS, later, ("alice", "k1", "f2")
+        )
+        self.assertEqual((second.seq, created), (2, True))
+        again, created = store.append(
+            "agent:status", status("a9"), TS, later + 1, ("alice", "k1", "f2")
+        )
+        self.assertEqual((again, created), (second, False))
+
+    def test_idempotency_forgotten_by_trim(self):
+        """trim forgets keys older than the window: a late repeat appends."""
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        store.append("agent:status", status("a2"), TS, T0 + 300, ("alice", "k2", "f1"))
+        store.trim(T0 + IDEMPOTENCY_WINDOW + 1)
+        _, created1 = store.append("agent:status", status("a1"), TS, T0 + 1, ("alice", "k1", "f1"))
+        _, created2 = store.append(
+            "agent:status", status("a2"), TS, T0 + 301, ("alice", "k2", "f1")
+        )
+        self.assertEqual((created1, created2), (True, False))
+
+    def test_idempotent_repeat_after_event_left_history(self):
+        """A repeat is answered with the first event even after retention dropped that event."""
+        store = self.make_store(Retention(max_events=1))
+        first, _ = store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        self.publish(store, 2)
+        store.trim(T0)
+        again, created = store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        self.assertEqual((again, created, store.last_seq), (first, False, 3))
+
+
+class MemoryStoreTests(StoreContractMixin, SynchronousTestCase):
+    """The store contract, in memory."""
+
+    def make_store(self, retention: Retention = Retention()) -> IEventStore:
+        store = MemoryStore(retention)
+        self.addCleanup(store.close)
+        return store
+
+    def test_history_bounded_without_trim(self):
+        """Without any trim, the memory held for history stays within twice max_events."""
+        store = MemoryStore(Retention(max_events=10))
+        self.publish(store, 1000)
+        self.assertLessEqual(len(store._events), 20)
+        self.assertEqual(self.seqs(store), list(range(991, 1001)))
+
+
+class SQLiteStoreTests(StoreContractMixin, SynchronousTestCase):
+    """The store contract on a real SQLite file, and what only a durable store promises."""
+
+    def make_store(self, retention: Retention = Retention(), path: Optional[str] = None):
+        store = SQLiteStore(path or self.new_path(), retention)
+        self.addCleanup(store.close)
+        return store
+
+    def new_path(self) -> str:
+        """A database path in a directory that does not exist yet."""
+        return os.path.join(self.mktemp(), "events.db")
+
+    def reopen(self, store: SQLiteStore, retention: Retention = Retention()) -> SQLiteStore:
+        """Close C{store} and open its file again."""
+        store.close()
+        return self.make_store(retention, store.path)
+
+    def write_file(self, content: bytes) -> str:
+        """A file holding C{content}, at a path the store may open."""
+        path = self.new_path()
+        os.makedirs(os.path.dirname(path))
+        with open(path, "wb") as f:
+            f.write(content)
+        return path
+
+    # Surviving a restart
+
+    def test_history_survives_reopen(self):
+        """Epoch, seq, retained events and first_seq are the same after close and reopen."""
+        store = self.make_store(Retention(max_events=3))
+        epoch = store.epoch
+        self.publish(store, 5)
+        store.trim(T0)
+        events = store.events_after(0, 10)
+        store = self.reopen(store, Retention(max_events=3))
+        self.assertEqual(
+            (store.epoch, store.last_seq, store.first_seq, store.events_after(0, 10)),
+            (epoch, 5, 3, events),
+        )
+        self.assertEqual(self.publish(store, 1), [6])
+
+    def test_state_survives_reopen(self):
+        """Latest state (in its order), positions and idempotency keys survive a reopen."""
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        store.append("agent:status", status("a2"), TS, T0)
+        store.append("agent:status", status("a1", "busy"), TS, T0)
+        store.append("session:activity", activity("s1"), TS, T0)
+        store.save_position("alice", "wall", 3, T0)
+        store = self.reopen(store)
+        self.assertEqual(store.agents(), [status("a2"), status("a1", "busy")])
+        self.assertEqual(store.sessions(), [activity("s1")])
+        self.assertEqual(store.position("alice", "wall"), 3)
+        event, created = store.append("agent:status", status("a1"), TS, T0, ("alice", "k1", "f1"))
+        self.assertEqual((event.seq, event.payload, created), (1, status("a1"), False))
+
+    def test_latest_caps_survive_reopen(self):
+        """
+        Reopened, the latest state keeps to the caps in the order of updates, whether or not a
+        trim deleted the rows past the cap; trim does delete them from the file.
+        """
+        retention = Retention(max_agents=2)
+        store = self.make_store(retention)
+        for agent in ("a1", "a2", "a1", "a3"):
+            store.append("agent:status", status(agent), TS, T0)
+        store = self.reopen(store, retention)
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a1", "a3"])
+        store.trim(T0)
+        reader = sqlite3.connect(store.path)
+        self.addCleanup(reader.close)
+        rows = reader.execute("SELECT key FROM latest WHERE kind = 'agent:status' ORDER BY seq")
+        self.assertEqual([key for (key,) in rows], ["a1", "a3"])
+
+    def test_last_seq_survives_trimming_everything_and_reopen(self):
+        """With every event trimmed, a reopened store still continues the sequence."""
+        store = self.make_store(Retention(max_age=10))
+        self.publish(store, 3)
+        store.trim(T0 + 1000)
+        store = self.reopen(store, Retention(max_age=10))
+        self.assertEqual((store.last_seq, store.first_seq), (3, 4))
+        self.assertEqual(self.publish(store, 1, now=T0 + 1000), [4])
+
+    def test_survives_killed_process(self):
+        """
+        Events appended by a process that is then killed with SIGKILL, without closing the
+        store, are all there when the file is opened again.
+        """
+        path = self.new_path()
+        script = (
+            "import os, signal, sys\n"
+            "from mission_control.store import SQLiteStore\n"
+            "store = SQLiteStore(sys.argv[1])\n"
+            "for i in range(200):\n"
+            "    store.append('agent:status', {'agentId': 'a%d' % i, 'status': 'busy'}, 't', 1.0)\n"
+            "print(store.epoch, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n"
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", script, path], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(child.returncode, -9, child.stderr)
+        self.assertTrue(os.path.exists(path + "-wal"), "the child did not die before closing")
+        store = self.make_store(path=path)
+        self.assertEqual((store.epoch, store.last_seq), (child.stdout.strip(), 200))
+        self.assertEqual(len(store.events_after(0, 1000)), 200)
+        self.assertEqual(store.agents()[-1], {"agentId": "a199", "status": "busy"})
+
+    # Epoch
+
+    def test_new_file_new_epoch(self):
+        """A database created at another path is another history."""
+        self.assertNotEqual(self.make_store().epoch, self.make_store().epoch)
+
+    def test_deleted_file_new_epoch(self):
+        """Deleting the database loses the history: a new epoch, and seq starts again at 1."""
+        store = self.make_store()
+        epoch = store.epoch
+        self.publish(store, 3)
+        store.close()
+        os.remove(store.path)
+        store = self.make_store(path=store.path)
+        self.assertNotEqual(store.epoch, epoch)
+        self.assertEqual(self.publish(store, 1), [1])
+
+    # Failures
+
+    def test_failed_transaction_consumes_no_seq(self):
+        """
+        When SQLite fails after the event row was inserted, the whole append is rolled back:
+        no event, no latest state, no seq used, in memory or on disk.
+        """
+        store = self.make_store()
+        self.publish(store, 2)
+        saboteur = sqlite3.connect(store.path)
+        self.addCleanup(saboteur.close)
+        saboteur.execute(
+            "CREATE TRIGGER sabotage BEFORE INSERT ON latest WHEN NEW.key = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'sabotaged'); END"
+        )
+        saboteur.commit()
+        self.assertRaises(
+            sqlite3.DatabaseError, store.append, "agent:status", status("boom"), TS, T0
+        )
+        self.assertEqual((store.last_seq, self.seqs(store)), (2, [1, 2]))
+        self.assertNotIn("boom", [a["agentId"] for a in store.agents()])
+        self.assertEqual(self.publish(store, 1, start=7), [3])
+        store = self.reopen(store)
+        self.assertEqual((store.last_seq, self.seqs(store)), (3, [1, 2, 3]))
+        self.assertNotIn("boom", [a["agentId"] for a in store.agents()])
+
+    def test_unencodable_payload_consumes_no_seq(self):
+        """A payload that is not JSON raises TypeError before anything is written."""
+        store = self.make_store()
+        self.assertRaises(TypeError, store.append, "agent:status", status("a1", x={1}), TS, T0)
+        self.assertEqual(self.publish(store, 1), [1])
+
+    def assertUnusable(self, path: str, *words: str) -> None:
+        """Opening C{path} raises ValueError, in one line naming the file and C{words}."""
+        error = self.assertRaises(ValueError, SQLiteStore, path)
+        message = str(error)
+        self.assertNotIn("\n", message)
+        for word in (path, *words):
+            self.assertIn(word, message)
+
+    def test_garbage_file_refused(self):
+        """A file that is not SQLite is refused with a one-line ValueError."""
+        self.assertUnusable(self.write_file(b"not a database\n" * 1000), "not a SQLite database")
+
+    def test_corrupt_database_refused(self):
+        """A SQLite file with damaged pages is refused at open, not at some later read."""
+        store = self.make_store()
+        for i in range(300):
+            store.append("agent:status", status(f"a{i}", message="x" * 500), TS, T0)
+        store.close()
+        # Two pages in the middle of the events table: the schema and the counters stay readable.
+        with open(store.path, "r+b") as f:
+            f.seek(4096 * 40)
+            f.write(b"\xff" * 4096 * 2)
+        self.assertUnusable(store.path, "corrupt")
+
+    def test_other_application_database_refused(self):
+        """A SQLite database with someone else's tables is refused, and left untouched."""
+        path = self.new_path()
+        os.makedirs(os.path.dirname(path))
+        other = sqlite3.connect(path)
+        other.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+        other.commit()
+        other.close()
+        self.assertUnusable(path, "other application")
+        other = sqlite3.connect(path)
+        self.addCleanup(other.close)
+        self.assertEqual(other.execute("PRAGMA user_version").fetchone()[0], 0)
+
+    def test_newer_schema_refused(self):
+        """A database written by a newer schema version is refused, naming both versions."""
+        store = self.make_store()
+        store.close()
+        newer = sqlite3.connect(store.path)
+        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        newer.close()
+        self.assertUnusable(store.path, "newer", str(SCHEMA_VERSION + 1), str(SCHEMA_VERSION))
+
+    def test_directory_refused(self):
+        """A directory where the database should be is refused with ValueError."""
+        path = self.new_path()
+        os.makedirs(path)
+        self.assertUnusable(path)
+
+    # The file
+
+    def test_creates_directory(self):
+        """The database's directory is created when missing."""
+        path = os.path.join(self.mktemp(), "deeper", "events.db")
+        self.make_store(path=path)
+        self.assertTrue(os.path.isfile(path))
+
+    def test_file_mode(self):
+        """The database is created readable and writable by its owner only, whatever the umask."""
+        old = os.umask(0)
+        try:
+            store = self.make_store()
+        finally:
+            os.umask(old)
+        self.publish(store, 1)
+        self.assertEqual(os.stat(store.path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(store.path + "-wal").st_mode & 0o777, 0o600)
+
+    def test_write_ahead_log(self):
+        """
+        The database is in WAL mode with synchronous=NORMAL: commits reach the operating system
+        before append returns, without an fsync each.
+        """
+        store = self.make_store()
+        reader = sqlite3.connect(store.path)
+        self.addCleanup(reader.close)
+        self.assertEqual(reader.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        self.assertEqual(store._db.execute("PRAGMA synchronous").fetchone()[0], 1)
+        self.assertEqual(store._db.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)

@@ -1,10 +1,29 @@
+# -*- test-case-name: tests.test_store -*-
 """
-Where events and the latest state live.
+Where events, latest state, client positions and idempotency keys live.
 
-Today: L{memory.MemoryStore}, the process's own memory.  The durable SQLite store (and later Redis)
-will implement the same methods, so the hub does not change when the store does.
+L{IEventStore} is what the hub needs; L{MemoryStore} keeps it in the process's memory (tests,
+C{--store memory}), L{SQLiteStore} in a database file that survives a crash (the default).  A
+store for several nodes (Redis) is meant to implement the same interface, so the hub does not
+change when the store does.
 """
 
+from mission_control.store.interface import (
+    IDEMPOTENCY_WINDOW,
+    IdempotencyConflict,
+    IEventStore,
+    Retention,
+    StoredEvent,
+)
 from mission_control.store.memory import MemoryStore
+from mission_control.store.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore"]
+__all__ = [
+    "IDEMPOTENCY_WINDOW",
+    "IEventStore",
+    "IdempotencyConflict",
+    "MemoryStore",
+    "Retention",
+    "SQLiteStore",
+    "StoredEvent",
+]

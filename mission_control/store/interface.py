@@ -1,0 +1,101 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The store interface: what the hub needs from wherever events and latest state live.
+
+Implementations: L{mission_control.store.memory.MemoryStore} (tests, C{--store memory}) and
+L{mission_control.store.sqlite.SQLiteStore} (the default, durable).  A Redis store for several
+nodes is meant to satisfy the same interface, which is why assigning C{seq} and appending is one
+atomic step of the store (L{IEventStore.append}), never "read last_seq, then write".
+
+Every implementation runs the one contract-test mixin in tests/test_store.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One stored event: what a client receives as C{{"type", "payload", "ts", "seq"}}."""
+
+    seq: int
+    type: str
+    payload: dict
+    ts: str
+
+    def envelope(self) -> dict:
+        return {"type": self.type, "payload": self.payload, "ts": self.ts, "seq": self.seq}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """
+    How much history is kept for resume: at most C{max_events} events, none older than
+    C{max_age} seconds.  C{max_agents} and C{max_sessions} bound the latest-state tables (the least
+    recently updated entries go first).
+    """
+
+    max_events: int = 100_000
+    max_age: float = 86_400.0
+    max_agents: int = 10_000
+    max_sessions: int = 10_000
+
+
+#: How long an Idempotency-Key is remembered, in seconds.
+IDEMPOTENCY_WINDOW = 600.0
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before, for a different request."""
+
+
+class IEventStore(Interface):
+    """Sequence numbers, history, latest state, client positions and idempotency keys."""
+
+    epoch = Attribute(
+        "str: names this store's history.  It changes only when the history is lost (a new memory "
+        "store, a deleted database), so a client holding a seq of another epoch must redraw."
+    )
+    last_seq = Attribute("int: the seq of the newest event ever appended; 0 before the first")
+    first_seq = Attribute(
+        "int: the seq of the oldest event still retained; last_seq + 1 when none is"
+    )
+
+    def append(event_type, payload, ts, now, idempotency=None):
+        """
+        Atomically assign the next seq, store the event, and make C{payload} the latest state of
+        its agent (C{agent:status}, keyed by C{agentId}) or session (C{session:activity}, keyed by
+        C{sessionId}).  When this returns, the event is durable (for a durable store).
+
+        @param ts: the envelope's C{ts} string.
+        @param now: seconds since the epoch, for retention by age.
+        @param idempotency: C{None}, or C{(user, key, fingerprint)}: when that user already
+            appended with that key within L{IDEMPOTENCY_WINDOW} seconds, nothing is appended and the
+            first event is returned instead (the C{fingerprint} of the request must match, else
+            L{IdempotencyConflict}).
+        @return: C{(StoredEvent, created)}: C{created} is false for an idempotent repeat.
+        """
+
+    def events_after(seq, limit):
+        """Up to C{limit} retained events with a seq greater than C{seq}, oldest first."""
+
+    def agents():
+        """The latest C{agent:status} payload per agent, least recently updated first."""
+
+    def sessions():
+        """The latest C{session:activity} payload per session, least recently updated first."""
+
+    def trim(now):
+        """Apply the retention limits and forget expired idempotency keys."""
+
+    def save_position(user, client, seq, now):
+        """Remember that C{user}'s client named C{client} has processed everything up to C{seq}."""
+
+    def position(user, client):
+        """The seq saved by L{save_position} for this user and client name, or C{None}."""
+
+    def close():
+        """Flush and release whatever the store holds open.  Safe to call twice."""

@@ -1,0 +1,436 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The durable store: one SQLite database file, the default (C{--store sqlite}, in the data dir).
+
+Durability: the database runs in WAL mode with C{synchronous=NORMAL}.  Each L{SQLiteStore.append}
+is one transaction, and when it returns the event is in the write-ahead log in the operating
+system's hands, so it survives the server process crashing or being killed with C{kill -9}.  It is
+not fsynced on every commit, so a power failure or kernel crash can lose the last moments of
+events (never the consistency of the database: it comes back as of some earlier commit).  That is
+the promise we make, and it is what makes thousands of appends per second possible.
+
+Calls are synchronous and short: the store runs on the reactor thread, and an append is a handful
+of statements on one connection.  One process owns the file: the seq range and the latest state
+are also kept in memory, so two hubs must not share a database.  Other processes may read it (a
+backup, the C{sqlite3} shell); a busy timeout covers the rare moment one of them holds a lock.
+
+The C{seq} column is C{INTEGER PRIMARY KEY AUTOINCREMENT}: SQLite never reuses a seq, even after
+every event has been trimmed, and a rolled-back transaction consumes none, so the sequence is
+gap-free and C{last_seq} is read back from C{sqlite_sequence} on open.
+
+The schema's version is C{PRAGMA user_version}; a database written by a newer version of
+mission-control is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+from zope.interface import implementer
+
+from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
+from mission_control.store.interface import (
+    IDEMPOTENCY_WINDOW,
+    IdempotencyConflict,
+    IEventStore,
+    Retention,
+    StoredEvent,
+)
+from mission_control.store.memory import (
+    Idempotency,
+    LatestState,
+    check_retention,
+    is_live,
+    new_epoch,
+    state_key,
+)
+
+#: The schema this code reads and writes, kept in C{PRAGMA user_version}.
+SCHEMA_VERSION = 1
+
+#: How long to wait for a lock another process holds, in milliseconds.
+BUSY_TIMEOUT_MS = 5000
+
+#: Past this size, the write-ahead log is truncated back after a checkpoint.
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+_SCHEMA = """
+CREATE TABLE meta (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    created REAL NOT NULL
+);
+
+-- No index on (kind, seq): the table is read once, when the store opens, and one index fewer
+-- is one page fewer written per append.
+CREATE TABLE latest (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
+
+CREATE TABLE positions (
+    user TEXT NOT NULL,
+    client TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (user, client)
+) WITHOUT ROWID;
+
+CREATE TABLE idempotency (
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    created REAL NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    PRIMARY KEY (user, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_by_created ON idempotency (created);
+"""
+
+# The statements of an append, prepared once by the connection's statement cache.
+_FIND_KEY = (
+    "SELECT fingerprint, seq, type, payload, ts, created FROM idempotency "
+    "WHERE user = ? AND key = ?"
+)
+_INSERT_EVENT = "INSERT INTO events (type, payload, ts, created) VALUES (?, ?, ?, ?)"
+_UPSERT_LATEST = (
+    "INSERT INTO latest (kind, key, payload, seq, updated) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (kind, key) DO UPDATE SET "
+    "payload = excluded.payload, seq = excluded.seq, updated = excluded.updated"
+)
+_RECORD_KEY = (
+    "INSERT OR REPLACE INTO idempotency (user, key, fingerprint, seq, created, type, payload, ts) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _unusable(path: str, why: str) -> ValueError:
+    """The one-line error for a database file the store cannot use."""
+    return ValueError(f"cannot use {path} as the event store: {why}")
+
+
+def _describe(error: sqlite3.Error) -> str:
+    """A short reason for a SQLite error met while opening the database."""
+    text = str(error)
+    if "not a database" in text:
+        return "not a SQLite database"
+    if "malformed" in text:
+        return "the database is corrupt"
+    return text
+
+
+def _create_private_file(path: str) -> None:
+    """Create C{path} as an empty file readable by its owner only, unless it exists."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        # The umask can only narrow the mode; this pins it to exactly 0600.
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+@implementer(IEventStore)
+class SQLiteStore:
+    """
+    L{IEventStore} in one SQLite database file.
+
+    Reads of the latest state are served from memory: a copy, bounded like the table, loaded
+    when the database is opened and moved only after a commit.  A snapshot goes to every client
+    that connects, and decoding thousands of payloads for each would stall the reactor.
+
+    @ivar path: the database file.
+    @ivar epoch: names this database's history: created with the database, so it changes only when
+        the file is lost (deleted, replaced by a new one).
+    """
+
+    def __init__(self, path: str, retention: Retention = Retention()) -> None:
+        """
+        Open the database at C{path}, creating it (and its directory) when missing.  The file is
+        created readable and writable by its owner only (0600); SQLite gives its WAL and shared
+        memory files the same mode.
+
+        @raise ValueError: when C{path} is not a usable database: not SQLite, corrupt, written by
+            a newer version, or a file that cannot be opened.  The message is one line.
+        """
+        check_retention(retention)
+        self.path = path
+        self.retention = retention
+        self._caps = {AGENT_STATUS: retention.max_agents, SESSION_ACTIVITY: retention.max_sessions}
+        self._db: Optional[sqlite3.Connection] = None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise _unusable(path, _describe(e)) from None
+        except OSError as e:
+            self.close()
+            raise _unusable(path, e.strerror or str(e)) from None
+        except ValueError:
+            self.close()
+            raise
+
+    # Opening
+
+    def _open(self) -> None:
+        """Connect, check or create the schema, and read the epoch and the seq range."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _create_private_file(self.path)
+        # Autocommit mode: transactions are begun and committed explicitly (see _transaction).
+        db = self._db = sqlite3.connect(self.path, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._check_integrity(db)
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise _unusable(self.path, f"cannot switch it to WAL mode (it is in {mode} mode)")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        with self._transaction():
+            self._migrate(db)
+        self.epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._last_seq: int = row[0] if row else 0
+        self._first_stored = self._min_stored_seq()
+        self._latest = self._load_latest(db)
+
+    def _load_latest(self, db: sqlite3.Connection) -> LatestState:
+        """The latest-state table, decoded once, in the order it was updated."""
+        latest = LatestState(self.retention)
+        for kind, key, payload in db.execute("SELECT kind, key, payload FROM latest ORDER BY seq"):
+            latest.set(kind, key, json.loads(payload))
+        return latest
+
+    def _check_integrity(self, db: sqlite3.Connection) -> None:
+        """
+        Read every page once, so that a damaged file is refused at start rather than failing
+        some later append or replay.
+        """
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise _unusable(self.path, "the database is corrupt")
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Create the schema in a new database; refuse one from elsewhere or from the future."""
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise _unusable(
+                self.path,
+                f"its schema version {version} is newer than this mission-control supports "
+                f"({SCHEMA_VERSION}); upgrade mission-control",
+            )
+        if version == SCHEMA_VERSION:
+            return
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if tables:
+            raise _unusable(self.path, "it is a SQLite database of some other application")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch(),))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """
+        One write transaction: committed when the block ends, rolled back when it raises, so a
+        failed append leaves no trace (and consumes no seq).
+        """
+        db = self._open_db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def _open_db(self) -> sqlite3.Connection:
+        """The connection, or a clear error once the store is closed."""
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the store is closed")
+        return self._db
+
+    def _min_stored_seq(self) -> Optional[int]:
+        """The lowest seq still in the events table, or C{None} when it is empty."""
+        return self._open_db().execute("SELECT MIN(seq) FROM events").fetchone()[0]
+
+    # The seq range
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the newest event ever appended, 0 before the first."""
+        return self._last_seq
+
+    @property
+    def first_seq(self) -> int:
+        """
+        The seq of the oldest retained event; C{last_seq + 1} when none is.  Events past
+        C{max_events} count as gone at once, before L{trim} deletes their rows.
+        """
+        stored = self._last_seq + 1 if self._first_stored is None else self._first_stored
+        return max(stored, self._last_seq + 1 - self.retention.max_events)
+
+    # Appending
+
+    def append(
+        self,
+        event_type: str,
+        payload: dict,
+        ts: str,
+        now: float,
+        idempotency: Optional[Idempotency] = None,
+    ) -> tuple[StoredEvent, bool]:
+        """
+        One transaction: find a live idempotency key, else insert the event (which assigns its
+        seq), make it the latest state of its agent or session, and record the key.  See
+        L{IEventStore.append}.
+        """
+        key = state_key(event_type, payload)
+        encoded = encode_json(payload).decode("utf-8")
+        with self._transaction() as db:
+            if idempotency is not None:
+                repeat = self._repeat(db, idempotency, now)
+                if repeat is not None:
+                    return repeat, False
+            seq = db.execute(_INSERT_EVENT, (event_type, encoded, ts, now)).lastrowid
+            db.execute(_UPSERT_LATEST, (event_type, key, encoded, seq, now))
+            if idempotency is not None:
+                user, idem_key, fingerprint = idempotency
+                db.execute(
+                    _RECORD_KEY, (user, idem_key, fingerprint, seq, now, event_type, encoded, ts)
+                )
+        # Committed: only now does the in-memory view move.
+        self._last_seq = seq
+        if self._first_stored is None:
+            self._first_stored = seq
+        self._latest.set(event_type, key, payload)
+        return StoredEvent(seq=seq, type=event_type, payload=payload, ts=ts), True
+
+    def _repeat(
+        self, db: sqlite3.Connection, idempotency: Idempotency, now: float
+    ) -> Optional[StoredEvent]:
+        """
+        The event a live earlier use of this key produced, or C{None}.  The event is kept with
+        the key, so a repeat is answered even after the event itself left the history.
+
+        @raise IdempotencyConflict: when the key was used for a different request.
+        """
+        user, idem_key, fingerprint = idempotency
+        row = db.execute(_FIND_KEY, (user, idem_key)).fetchone()
+        if row is None or not is_live(row[5], now):
+            return None
+        if row[0] != fingerprint:
+            raise IdempotencyConflict("the Idempotency-Key was used for a different request")
+        return StoredEvent(seq=row[1], type=row[2], payload=json.loads(row[3]), ts=row[4])
+
+    # Reading
+
+    def events_after(self, seq: int, limit: int) -> list[StoredEvent]:
+        """Up to C{limit} retained events with a seq greater than C{seq}, oldest first."""
+        if limit <= 0:
+            return []
+        rows = self._open_db().execute(
+            "SELECT seq, type, payload, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (max(seq, self.first_seq - 1), limit),
+        )
+        return [
+            StoredEvent(seq=seq, type=kind, payload=json.loads(payload), ts=ts)
+            for seq, kind, payload, ts in rows
+        ]
+
+    def agents(self) -> list[dict]:
+        """The latest C{agent:status} payload of each agent, least recently updated first."""
+        return self._latest.values(AGENT_STATUS)
+
+    def sessions(self) -> list[dict]:
+        """The latest C{session:activity} payload of each session, least recently updated first."""
+        return self._latest.values(SESSION_ACTIVITY)
+
+    # Retention
+
+    def trim(self, now: float) -> None:
+        """
+        In one transaction, delete: events past C{max_events}; events older than C{max_age} from
+        the front of the history (so what is retained stays one unbroken range of seqs, even if
+        the clock stepped back); latest-state rows past the caps; idempotency keys older than
+        L{IDEMPOTENCY_WINDOW}; and client positions not updated within C{max_age}, since a
+        position older than the history it points into cannot resume.
+        """
+        cutoff = now - self.retention.max_age
+        with self._transaction() as db:
+            db.execute(
+                "DELETE FROM events WHERE seq <= ?", (self._last_seq - self.retention.max_events,)
+            )
+            db.execute(
+                "DELETE FROM events WHERE seq < COALESCE("
+                "(SELECT seq FROM events WHERE created >= ? ORDER BY seq LIMIT 1), ?)",
+                (cutoff, self._last_seq + 1),
+            )
+            for kind, cap in self._caps.items():
+                self._trim_latest(db, kind, cap)
+            db.execute("DELETE FROM idempotency WHERE created <= ?", (now - IDEMPOTENCY_WINDOW,))
+            db.execute("DELETE FROM positions WHERE updated < ?", (cutoff,))
+            first = self._min_stored_seq()
+        self._first_stored = first
+
+    @staticmethod
+    def _trim_latest(db: sqlite3.Connection, kind: str, cap: int) -> None:
+        """Delete the C{kind} rows beyond the C{cap} most recently updated."""
+        if cap <= 0:
+            db.execute("DELETE FROM latest WHERE kind = ?", (kind,))
+            return
+        db.execute(
+            "DELETE FROM latest WHERE kind = ? AND seq < "
+            "(SELECT seq FROM latest WHERE kind = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (kind, kind, cap - 1),
+        )
+
+    # Client positions
+
+    def save_position(self, user: str, client: str, seq: int, now: float) -> None:
+        """Remember that C{user}'s client named C{client} has processed everything up to C{seq}."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO positions (user, client, seq, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (user, client) DO UPDATE SET seq = excluded.seq, "
+                "updated = excluded.updated",
+                (user, client, seq, now),
+            )
+
+    def position(self, user: str, client: str) -> Optional[int]:
+        """The seq saved for this user and client name, or C{None}."""
+        row = self._open_db().execute(
+            "SELECT seq FROM positions WHERE user = ? AND client = ?", (user, client)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        """
+        Close the connection; the last close checkpoints the write-ahead log into the database
+        file.  Safe to call twice.
+        """
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
