@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_hub -*-
 """
-The hub: the registry of live connections, publishing, fan-out, heartbeats and the replies to
-client frames.
+The hub: the registry of live connections, publishing, fan-out, resume, heartbeats, token expiry,
+and the replies to client frames.
 
 It knows nothing of sockets.  A connection is anything with the L{IConnection} attributes; the
 WebSocket protocol (L{mission_control.protocol}) is one, the tests' fakes are another.  Time comes
@@ -10,11 +10,19 @@ from an injected C{IReactorTime}.
 Fan-out encodes each frame once: L{Hub.broadcast} turns the frame into bytes, hands them to the
 injected C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) and passes
 the same prepared object to every connection.
+
+Resume without gaps or duplicates: a resuming connection is registered (it counts against the
+limits) but is not in the live fan-out set while its history is replayed from the store, page by
+page, one page per reactor turn and only while its transport takes data.  When a page reaches the
+store's C{last_seq}, the connection joins the live set in that same turn: every event after that
+is delivered live, every event before it came from the store.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred, succeed
@@ -24,15 +32,17 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from mission_control import auth, events
-from mission_control.auth import Principal, Refusal
+from mission_control.auth import Principal, Refusal, TokenVerifier
 from mission_control.events import ValidationError
+from mission_control.limits import TokenBucket
 
 
 class IConnection(Interface):
     """One live client connection, as the hub sees it."""
 
     connection_id = Attribute("str: set by Hub.register")
-    principal = Attribute("Principal: who is connected")
+    principal = Attribute("Principal: who is connected; replaced by a fresh token (auth frame)")
+    paused = Attribute("bool: the transport is not taking more data right now (backpressure)")
 
     def deliver(prepared: Any) -> None:
         """Send a frame prepared by the hub's C{prepare}; a no-op unless the connection is open."""
@@ -43,14 +53,85 @@ class IConnection(Interface):
     def close(code: int, reason: str) -> None:
         """Start a closing handshake with C{code}."""
 
+    def bytes_waiting() -> int:
+        """Bytes queued for this connection and not yet handed to the network."""
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """
+    What a client asked for when it connected (query parameters of C{/ws}).
+
+    @ivar since: resume after this seq (with C{epoch}).
+    @ivar client: a client name: acks are kept per user and client name, and a connection of the
+        same user and name without C{since} resumes from the last ack.
+    """
+
+    since: int | None = None
+    epoch: str | None = None
+    client: str | None = None
+    peer: str = ""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, list], peer: str = "") -> "ConnectRequest":
+        """
+        Read C{since}, C{epoch} and C{client} from query parameters (lists of values).
+
+        @raise Refusal: 400 with a fixed reason when one of them is malformed.
+        """
+
+        def one(name):
+            values = params.get(name) or []
+            return values[0] if values else None
+
+        since, epoch, client = one("since"), one("epoch"), one("client")
+        if since is not None:
+            if not (since.isascii() and since.isdigit() and len(since) <= 18):
+                raise Refusal(400, "invalid since")
+            since = int(since)
+        if epoch is not None and not _EPOCH_RE.match(epoch):
+            raise Refusal(400, "invalid epoch")
+        if client is not None and not auth.is_valid_id(client):
+            raise Refusal(400, "invalid client name")
+        return cls(since=since, epoch=epoch, client=client, peer=peer)
+
+
+_EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
+
+
+@dataclass(eq=False)
+class _Session:
+    """The hub's record of one connection."""
+
+    conn: Any
+    request: ConnectRequest
+    connected_at: float
+    bucket: TokenBucket
+    acked_seq: int = 0
+    live: bool = False
+    replay_start: int | None = None
+    replay_cursor: int | None = None
+    replay_waiting: bool = False
+    timers: list = field(default_factory=list)
+
 
 class Hub:
     """
-    @ivar store: where seq and latest state live (see L{mission_control.store}).
+    @ivar store: an L{IEventStore}: seq, history, latest state, client positions.
     @ivar heartbeat_interval: seconds between C{heartbeat} frames; 0 turns them off.
+    @ivar verifier: checks the tokens of C{auth} frames; its leeway also applies to expiry.
     """
 
     log = Logger()
+
+    #: Events per replay page (one page per reactor turn).
+    replay_batch = 500
+    #: Seconds before a token's C{exp} that an C{auth:expiring} frame warns the client.
+    expiry_warning = 60.0
+    #: Connections closed per reactor turn by L{close_all}, so 10,000 do not stall the reactor.
+    close_batch = 500
+    #: Seconds between retention passes over the store.
+    trim_interval = 2.0
 
     def __init__(
         self,
@@ -60,43 +141,70 @@ class Hub:
         prepare: Callable[[bytes], Any] = lambda data: data,
         max_connections: int = 10000,
         max_connections_per_user: int = 20,
+        verifier: TokenVerifier | None = None,
+        message_rate: float = 20.0,
+        message_burst: int = 40,
     ) -> None:
         self.clock = clock
         self.store = store
         self.heartbeat_interval = heartbeat_interval
         self.max_connections = max_connections
         self.max_connections_per_user = max_connections_per_user
+        self.verifier = verifier
+        self.message_rate = message_rate
+        self.message_burst = message_burst
         self._prepare = prepare
-        self._connections: set = set()
+        self._sessions: dict[Any, _Session] = {}
+        self._live: set = set()
         self._by_user: dict[str, set] = {}
-        self._heartbeat: LoopingCall | None = None
+        self._loops: list[LoopingCall] = []
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
 
     # Lifecycle
 
     def start(self) -> None:
-        """Start sending heartbeats (when the interval is not 0)."""
-        if self.heartbeat_interval > 0 and self._heartbeat is None:
-            self._heartbeat = LoopingCall(self.send_heartbeat)
-            self._heartbeat.clock = self.clock
-            self._heartbeat.start(self.heartbeat_interval, now=False)
+        """Start heartbeats (when the interval is not 0) and the store's retention passes."""
+        if self._loops:
+            return
+        if self.heartbeat_interval > 0:
+            self._loop(self.send_heartbeat, self.heartbeat_interval)
+        self._loop(lambda: self.store.trim(self.clock.seconds()), self.trim_interval)
+
+    def _loop(self, function, interval) -> None:
+        loop = LoopingCall(function)
+        loop.clock = self.clock
+        loop.start(interval, now=False)
+        self._loops.append(loop)
 
     def stop(self) -> None:
-        """Stop heartbeats and refuse new connections."""
+        """Stop the periodic work and refuse new connections."""
         self.accepting = False
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
-        self._heartbeat = None
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
 
     def close_all(self, code: int = 1001, reason: str = "server going away") -> None:
-        """Close every connection (1001 by default: the server is going away)."""
-        for conn in tuple(self._connections):
-            conn.close(code, reason)
+        """
+        Close every connection (1001 by default: the server is going away), L{close_batch} per
+        reactor turn.
+        """
+        pending = list(self._sessions)
+
+        def batch():
+            chunk, pending[:] = pending[: self.close_batch], pending[self.close_batch :]
+            for conn in chunk:
+                if conn in self._sessions:
+                    conn.close(code, reason)
+            if pending:
+                self.clock.callLater(0, batch)
+
+        batch()
 
     def when_empty(self) -> Deferred:
         """A Deferred that fires once no connection is registered (at once if none is)."""
-        if not self._connections:
+        if not self._sessions:
             return succeed(None)
         d = Deferred()
         self._empty_waiters.append(d)
@@ -116,63 +224,151 @@ class Hub:
         """
         if not self.accepting:
             raise Refusal(503, "shutting down")
-        if len(self._connections) >= self.max_connections:
+        if len(self._sessions) >= self.max_connections:
             raise Refusal(503, "too many connections")
         if len(self._by_user.get(principal.sub, ())) >= self.max_connections_per_user:
             raise Refusal(429, "too many connections for this user")
 
-    def register(self, conn) -> list[dict]:
+    def register(self, conn, request: ConnectRequest | None = None) -> None:
         """
-        Add an open connection to the registry.  Returns the frames it must receive first, in
-        order: C{welcome}, then C{snapshot}.
+        Add an open connection and send it its first frames: C{welcome}, then either a
+        C{snapshot} (a fresh start) or the replay of what it missed (a resume, see the module
+        docstring).
         """
+        request = request or ConnectRequest()
+        now = self.clock.seconds()
         conn.connection_id = uuid.uuid4().hex
-        self._connections.add(conn)
+        session = _Session(
+            conn=conn,
+            request=request,
+            connected_at=now,
+            bucket=TokenBucket(self.message_rate, self.message_burst, now),
+        )
+        self._sessions[conn] = session
         self._by_user.setdefault(conn.principal.sub, set()).add(conn)
         self.log.info(
-            "connection {connection_id} opened by {user} ({role})",
+            "connection {connection_id} opened by {user} ({role}) from {peer}",
             connection_id=conn.connection_id,
             user=conn.principal.sub,
             role=conn.principal.role,
+            peer=request.peer,
         )
-        ts = self._now()
-        welcome = events.envelope(
-            "welcome",
-            {
-                "connectionId": conn.connection_id,
-                "user": conn.principal.as_user(),
-                "heartbeatInterval": _number(self.heartbeat_interval),
-                "lastSeq": self.store.last_seq,
-                "epoch": self.store.epoch,
-            },
-            ts,
+        self._schedule_expiry(session)
+        conn.send_frame(
+            events.envelope(
+                "welcome",
+                {
+                    "connectionId": conn.connection_id,
+                    "user": conn.principal.as_user(),
+                    "heartbeatInterval": _number(self.heartbeat_interval),
+                    "lastSeq": self.store.last_seq,
+                    "epoch": self.store.epoch,
+                },
+                events.format_timestamp(now),
+            )
         )
-        return [welcome, self.snapshot(ts)]
+        since, epoch = request.since, request.epoch
+        if since is None and request.client is not None:
+            since = self.store.position(conn.principal.sub, request.client)
+            epoch = self.store.epoch
+        if since is None:
+            conn.send_frame(self.snapshot())
+            self._go_live(session)
+            return
+        reason = self._unrecoverable(since, epoch)
+        if reason is not None:
+            self._not_recovered(session, reason)
+            return
+        session.acked_seq = since
+        session.replay_start = session.replay_cursor = since
+        self._replay(session)
+
+    def _unrecoverable(self, since: int, epoch: str | None) -> str | None:
+        if epoch != self.store.epoch:
+            return "epoch"
+        if since > self.store.last_seq:
+            return "ahead"
+        if since + 1 < self.store.first_seq:
+            return "too_old"
+        return None
+
+    def _not_recovered(self, session: _Session, reason: str) -> None:
+        session.replay_cursor = None
+        session.conn.send_frame(
+            self._frame("resumed", {"recovered": False, "reason": reason,
+                                    "lastSeq": self.store.last_seq, "epoch": self.store.epoch})
+        )
+        session.conn.send_frame(self.snapshot())
+        self._go_live(session)
+
+    def _replay(self, session: _Session) -> None:
+        """Send one page of history; schedule the next, or join the live set when caught up."""
+        if self._sessions.get(session.conn) is not session:
+            return  # closed meanwhile
+        session.replay_waiting = False
+        conn = session.conn
+        cursor = session.replay_cursor
+        page = self.store.events_after(cursor, self.replay_batch)
+        if page and page[0].seq != cursor + 1:
+            # Retention removed events this client had not been sent yet: it must redraw.
+            self._not_recovered(session, "too_old")
+            return
+        for event in page:
+            conn.send_frame(event.envelope())
+        if page:
+            cursor = session.replay_cursor = page[-1].seq
+        if cursor >= self.store.last_seq:
+            conn.send_frame(
+                self._frame("resumed", {"recovered": True, "from": session.replay_start + 1,
+                                        "to": cursor,
+                                        "epoch": self.store.epoch})
+            )
+            session.replay_cursor = None
+            self._go_live(session)
+        elif getattr(conn, "paused", False):
+            session.replay_waiting = True  # writable() picks it up
+        else:
+            self.clock.callLater(0, self._replay, session)
+
+    def writable(self, conn) -> None:
+        """The connection's transport takes data again: go on with a replay that waited for it."""
+        session = self._sessions.get(conn)
+        if session is not None and session.replay_waiting:
+            session.replay_waiting = False
+            self.clock.callLater(0, self._replay, session)
+
+    def _go_live(self, session: _Session) -> None:
+        session.live = True
+        self._live.add(session.conn)
 
     def unregister(self, conn) -> None:
         """Forget a connection; safe to call more than once, and for one never registered."""
-        if conn not in self._connections:
+        session = self._sessions.pop(conn, None)
+        if session is None:
             return
-        self._connections.discard(conn)
+        self._live.discard(conn)
+        for timer in session.timers:
+            if timer.active():
+                timer.cancel()
         sub = conn.principal.sub
         mine = self._by_user.get(sub)
         if mine is not None:
             mine.discard(conn)
             if not mine:
                 del self._by_user[sub]
-        if not self._connections:
-            waiters, self._empty_waiters = self._empty_waiters, []
-            for d in waiters:
-                d.callback(None)
         self.log.info(
             "connection {connection_id} of {user} closed",
             connection_id=conn.connection_id,
             user=sub,
         )
+        if not self._sessions:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     @property
     def connection_count(self) -> int:
-        return len(self._connections)
+        return len(self._sessions)
 
     def connections_of(self, user_id: str) -> frozenset:
         return frozenset(self._by_user.get(user_id, ()))
@@ -184,15 +380,74 @@ class Hub:
             for user, conns in sorted(self._by_user.items())
         ]
 
+    def connection_details(self) -> list[dict]:
+        """One entry per connection, for operators: who, from where, since when, how far."""
+        details = []
+        for conn, session in self._sessions.items():
+            details.append(
+                {
+                    "id": conn.connection_id,
+                    "user": conn.principal.sub,
+                    "role": conn.principal.role,
+                    "client": session.request.client,
+                    "peer": session.request.peer,
+                    "connectedAt": events.format_timestamp(session.connected_at),
+                    "ackedSeq": session.acked_seq,
+                    "bytesWaiting": conn.bytes_waiting(),
+                    "replaying": not session.live,
+                }
+            )
+        return sorted(details, key=lambda d: (d["connectedAt"], d["id"]))
+
+    # Token lifecycle
+
+    def _schedule_expiry(self, session: _Session) -> None:
+        """Warn a minute before the token's exp, close with 4001 at exp + leeway."""
+        for timer in session.timers:
+            if timer.active():
+                timer.cancel()
+        now = self.clock.seconds()
+        principal = session.conn.principal
+        leeway = self.verifier.leeway if self.verifier is not None else 0.0
+        warn_in = principal.expires_at - self.expiry_warning - now
+        session.timers = [
+            self.clock.callLater(
+                max(0.0, principal.expires_at + leeway - now),
+                self._expired, session,
+            )
+        ]
+        if warn_in > 0:
+            session.timers.append(self.clock.callLater(warn_in, self._expiring, session))
+
+    def _expiring(self, session: _Session) -> None:
+        expires_at = session.conn.principal.expires_at
+        session.conn.send_frame(
+            self._frame("auth:expiring", {
+                "expiresAt": events.format_timestamp(expires_at),
+                "secondsLeft": max(0, int(expires_at - self.clock.seconds())),
+            })
+        )
+
+    def _expired(self, session: _Session) -> None:
+        self.log.info("closing connection {connection_id} of {user}: token expired",
+                      connection_id=session.conn.connection_id, user=session.conn.principal.sub)
+        session.conn.close(4001, "token expired")
+
     # Publishing and fan-out
 
-    def publish(self, event_type: str, payload: dict) -> dict:
+    def publish(self, event_type: str, payload: dict, idempotency=None) -> dict:
         """
-        Store an already validated event, broadcast it and return its envelope.
+        Store an already validated event, broadcast it and return its envelope.  With
+        C{idempotency} (C{(user, key, fingerprint)}) a repeat returns the first event's envelope
+        and broadcasts nothing.
         """
-        seq = self.store.append(event_type, payload)
-        frame = events.envelope(event_type, payload, self._now(), seq=seq)
-        self.broadcast(frame)
+        now = self.clock.seconds()
+        event, created = self.store.append(
+            event_type, payload, events.format_timestamp(now), now, idempotency
+        )
+        frame = event.envelope()
+        if created:
+            self.broadcast(frame)
         return frame
 
     def publish_for(
@@ -201,6 +456,8 @@ class Hub:
         event_type: str,
         body: object,
         subject_id: str | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
     ) -> dict:
         """
         Validate C{body} as an event of C{event_type} published by C{principal}, check that they
@@ -209,6 +466,7 @@ class Hub:
 
         @raise Refusal: 403 when the role does not allow it.
         @raise ValidationError: when the payload breaks a rule.
+        @raise mission_control.store.IdempotencyConflict: the key was used for another request.
         """
         now = self.clock.seconds()
         if event_type == events.AGENT_STATUS:
@@ -230,18 +488,21 @@ class Hub:
                 raise Refusal(403, "not allowed to publish for this agent")
         else:
             raise ValidationError("unknown event type", code="unknown_type")
-        return self.publish(event_type, payload)
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = (principal.sub, idempotency_key, fingerprint)
+        return self.publish(event_type, payload, idempotency)
 
     def broadcast(self, frame: Mapping) -> int:
         """
-        Encode C{frame} once and deliver it to every registered connection.  Returns how many
+        Encode C{frame} once and deliver it to every live connection.  Returns how many
         connections it was handed to.  Broadcasting to nobody is a no-op.
         """
-        if not self._connections:
+        if not self._live:
             return 0
         prepared = self._prepare(events.encode_json(frame))
         # A copy: delivering may close a connection, which unregisters it.
-        targets = tuple(self._connections)
+        targets = tuple(self._live)
         for conn in targets:
             conn.deliver(prepared)
         return len(targets)
@@ -265,11 +526,27 @@ class Hub:
 
     # Client frames
 
-    def handle_frame(self, conn, data: bytes, is_binary: bool) -> dict:
+    #: Refused messages in a row (while the bucket is empty) before the connection is closed.
+    @property
+    def max_strikes(self) -> int:
+        return self.message_burst
+
+    def handle_frame(self, conn, data: bytes, is_binary: bool) -> dict | None:
         """
-        Answer one client message.  Returns the reply frame for C{conn}: a reply to a good frame,
-        or an C{error} frame for a bad one.  Never raises for bad input.
+        Answer one client message.  Returns the reply frame for C{conn} (a reply to a good frame,
+        or an C{error} frame for a bad one), or C{None} when the connection is being closed.
+        Never raises for bad input.
         """
+        session = self._sessions.get(conn)
+        if session is None:
+            return None
+        if not session.bucket.take(self.clock.seconds()):
+            if session.bucket.strikes > self.max_strikes:
+                self.log.warn("closing connection {connection_id} of {user}: too many messages",
+                              connection_id=conn.connection_id, user=conn.principal.sub)
+                conn.close(4029, "too many messages")
+                return None
+            return self.error_frame("rate_limited", "too many messages; slow down")
         try:
             frame = events.parse_client_frame(data, is_binary)
         except ValidationError as e:
@@ -278,30 +555,68 @@ class Hub:
         if handler is None:
             return self.error_frame("unknown_type", "unknown frame type", frame.id)
         try:
-            return handler(self, conn, frame)
+            return handler(self, session, frame)
         except ValidationError as e:
             return self.error_frame(e.code, e.message, frame.id)
         except Refusal as e:
             return self.error_frame(e.code, e.reason, frame.id)
 
     def error_frame(self, code: str, message: str, reply_to: str | None = None) -> dict:
-        return events.envelope(
-            "error", {"code": code, "message": message}, self._now(), reply_to=reply_to
-        )
+        return self._frame("error", {"code": code, "message": message}, reply_to)
 
-    def _on_ping(self, conn, frame: events.ClientFrame) -> dict:
-        return events.envelope("pong", {}, self._now(), reply_to=frame.id)
+    def _frame(self, frame_type: str, payload: dict, reply_to: str | None = None) -> dict:
+        return events.envelope(frame_type, payload, self._now(), reply_to=reply_to)
 
-    def _on_ack(self, conn, frame: events.ClientFrame) -> dict:
+    def _on_ping(self, session: _Session, frame: events.ClientFrame) -> dict:
+        return self._frame("pong", {}, frame.id)
+
+    def _on_ack(self, session: _Session, frame: events.ClientFrame) -> dict:
         seq = frame.fields.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             raise ValidationError("seq must be a non-negative integer")
         if seq > self.store.last_seq:
             raise ValidationError("seq is beyond the last event")
-        conn.acked_seq = max(getattr(conn, "acked_seq", 0), seq)
-        return events.envelope("ack", {"seq": conn.acked_seq}, self._now(), reply_to=frame.id)
+        if seq > session.acked_seq:
+            session.acked_seq = seq
+            if session.request.client is not None:
+                self.store.save_position(
+                    session.conn.principal.sub, session.request.client, seq, self.clock.seconds()
+                )
+        return self._frame("ack", {"seq": session.acked_seq}, frame.id)
 
-    def _not_yet(self, conn, frame: events.ClientFrame) -> dict:
+    def _on_auth(self, session: _Session, frame: events.ClientFrame) -> dict | None:
+        conn = session.conn
+        token = frame.fields.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValidationError("token must be a non-empty string")
+        if self.verifier is None:
+            raise ValidationError("auth is not available", code="not_supported")
+        try:
+            principal = self.verifier.verify(token, self.clock.seconds())
+        except Refusal as refusal:
+            return self._refuse_auth(session, frame, "invalid_token", refusal.reason)
+        if principal.sub != conn.principal.sub:
+            return self._refuse_auth(session, frame, "forbidden", "token is for another user")
+        conn.principal = principal
+        self._schedule_expiry(session)
+        return self._frame(
+            "auth:ok",
+            {"user": principal.as_user(),
+             "expiresAt": events.format_timestamp(principal.expires_at)},
+            frame.id,
+        )
+
+    def _refuse_auth(self, session, frame, code, message) -> None:
+        conn = session.conn
+        self.log.warn(
+            "security: auth frame refused on connection {connection_id} of {user}: {reason}",
+            connection_id=conn.connection_id, user=conn.principal.sub, reason=message,
+        )
+        conn.send_frame(self.error_frame(code, message, frame.id))
+        conn.close(4003, "token not accepted")
+        return None
+
+    def _not_yet(self, session: _Session, frame: events.ClientFrame) -> dict:
         raise ValidationError(
             f"{frame.type} is not supported by this version of the hub", code="not_supported"
         )
@@ -309,7 +624,7 @@ class Hub:
     _frame_handlers: dict[str, Callable] = {
         "ping": _on_ping,
         "ack": _on_ack,
-        "auth": _not_yet,
+        "auth": _on_auth,
         "subscribe": _not_yet,
         "unsubscribe": _not_yet,
         "publish": _not_yet,

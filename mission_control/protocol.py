@@ -13,10 +13,20 @@ Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
                                              {"type":"heartbeat","payload":{timestamp,lastSeq}}
     {"type":"ping","id":"r1"}          ->    {"type":"pong","id":"r1","payload":{}}
     {"type":"ack","seq":41}            ->    {"type":"ack","payload":{"seq":41}}
+    {"type":"auth","token":"JWT"}      ->    {"type":"auth:ok",...}, or error + close 4003
     anything malformed                 ->    {"type":"error","payload":{"code","message"}}
+
+    GET /ws?since=SEQ&epoch=E          ->    welcome, the events after SEQ, then
+                                             {"type":"resumed","payload":{"recovered":true,...}}
+                                             (or recovered:false and a snapshot)
 
 The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
 reason, logged as a security event with the peer, and never with the token.
+
+Backpressure: a small push producer registered on the transport hears when the kernel stops
+taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
+C{max_outbound_bytes} the connection is closed with 4008, so one stalled client can hold only
+that much of the server's memory, and the hub's fan-out to everyone else is never held up.
 """
 
 from __future__ import annotations
@@ -26,11 +36,13 @@ from typing import Mapping
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
 from mission_control.events import encode_json
-from mission_control.hub import Hub
+from mission_control.hub import ConnectRequest, Hub
 
 #: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
 #: own handshake failures carry text from the request ("... header value: <value>"): those are
@@ -65,7 +77,9 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     principal = None
     connection_id = None
-    acked_seq = 0
+    paused = False
+    _paused_bytes = 0
+    _connect_request: ConnectRequest | None = None
 
     # The handshake
 
@@ -73,6 +87,7 @@ class HubServerProtocol(WebSocketServerProtocol):
         peer = self.peer
         try:
             self.principal = self.factory.admit(request)
+            self._connect_request = ConnectRequest.from_params(request.params, peer)
         except Refusal as refusal:
             self._log.warn(
                 "security: handshake refused from {peer}: {status} {reason}",
@@ -128,27 +143,82 @@ class HubServerProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=False)
 
     def onOpen(self):
-        for frame in self.factory.hub.register(self):
-            self.send_frame(frame)
+        self._watch_backpressure()
+        self.factory.hub.register(self, self._connect_request)
+
+    def _watch_backpressure(self):
+        """Put our producer on the transport (behind twisted.web, the HTTP channel was there)."""
+        self.transport.unregisterProducer()  # a no-op where none is registered
+        self.transport.registerProducer(_Backpressure(self), True)
 
     # Frames
 
     def onMessage(self, payload, isBinary):
-        self.send_frame(self.factory.hub.handle_frame(self, payload, isBinary))
+        reply = self.factory.hub.handle_frame(self, payload, isBinary)
+        if reply is not None:
+            self.send_frame(reply)
 
     def onClose(self, wasClean, code, reason):
         self.factory.hub.unregister(self)
+
+    # Backpressure
+
+    def pause_writing(self):
+        # Transports repeat pauseProducing on every write while over their limit: count from the
+        # first one only.
+        if not self.paused:
+            self.paused = True
+            self._paused_bytes = 0
+
+    def resume_writing(self):
+        self.paused = False
+        self._paused_bytes = 0
+        self.factory.hub.writable(self)
+
+    def _account(self, size: int) -> bool:
+        """Count C{size} bytes queued while paused; close with 4008 past the limit."""
+        if not self.paused:
+            return True
+        self._paused_bytes += size
+        if self._paused_bytes <= self.factory.max_outbound_bytes:
+            return True
+        self._log.warn(
+            "closing connection {connection_id} of {user}: too slow ({size} bytes waiting)",
+            connection_id=self.connection_id,
+            user=self.principal.sub if self.principal else None,
+            size=self.bytes_waiting(),
+        )
+        self.sendClose(4008, "too slow")
+        return False
 
     # IConnection
 
     def deliver(self, prepared) -> None:
         # sendPreparedMessage does not check the state: a closing connection is skipped.
-        if self.state == self.STATE_OPEN:
+        if self.state == self.STATE_OPEN and self._account(len(prepared.payload)):
             self.sendPreparedMessage(prepared)
 
     def send_frame(self, frame: Mapping) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendMessage(encode_json(frame), isBinary=False)
+            data = encode_json(frame)
+            if self._account(len(data)):
+                self.sendMessage(data, isBinary=False)
+
+    def bytes_waiting(self) -> int:
+        """Bytes queued in the transports below us (TLS, then TCP), best effort."""
+        total, transport = 0, self.transport
+        for _ in range(4):
+            if transport is None:
+                break
+            buffer = getattr(transport, "dataBuffer", None)
+            if isinstance(buffer, (bytes, bytearray, memoryview)):
+                total += len(buffer) - getattr(transport, "offset", 0)
+            total += getattr(transport, "_tempDataLen", 0) or 0
+            pending = getattr(transport, "_appSendBuffer", None)
+            if pending:
+                total += sum(len(chunk) for chunk in pending)
+            transport = getattr(transport, "transport", None)
+        return max(total, 0)
 
     def close(self, code: int, reason: str) -> None:
         if self.state != self.STATE_OPEN:
@@ -158,6 +228,23 @@ class HubServerProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=1001, reasonUtf8=reason.encode("utf-8"))
         else:
             self.sendClose(code, reason)
+
+
+@implementer(IPushProducer)
+class _Backpressure:
+    """Tells the protocol when its transport stops and starts taking data."""
+
+    def __init__(self, protocol: HubServerProtocol) -> None:
+        self.protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resumeProducing(self) -> None:
+        self.protocol.resume_writing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 def _printable(text: object, limit: int = 200) -> str:
@@ -182,6 +269,7 @@ class HubServerFactory(WebSocketServerFactory):
         origins: OriginPolicy | None = None,
         reactor=None,
         max_message_size: int = 65536,
+        max_outbound_bytes: int = 1048576,
         ping_interval: float = 20.0,
         ping_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
@@ -190,6 +278,7 @@ class HubServerFactory(WebSocketServerFactory):
         self.hub = hub
         self.verifier = verifier
         self.origins = origins or OriginPolicy()
+        self.max_outbound_bytes = max_outbound_bytes
         self.setProtocolOptions(
             versions=[13],
             webStatus=False,

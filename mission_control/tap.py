@@ -26,12 +26,13 @@ from mission_control.auth import OriginPolicy, TokenVerifier
 from mission_control.demo import DemoFleet
 from mission_control.hub import Hub
 from mission_control.protocol import HubServerFactory
-from mission_control.store import MemoryStore
+from mission_control.store import MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.site import build_site
 
 ENV_PREFIX = "MISSION_CONTROL_"
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+STORE_FILE_NAME = "mission-control.sqlite3"
 MAX_MESSAGE_SIZE_CEILING = 16 * 1024 * 1024
 
 
@@ -70,6 +71,11 @@ class Options(usage.Options):
         ["max-message-size", None, None, "Largest client message in bytes; larger ones close with 1009. [65536]"],
         ["max-connections-per-user", None, None, "Connections one user may hold; the next gets 429. [20]"],
         ["max-connections", None, None, "Connections in total; the next gets 503. [10000]"],
+        ["max-outbound-bytes", None, None, "Bytes queued for one slow client before it is closed with 4008. [1048576]"],
+        ["max-messages-per-second", None, None, "Messages one connection may send per second (twice that in a burst); past it error frames, then close 4029. [20]"],
+        ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
+        ["history-size", None, None, "Events kept for resume. [100000]"],
+        ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
     ]
 
     _repeatable = ("listen", "jwt-algorithm", "allowed-origin")
@@ -83,6 +89,11 @@ class Options(usage.Options):
         "max-message-size": "65536",
         "max-connections-per-user": "20",
         "max-connections": "10000",
+        "max-outbound-bytes": "1048576",
+        "max-messages-per-second": "20",
+        "store": "sqlite",
+        "history-size": "100000",
+        "history-age": "86400",
     }
 
     def __init__(self, environ=None):
@@ -138,6 +149,8 @@ class Options(usage.Options):
 
         self._numbers()
         self._keys()
+        if self["store"] not in ("sqlite", "memory"):
+            raise usage.UsageError(f"--store must be sqlite or memory, not {self['store']!r}")
         try:
             self["origins"] = OriginPolicy(self["allowed-origin"])
         except ValueError as e:
@@ -158,19 +171,23 @@ class Options(usage.Options):
             "heartbeat-interval": _positive_float("--heartbeat-interval"),
             "ping-interval": _positive_float("--ping-interval"),
             "ping-timeout": _positive_float("--ping-timeout"),
+            "history-age": _positive_float("--history-age"),
+            "max-messages-per-second": _positive_float("--max-messages-per-second"),
         }
         for name, convert in floats.items():
             try:
                 self[name] = convert(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number >= 0, not {self[name]!r}") from None
-        for name in ("ping-interval", "ping-timeout"):
+        for name in ("ping-interval", "ping-timeout", "history-age", "max-messages-per-second"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be greater than 0")
         limits = {
             "max-message-size": (128, MAX_MESSAGE_SIZE_CEILING),
             "max-connections-per-user": (1, 1_000_000),
             "max-connections": (1, 10_000_000),
+            "max-outbound-bytes": (1024, 1 << 34),
+            "history-size": (1, 1_000_000_000),
         }
         for name, (low, high) in limits.items():
             try:
@@ -312,6 +329,8 @@ class MissionControlService(service.MultiService):
         yield defer.gatherResults(
             [defer.maybeDeferred(port.stopListening) for _, port in ports], consumeErrors=True
         )
+        # Every write went through the store synchronously; closing checkpoints and releases it.
+        self.hub.store.close()
 
 
 def urls_of(description: str, port) -> list[str]:
@@ -330,25 +349,42 @@ def urls_of(description: str, port) -> list[str]:
     return [f"unix socket {name} (HTTP, and WebSocket at /ws)"]
 
 
+def open_store(options):
+    """The store the options ask for: SQLite in the data dir (the default), or memory."""
+    retention = Retention(max_events=options["history-size"], max_age=options["history-age"])
+    if options["store"] == "memory":
+        return MemoryStore(retention)
+    path = os.path.join(options["data-dir"], STORE_FILE_NAME)
+    try:
+        return SQLiteStore(path, retention)
+    except ValueError as e:
+        raise SystemExit(f"mission-control: {e}") from None
+
+
 def makeService(options, reactor=None) -> MissionControlService:
     """Build the service tree from parsed L{Options}."""
     if reactor is None:
         from twisted.internet import reactor
-    store = MemoryStore()
+    verifier = options["verifier"]
+    store = open_store(options)
+    rate = options["max-messages-per-second"]
     hub = Hub(
         reactor,
         store,
         heartbeat_interval=options["heartbeat-interval"],
         max_connections=options["max-connections"],
         max_connections_per_user=options["max-connections-per-user"],
+        verifier=verifier,
+        message_rate=rate,
+        message_burst=max(1, int(rate * 2)),
     )
-    verifier = options["verifier"]
     factory = HubServerFactory(
         hub,
         verifier,
         origins=options["origins"],
         reactor=reactor,
         max_message_size=options["max-message-size"],
+        max_outbound_bytes=options["max-outbound-bytes"],
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
     )

@@ -11,13 +11,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.trial.unittest import SkipTest
 
 from mission_control import auth
 from mission_control.tap import Options, makeService
@@ -293,3 +296,70 @@ def raw_handshake(port: int, request: bytes):
     yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
     data = yield proto.head
     return parse_response(data)
+
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TwistdProcess(ProcessProtocol):
+    """
+    A child C{twistd -n mission-control}: collects its stdout and stderr; C{ended} fires with the
+    reason it ended; C{process} is the process transport (for C{signalProcess}).
+    """
+
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+        self.process = None
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value)
+
+    @property
+    def output(self) -> str:
+        return (self.out + self.err).decode("utf-8", "replace")
+
+
+def spawn_twistd(testcase, *args, cwd=None) -> TwistdProcess:
+    """
+    Start C{twistd -n --pidfile= --logfile=- mission-control ARGS} (the twistd next to this Python)
+    as a child process, the checkout first on its path; it is killed when the test ends.
+    """
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if not os.path.exists(twistd):
+        raise SkipTest(f"no twistd next to {sys.executable}")
+    if cwd is None:
+        cwd = os.path.abspath(testcase.mktemp())
+        os.makedirs(cwd)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MISSION_CONTROL_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    proto = TwistdProcess()
+    proto.process = reactor.spawnProcess(
+        proto, twistd,
+        [twistd, "-n", "--pidfile=", "--logfile=-", "mission-control", *args],
+        env=env, path=cwd,
+    )
+
+    def kill():
+        if not proto.ended.called:
+            proto.process.signalProcess("KILL")
+            return proto.ended
+
+    testcase.addCleanup(kill)
+    return proto

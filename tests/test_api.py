@@ -101,7 +101,13 @@ class PublishTests(ApiTestCase):
         yield connect(self, self.server, self.viewer)
         for token in (self.admin, self.operator):
             response = yield self.call("GET", "/api/connections", token=token)
-            self.assertEqual(response.json(), {"total": 1, "users": [{"id": "v", "connections": 1}]})
+            body = response.json()
+            self.assertEqual((body["total"], body["users"]), (1, [{"id": "v", "connections": 1}]))
+            (detail,) = body["connections"]
+            self.assertEqual((detail["user"], detail["role"], detail["client"], detail["ackedSeq"]),
+                             ("v", "viewer", None, 0))
+            self.assertTrue(detail["peer"].startswith("tcp4:127.0.0.1:"), detail["peer"])
+            self.assertIsInstance(detail["bytesWaiting"], int)
         yield self.error(403, "forbidden", "GET", "/api/connections", token="viewer")
         yield self.error(403, "forbidden", "GET", "/api/connections", token="agent")
 

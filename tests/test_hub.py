@@ -12,33 +12,51 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 from zope.interface import implementer
 
-from mission_control.auth import Principal, Refusal
+from mission_control import auth
+from mission_control.auth import Principal, Refusal, TokenVerifier
 from mission_control.events import ValidationError
-from mission_control.hub import Hub, IConnection
-from mission_control.store import MemoryStore
+from mission_control.hub import ConnectRequest, Hub, IConnection
+from mission_control.store import IdempotencyConflict, MemoryStore, Retention
+
+SECRET = b"k" * 32
+
+
+FAR_FUTURE = 4_000_000_000.0
 
 
 @implementer(IConnection)
 class FakeConnection:
-    """Records what the hub hands it; C{open} false models a half-closed connection."""
+    """
+    Records what the hub hands it, in order, in C{frames} (deliveries and direct sends alike);
+    C{open} false models a half-closed connection, C{paused} a transport that takes no data.
+    """
 
-    def __init__(self, sub="alice", role="viewer"):
-        self.principal = Principal(sub=sub, role=role, name=None, expires_at=0)
+    def __init__(self, sub="alice", role="viewer", expires_at=FAR_FUTURE):
+        self.principal = Principal(sub=sub, role=role, name=None, expires_at=expires_at)
         self.connection_id = None
         self.delivered = []
-        self.sent = []
+        self.frames = []
         self.closed_with = None
         self.open = True
+        self.paused = False
 
     def deliver(self, prepared):
         if self.open:
-            self.delivered.append(json.loads(prepared))
+            frame = json.loads(prepared)
+            self.delivered.append(frame)
+            self.frames.append(frame)
 
     def send_frame(self, frame):
-        self.sent.append(frame)
+        self.frames.append(json.loads(json.dumps(frame)))
 
     def close(self, code, reason):
         self.closed_with = (code, reason)
+
+    def bytes_waiting(self):
+        return 0
+
+    def types(self):
+        return [f["type"] for f in self.frames]
 
 
 class HubTestCase(SynchronousTestCase):
@@ -51,13 +69,19 @@ class HubTestCase(SynchronousTestCase):
             self.prepared.append(data)
             return data
 
+        self.verifier = TokenVerifier(key=SECRET, algorithms=["HS256"], leeway=5)
         self.hub = Hub(self.clock, MemoryStore(), heartbeat_interval=30, prepare=prepare,
-                       max_connections=5, max_connections_per_user=3)
+                       max_connections=5, max_connections_per_user=3, verifier=self.verifier,
+                       message_rate=2, message_burst=4)
 
-    def connect(self, sub="alice", role="viewer"):
-        conn = FakeConnection(sub, role)
-        self.hub.register(conn)
+    def connect(self, sub="alice", role="viewer", request=None, **kwargs):
+        conn = FakeConnection(sub, role, **kwargs)
+        self.hub.register(conn, request)
         return conn
+
+    def publish(self, count=1, agent="a1"):
+        return [self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, agent)
+                for _ in range(count)]
 
     def principal(self, sub="op", role="operator"):
         return Principal(sub=sub, role=role, name=None, expires_at=0)
@@ -70,15 +94,16 @@ class RegistryTests(HubTestCase):
         """The fake used here is a complete IConnection."""
         verifyObject(IConnection, FakeConnection())
 
-    def test_register_returns_welcome_then_snapshot(self):
+    def test_register_sends_welcome_then_snapshot(self):
         """The first frames are welcome (with connection id, user, heartbeat, lastSeq) and snapshot."""
-        conn = FakeConnection("alice", "operator")
-        welcome, snapshot = self.hub.register(conn)
+        conn = self.connect("alice", "operator")
+        welcome, snapshot = conn.frames
         self.assertEqual(welcome["type"], "welcome")
         self.assertEqual(welcome["payload"]["connectionId"], conn.connection_id)
         self.assertEqual(welcome["payload"]["user"], {"id": "alice", "name": None, "role": "operator"})
         self.assertEqual(welcome["payload"]["heartbeatInterval"], 30)
         self.assertEqual(welcome["payload"]["lastSeq"], 0)
+        self.assertEqual(welcome["payload"]["epoch"], self.hub.store.epoch)
         self.assertEqual(snapshot["type"], "snapshot")
         self.assertEqual(snapshot["payload"], {"agents": [], "sessions": [], "lastSeq": 0})
 
@@ -123,11 +148,15 @@ class RegistryTests(HubTestCase):
         error = self.assertRaises(Refusal, self.hub.admit, self.principal("bob"))
         self.assertEqual((error.status, error.reason), (503, "shutting down"))
 
-    def test_close_all(self):
-        """close_all asks every connection to close with 1001 by default."""
-        a, b = self.connect("alice"), self.connect("bob")
+    def test_close_all_in_batches(self):
+        """close_all asks every connection to close with 1001, close_batch per reactor turn."""
+        self.hub.close_batch = 2
+        conns = [self.connect(f"u{i}") for i in range(5)]
         self.hub.close_all()
-        self.assertEqual((a.closed_with[0], b.closed_with[0]), (1001, 1001))
+        self.assertEqual([c.closed_with is not None for c in conns], [True, True] + [False] * 3)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual({c.closed_with for c in conns}, {(1001, "server going away")})
 
 
 class BroadcastTests(HubTestCase):
@@ -135,7 +164,7 @@ class BroadcastTests(HubTestCase):
 
     def test_broadcast_reaches_everyone_encoded_once(self):
         """One publish is encoded once and delivered to every connection."""
-        conns = [self.connect(f"u{i}") for i in range(4)]
+        conns = [self.connect(f"u{i % 3}") for i in range(4)]
         frame = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.assertEqual(len(self.prepared), 1)
         for conn in conns:
@@ -160,7 +189,7 @@ class BroadcastTests(HubTestCase):
 
     def test_half_closed_connection_skipped(self):
         """A connection that is closing does not receive, and does not stop the others."""
-        closing, live = self.connect("a"), self.connect("b")
+        closing, live = self.connect("a"), self.connect("b")  # noqa
         closing.open = False
         self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
         self.assertEqual((len(closing.delivered), len(live.delivered)), (0, 1))
@@ -187,7 +216,7 @@ class BroadcastTests(HubTestCase):
         self.hub.publish_for(op, "agent:status", {"status": "busy"}, "a1")
         self.hub.publish_for(op, "agent:status", {"status": "idle"}, "a2")
         self.hub.publish_for(op, "session:activity", {"activity": "started"}, "s1")
-        _, snapshot = self.hub.register(FakeConnection())
+        snapshot = self.connect().frames[1]
         self.assertEqual([a["status"] for a in snapshot["payload"]["agents"]], ["busy", "idle"])
         self.assertEqual(snapshot["payload"]["lastSeq"], 4)
         self.assertEqual(len(snapshot["payload"]["sessions"]), 1)
@@ -236,6 +265,7 @@ class HeartbeatTests(HubTestCase):
     def test_heartbeat_every_interval(self):
         """After start, every interval each connection gets a heartbeat with timestamp and lastSeq."""
         conn = self.connect()
+        self.hub.trim_interval = 10_000
         self.hub.start()
         self.clock.advance(29)
         self.assertEqual(conn.delivered, [])
@@ -249,13 +279,16 @@ class HeartbeatTests(HubTestCase):
         self.hub.stop()
         self.clock.advance(300)
         self.assertEqual(len(conn.delivered), 2)
+        self.hub.unregister(conn)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_heartbeat_off(self):
         """An interval of 0 schedules nothing."""
         hub = Hub(self.clock, MemoryStore(), heartbeat_interval=0)
+        hub.trim_interval = 7
         hub.start()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual([c.getTime() - self.clock.seconds() for c in self.clock.getDelayedCalls()],
+                         [7])
 
 
 class ClientFrameTests(HubTestCase):
@@ -273,12 +306,12 @@ class ClientFrameTests(HubTestCase):
     def test_ack(self):
         """ack records the position (never backwards) and replies with it."""
         conn = self.connect()
-        for _ in range(5):
-            self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        self.publish(5)
         self.assertEqual(self.reply(conn, {"type": "ack", "seq": 4})["payload"], {"seq": 4})
         self.assertEqual(self.reply(conn, {"type": "ack", "seq": 2})["payload"], {"seq": 4})
-        self.assertEqual(conn.acked_seq, 4)
+        self.assertEqual(self.hub.connection_details()[0]["ackedSeq"], 4)
         for bad in (-1, "3", 1.5, True, None, 6):
+            self.clock.advance(1)  # stay within the rate limit
             reply = self.reply(conn, {"type": "ack", "seq": bad})
             self.assertEqual((reply["type"], reply["payload"]["code"]), ("error", "bad_request"))
 
@@ -293,6 +326,7 @@ class ClientFrameTests(HubTestCase):
             ({"type": "subscribe", "id": "r4", "channels": []}, "not_supported", "r4"),
         ]
         for value, code, frame_id in cases:
+            self.clock.advance(1)
             reply = self.reply(conn, value)
             self.assertEqual(reply["type"], "error")
             self.assertEqual(reply["payload"]["code"], code, value)
@@ -303,3 +337,227 @@ class ClientFrameTests(HubTestCase):
         """Binary frames get an error, not silence."""
         reply = self.reply(self.connect(), b'{"type":"ping"}', binary=True)
         self.assertEqual((reply["type"], reply["payload"]["code"]), ("error", "bad_request"))
+
+
+class ResumeTests(HubTestCase):
+    """A connection with since and epoch gets what it missed, then live events."""
+
+    def resume(self, since, epoch=None, client=None, sub="alice"):
+        epoch = self.hub.store.epoch if epoch is None else epoch
+        return self.connect(sub, request=ConnectRequest(since=since, epoch=epoch, client=client))
+
+    def seqs(self, conn):
+        return [f["seq"] for f in conn.frames if "seq" in f]
+
+    def test_replays_missed_events_then_resumed(self):
+        """welcome, the events after since in order, then resumed {recovered, from, to}."""
+        self.publish(5)
+        conn = self.resume(2)
+        self.assertEqual(conn.types(), ["welcome"] + ["agent:status"] * 3 + ["resumed"])
+        self.assertEqual(self.seqs(conn), [3, 4, 5])
+        self.assertEqual(conn.frames[-1]["payload"],
+                         {"recovered": True, "from": 3, "to": 5, "epoch": self.hub.store.epoch})
+        self.publish(1)
+        self.assertEqual(self.seqs(conn), [3, 4, 5, 6])
+
+    def test_nothing_missed(self):
+        """Resuming at lastSeq replays nothing and says recovered with an empty range."""
+        self.publish(2)
+        conn = self.resume(2)
+        self.assertEqual(conn.types(), ["welcome", "resumed"])
+        self.assertEqual(conn.frames[-1]["payload"]["recovered"], True)
+
+    def test_publishing_during_a_paged_replay(self):
+        """Events published while a long replay is paged out arrive exactly once, in order."""
+        self.hub.replay_batch = 3
+        self.publish(10)
+        conn = self.resume(1)
+        self.assertEqual(self.seqs(conn), [2, 3, 4])
+        for _ in range(20):
+            self.publish(2)
+            self.clock.advance(0)
+        self.assertEqual(self.seqs(conn), list(range(2, 51)))
+        self.assertEqual(conn.types().count("resumed"), 1)
+
+    def test_replay_waits_for_a_paused_transport(self):
+        """While the transport is paused no further page is sent; writable() resumes the replay."""
+        self.hub.replay_batch = 2
+        self.publish(6)
+        conn = FakeConnection("alice")
+        conn.paused = True
+        self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
+        self.clock.advance(0)
+        self.assertEqual(self.seqs(conn), [1, 2])
+        conn.paused = False
+        self.hub.writable(conn)
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(self.seqs(conn), [1, 2, 3, 4, 5, 6])
+
+    def test_other_epoch(self):
+        """Another epoch: recovered false (reason epoch) and a fresh snapshot."""
+        self.publish(3)
+        conn = self.resume(1, epoch="someotherepoch")
+        self.assertEqual(conn.types(), ["welcome", "resumed", "snapshot"])
+        self.assertEqual(conn.frames[1]["payload"]["recovered"], False)
+        self.assertEqual(conn.frames[1]["payload"]["reason"], "epoch")
+
+    def test_too_old(self):
+        """since older than the retained history: recovered false (too_old) and a snapshot."""
+        hub = Hub(self.clock, MemoryStore(Retention(max_events=3)))
+        for _ in range(10):
+            hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        hub.store.trim(self.clock.seconds())
+        conn = FakeConnection()
+        hub.register(conn, ConnectRequest(since=2, epoch=hub.store.epoch))
+        self.assertEqual(conn.types(), ["welcome", "resumed", "snapshot"])
+        self.assertEqual(conn.frames[1]["payload"]["reason"], "too_old")
+        recent = FakeConnection()
+        hub.register(recent, ConnectRequest(since=7, epoch=hub.store.epoch))
+        self.assertEqual([f.get("seq") for f in recent.frames[1:4]], [8, 9, 10])
+
+    def test_ahead(self):
+        """since beyond lastSeq (a client of a restored backup): recovered false."""
+        self.publish(1)
+        conn = self.resume(5)
+        self.assertEqual(conn.frames[1]["payload"]["reason"], "ahead")
+
+    def test_named_client_resumes_from_its_ack(self):
+        """With a client name, acks are kept; the next connection without since resumes there."""
+        self.publish(4)
+        first = self.connect("alice", request=ConnectRequest(client="board"))
+        self.hub.handle_frame(first, b'{"type":"ack","seq":3}', False)
+        self.hub.unregister(first)
+        self.publish(2)
+        again = self.connect("alice", request=ConnectRequest(client="board"))
+        self.assertEqual(self.seqs(again), [4, 5, 6])
+        other_user = self.connect("bob", request=ConnectRequest(client="board"))
+        self.assertEqual(other_user.types(), ["welcome", "snapshot"])
+
+    def test_connect_request_from_params(self):
+        """since, epoch and client are read and checked; malformed ones are a 400."""
+        request = ConnectRequest.from_params({"since": ["12"], "epoch": ["ab12"], "client": ["c1"]})
+        self.assertEqual((request.since, request.epoch, request.client), (12, "ab12", "c1"))
+        for params in ({"since": ["-1"]}, {"since": ["x"]}, {"since": ["1" * 30]},
+                       {"epoch": ["a b"]}, {"client": ["bad name"]}):
+            error = self.assertRaises(Refusal, ConnectRequest.from_params, params)
+            self.assertEqual(error.status, 400)
+
+
+class TokenLifecycleTests(HubTestCase):
+    """Expiry, the warning before it, and fresh tokens over the connection."""
+
+    def token(self, sub="alice", ttl=300):
+        return auth.mint_token(SECRET, sub, self.clock.seconds(), ttl=ttl)
+
+    def auth(self, conn, token):
+        return self.hub.handle_frame(conn, json.dumps({"type": "auth", "id": "t1", "token": token})
+                                     .encode(), False)
+
+    def test_warning_then_4001(self):
+        """auth:expiring a minute before exp, close 4001 at exp + leeway, not before."""
+        now = self.clock.seconds()
+        conn = self.connect(expires_at=now + 300)
+        self.clock.advance(239)
+        self.assertNotIn("auth:expiring", conn.types())
+        self.clock.advance(1)
+        self.assertEqual(conn.frames[-1]["type"], "auth:expiring")
+        self.assertEqual(conn.frames[-1]["payload"]["secondsLeft"], 60)
+        self.clock.advance(64)
+        self.assertIsNone(conn.closed_with)
+        self.clock.advance(1)
+        self.assertEqual(conn.closed_with, (4001, "token expired"))
+
+    def test_fresh_token_moves_the_deadline(self):
+        """A valid token for the same sub is answered auth:ok and the old deadline no longer holds."""
+        now = self.clock.seconds()
+        conn = self.connect(expires_at=now + 100)
+        self.clock.advance(50)
+        reply = self.auth(conn, self.token(ttl=1000))
+        self.assertEqual((reply["type"], reply["id"]), ("auth:ok", "t1"))
+        self.clock.advance(200)
+        self.assertIsNone(conn.closed_with)
+        self.clock.advance(1000)
+        self.assertEqual(conn.closed_with[0], 4001)
+
+    def test_token_for_another_user(self):
+        """A token for another sub gets an error frame and close 4003."""
+        conn = self.connect()
+        self.assertIsNone(self.auth(conn, self.token(sub="mallory")))
+        self.assertEqual(conn.frames[-1]["payload"]["code"], "forbidden")
+        self.assertEqual(conn.closed_with[0], 4003)
+
+    def test_invalid_token(self):
+        """An invalid or expired token gets an error frame and close 4003."""
+        for token in ("junk", self.token(ttl=-60)):
+            conn = self.connect()
+            self.assertIsNone(self.auth(conn, token))
+            self.assertEqual(conn.frames[-1]["payload"]["code"], "invalid_token")
+            self.assertEqual(conn.closed_with[0], 4003)
+            self.hub.unregister(conn)
+
+    def test_timers_cancelled_on_close(self):
+        """A closed connection leaves no expiry timer behind."""
+        conn = self.connect(expires_at=self.clock.seconds() + 300)
+        self.hub.unregister(conn)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RateLimitTests(HubTestCase):
+    """The per-connection inbound message rate (2/s, burst 4 here)."""
+
+    def test_error_then_4029(self):
+        """Past the burst each message gets rate_limited; going on past another burst closes 4029."""
+        conn = self.connect()
+        ping = b'{"type":"ping"}'
+        replies = [self.hub.handle_frame(conn, ping, False)["type"] for _ in range(4)]
+        self.assertEqual(replies, ["pong"] * 4)
+        limited = self.hub.handle_frame(conn, ping, False)
+        self.assertEqual(limited["payload"]["code"], "rate_limited")
+        for _ in range(3):
+            self.hub.handle_frame(conn, ping, False)
+        self.assertIsNone(conn.closed_with)
+        self.assertIsNone(self.hub.handle_frame(conn, ping, False))
+        self.assertEqual(conn.closed_with, (4029, "too many messages"))
+
+    def test_refills(self):
+        """After a pause the client may send again."""
+        conn = self.connect()
+        for _ in range(5):
+            self.hub.handle_frame(conn, b'{"type":"ping"}', False)
+        self.clock.advance(1)
+        self.assertEqual(self.hub.handle_frame(conn, b'{"type":"ping"}', False)["type"], "pong")
+
+
+class IdempotencyTests(HubTestCase):
+    """publish_for with an Idempotency-Key."""
+
+    def test_repeat_returns_first_event(self):
+        """The same key and request returns the first event and broadcasts nothing more."""
+        conn = self.connect()
+        first = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
+                                     "key-1", "fp")
+        again = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
+                                     "key-1", "fp")
+        self.assertEqual(first, again)
+        self.assertEqual(self.hub.store.last_seq, 1)
+        self.assertEqual(len(conn.delivered), 1)
+
+    def test_conflict(self):
+        """The same key for a different request is a conflict."""
+        self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1", "k", "fp1")
+        self.assertRaises(IdempotencyConflict, self.hub.publish_for, self.principal(),
+                          "agent:status", {"status": "idle"}, "a1", "k", "fp2")
+
+
+class ConnectionDetailTests(HubTestCase):
+    """What operators see per connection."""
+
+    def test_details(self):
+        """User, role, client name, peer, connection time, acked seq, bytes waiting, replaying."""
+        conn = self.connect("alice", request=ConnectRequest(client="wall", peer="tcp4:1.2.3.4:5"))
+        (detail,) = self.hub.connection_details()
+        self.assertEqual(detail, {
+            "id": conn.connection_id, "user": "alice", "role": "viewer", "client": "wall",
+            "peer": "tcp4:1.2.3.4:5", "connectedAt": "2027-01-15T08:00:00.000Z", "ackedSeq": 0,
+            "bytesWaiting": 0, "replaying": False})

@@ -34,7 +34,10 @@ from mission_control.demo import DemoFleet
 from mission_control.tap import DEFAULT_LISTEN, MissionControlService, Options, makeService, urls_of
 from tests import certs
 from tests.helpers import (
+    TwistdProcess,
     connect,
+    free_port,
+    spawn_twistd,
     http_request,
     raw_request,
     start_server,
@@ -42,18 +45,10 @@ from tests.helpers import (
     wait_until,
 )
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_file(testcase, name: str, content: bytes, mode: int = 0o600) -> str:
@@ -775,56 +770,11 @@ class IssuerAudienceTests(TestCase):
         yield self.refused(self.server.token(issuer=self.ISSUER))
 
 
-class _Collect(protocol.ProcessProtocol):
-    """Collects a child's stdout and stderr; C{ended} fires with the reason it ended."""
-
-    def __init__(self):
-        self.out = b""
-        self.err = b""
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.out += data
-
-    def errReceived(self, data):
-        self.err += data
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value)
-
-    @property
-    def output(self) -> str:
-        return (self.out + self.err).decode("utf-8", "replace")
-
-
 class TwistdCommandTests(TestCase):
     """C{twistd -n mission-control ...} as a real child process."""
 
-    def spawn(self, *args) -> _Collect:
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        if not os.path.exists(twistd):
-            raise SkipTest(f"no twistd next to {sys.executable}")
-        cwd = os.path.abspath(self.mktemp())
-        os.makedirs(cwd)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MISSION_CONTROL_")}
-        env["PYTHONPATH"] = os.pathsep.join(
-            [PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
-        proto = _Collect()
-        process = reactor.spawnProcess(
-            proto, twistd,
-            [twistd, "-n", "--pidfile=", "--logfile=-", "mission-control", *args],
-            env=env, path=cwd,
-        )
-
-        def kill():
-            if not proto.ended.called:
-                process.signalProcess("KILL")
-                return proto.ended
-
-        self.addCleanup(kill)
-        proto.process = process
-        return proto
+    def spawn(self, *args) -> TwistdProcess:
+        return spawn_twistd(self, *args)
 
     def ended(self, proto, timeout=15):
         return proto.ended.addTimeout(timeout, reactor)

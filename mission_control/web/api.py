@@ -6,7 +6,11 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
     GET  /api/agents                          any role
     POST /api/sessions/{sessionId}/activity   admin, operator; agent for its own agentId
     GET  /api/sessions                        any role
+    GET  /api/events?since=SEQ&limit=N        any role: stored events after SEQ, oldest first
     GET  /api/connections                     admin, operator
+
+POSTs take an C{Idempotency-Key} header: a repeat of the same request with the same key within
+ten minutes returns the first result instead of storing a duplicate.
 
 A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
 JSON, and hands the rest to the L{Hub}.  Every client mistake is a 4xx with
@@ -15,7 +19,9 @@ C{{"error": {"code", "message"}}}; nothing from the request is echoed except fie
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 
 from twisted.logger import Logger
 from twisted.web import resource
@@ -24,6 +30,7 @@ from mission_control import auth
 from mission_control.auth import Principal, Refusal, TokenVerifier, token_from_request
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
 from mission_control.hub import Hub
+from mission_control.store import IdempotencyConflict
 from mission_control.web.site import MAX_BODY_SIZE, error_body
 
 
@@ -50,6 +57,7 @@ class Api(resource.Resource):
             (("agents", "*", "status"), {b"POST": self._post_status}),
             (("sessions",), {b"GET": self._list_sessions}),
             (("sessions", "*", "activity"), {b"POST": self._post_activity}),
+            (("events",), {b"GET": self._list_events}),
             (("connections",), {b"GET": self._list_connections}),
         ]
 
@@ -134,8 +142,16 @@ class Api(resource.Resource):
 
     def _publish(self, request, principal, event_type, subject_id):
         body = self._json_body(request)
+        key, fingerprint = self._idempotency(request)
         try:
-            envelope = self.hub.publish_for(principal, event_type, body, subject_id)
+            envelope = self.hub.publish_for(
+                principal, event_type, body, subject_id, key, fingerprint
+            )
+        except IdempotencyConflict:
+            raise ApiError(
+                409, "idempotency_conflict",
+                "Idempotency-Key was already used for a different request",
+            ) from None
         except Refusal as refusal:
             self.log.warn(
                 "security: {user} ({role}) refused: {reason}",
@@ -147,6 +163,24 @@ class Api(resource.Resource):
         except ValidationError as e:
             raise ApiError(400, e.code, e.message) from None
         return 200, {"event": envelope}
+
+    @staticmethod
+    def _idempotency(request) -> tuple[str | None, str]:
+        """The Idempotency-Key header, checked, and a fingerprint of the request it came with."""
+        raw = request.getHeader(b"idempotency-key")
+        if raw is None:
+            return None, ""
+        try:
+            key = raw.decode("ascii")
+        except UnicodeDecodeError:
+            key = None
+        if key is None or not _IDEMPOTENCY_KEY_RE.match(key):
+            raise ApiError(400, "bad_request",
+                           "Idempotency-Key must be 1-255 printable ASCII characters")
+        request.content.seek(0)
+        digest = hashlib.sha256(request.method + b" " + request.path + b"\n")
+        digest.update(request.content.read(MAX_BODY_SIZE + 1))
+        return key, digest.hexdigest()
 
     def _subject_id(self, value: str, field: str) -> str:
         if not auth.is_valid_id(value):
@@ -171,10 +205,49 @@ class Api(resource.Resource):
     def _list_sessions(self, request, principal):
         return 200, {"sessions": self.hub.store.sessions()}
 
+    def _list_events(self, request, principal):
+        since = _int_arg(request, b"since", 0, 0, 10**18)
+        limit = _int_arg(request, b"limit", DEFAULT_EVENTS_LIMIT, 1, MAX_EVENTS_LIMIT)
+        store = self.hub.store
+        page = store.events_after(since, limit)
+        # Where the next page starts: after this page, or past a stretch retention removed.
+        last = page[-1].seq if page else (store.last_seq if since < store.last_seq else since)
+        return 200, {
+            "events": [event.envelope() for event in page],
+            "epoch": store.epoch,
+            "firstSeq": store.first_seq,
+            "lastSeq": store.last_seq,
+            "next": last,
+            "more": last < store.last_seq,
+            # Events after `since` that retention already dropped: the caller missed them.
+            "truncated": since + 1 < store.first_seq and since < store.last_seq,
+        }
+
     def _list_connections(self, request, principal):
         if not auth.may_list_connections(principal):
             raise ApiError(403, "forbidden", "admin or operator role required")
-        return 200, {"total": self.hub.connection_count, "users": self.hub.users()}
+        return 200, {
+            "total": self.hub.connection_count,
+            "users": self.hub.users(),
+            "connections": self.hub.connection_details(),
+        }
+
+
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 1000
+_IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")
+
+
+def _int_arg(request, name: bytes, default: int, low: int, high: int) -> int:
+    """A whole-number query argument within C{[low, high]}, or a 400 naming it."""
+    values = request.args.get(name)
+    if not values:
+        return default
+    text = values[0]
+    if not (text.isdigit() and len(text) <= 19 and low <= int(text) <= high):
+        raise ApiError(400, "bad_request",
+                       f"{name.decode()} must be a whole number from {low} to {high}")
+    return int(text)
 
 
 def _peer(request) -> str:
