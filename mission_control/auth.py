@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -125,12 +126,16 @@ class TokenVerifier:
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 5.0
+    #: How many verified tokens to remember (see L{verify}).
+    cache_size: int = 4096
     _options: dict = field(init=False, repr=False)
+    _verified: OrderedDict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.algorithms:
             raise ValueError("at least one algorithm is required")
         self.algorithms = list(self.algorithms)
+        self._verified = OrderedDict()
         # Time claims are checked by us against the injected clock (PyJWT reads time.time()),
         # the rest by PyJWT.  Nothing is required by PyJWT's default: require what we need.
         self._options = {
@@ -160,8 +165,23 @@ class TokenVerifier:
                 raise Refusal(401, "invalid token") from None
         if len(token) > MAX_TOKEN_LENGTH:
             raise Refusal(401, "invalid token")
+        # A token whose signature and claims were verified once is remembered: a dashboard or an
+        # agent sends the same token with every request, and the signature check is most of the
+        # cost of an API call.  Time claims are checked again on every call, against `now`.
+        claims = self._verified.get(token)
+        if claims is not None:
+            self._verified.move_to_end(token)
+            return self._principal(claims, now)
+        claims = self._decode(token)
+        principal = self._principal(claims, now)
+        self._verified[token] = claims
+        if len(self._verified) > self.cache_size:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> Mapping:
         try:
-            claims = jwt.decode(
+            return jwt.decode(
                 token,
                 self.key,
                 algorithms=self.algorithms,
@@ -180,7 +200,6 @@ class TokenVerifier:
         except Exception:
             # A key/algorithm mismatch deep in a backend must never become a 500 with its text.
             raise Refusal(401, "invalid token") from None
-        return self._principal(claims, now)
 
     def _principal(self, claims: Mapping, now: float) -> Principal:
         exp = _number(claims.get("exp"))

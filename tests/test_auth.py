@@ -172,6 +172,28 @@ class TokenVerifierHMACTests(SynchronousTestCase):
             error = self.assertRaises(Refusal, verifier.verify, token, NOW)
             self.assertEqual(error.reason, reason)
 
+    def test_remembered_tokens_still_expire(self):
+        """A token verified once is remembered, but its time claims are checked on every call."""
+        token = self.token(exp=int(NOW + 60))
+        self.assertEqual(self.verifier.verify(token, NOW).sub, "alice")
+        self.assertEqual(self.verifier.verify(token, NOW + 30).sub, "alice")
+        error = self.assertRaises(Refusal, self.verifier.verify, token, NOW + 66)
+        self.assertEqual(error.reason, "token expired")
+
+    def test_remembered_tokens_bounded(self):
+        """The memory of verified tokens holds at most cache_size of them."""
+        verifier = TokenVerifier(key=SECRET, algorithms=["HS256"], cache_size=3)
+        for i in range(10):
+            verifier.verify(self.token(sub=f"u{i}"), NOW)
+        self.assertEqual(len(verifier._verified), 3)
+
+    def test_refused_tokens_not_remembered(self):
+        """A refused token is not remembered as verified."""
+        bad = jwt.encode(claims(), b"x" * 64, algorithm="HS256")
+        self.refused(bad)
+        self.assertEqual(self.refused(bad), "invalid token")
+        self.assertEqual(len(self.verifier._verified), 0)
+
     def test_reasons_never_contain_the_token(self):
         """No refusal reason quotes the token or its claims."""
         token = self.token(sub="secret-sub", exp=int(NOW - 100))
