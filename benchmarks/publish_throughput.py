@@ -1,0 +1,128 @@
+"""
+Publish throughput end to end: HTTP POSTs to a real hub process with the SQLite store.
+
+    python benchmarks/publish_throughput.py [--seconds 10] [--clients 4] [--store sqlite]
+
+Starts ``twistd -n mission-control`` on a free loopback port with a fresh data dir, then
+``--clients`` threads each keep one HTTP/1.1 connection open and POST ``agent:status`` events
+(about 200 bytes of JSON) as fast as the hub answers, for ``--seconds``.  Every counted event was
+answered 200, which means it was committed to the store first.  Prints events/s over the whole run
+and over its slowest second (the sustained figure), and the answer latency.
+
+The hub is one Python process on one core; the client threads run on the other.  Figures are for
+comparison between versions on the same machine, not promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from mission_control import auth  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_hub(port: int, data_dir: str, store: str) -> subprocess.Popen:
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    log = open(os.path.join(data_dir, "hub.log"), "wb")
+    proc = subprocess.Popen(
+        [twistd, "-n", "--pidfile=", "--logfile=-", "mission-control",
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir,
+         "--store", store, "--heartbeat-interval", "0"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=data_dir,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the hub did not start; see " + log.name)
+
+
+def publisher(port, token, stop_at, counts, latencies, index):
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    n = 0
+    while time.monotonic() < stop_at:
+        body = json.dumps({"status": "busy", "message": f"step {n} of a long task",
+                           "metadata": {"client": index, "n": n}})
+        started = time.monotonic()
+        conn.request("POST", f"/api/agents/agent-{index}-{n % 50}/status", body, headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status == 200:
+            finished = time.monotonic()
+            counts.append(finished)
+            latencies.append(finished - started)
+        n += 1
+    conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    args = parser.parse_args()
+
+    data_dir = tempfile.mkdtemp(prefix="mc-bench-")
+    port = free_port()
+    hub = start_hub(port, data_dir, args.store)
+    try:
+        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = auth.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
+        counts: list[float] = []
+        latencies: list[float] = []
+        started = time.monotonic()
+        stop_at = started + args.seconds
+        threads = [threading.Thread(target=publisher,
+                                    args=(port, token, stop_at, counts, latencies, i))
+                   for i in range(args.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        elapsed = time.monotonic() - started
+        per_second = [0] * (int(args.seconds) + 1)
+        for moment in counts:
+            per_second[min(int(moment - started), len(per_second) - 1)] += 1
+        full_seconds = per_second[: int(args.seconds)] or per_second
+        latencies.sort()
+
+        def pct(p):
+            return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+        print(f"store={args.store} clients={args.clients} seconds={args.seconds:g}")
+        print(f"events answered 200: {len(counts)}")
+        print(f"events/s overall:    {len(counts) / elapsed:,.0f}")
+        print(f"events/s slowest 1s: {min(full_seconds):,}")
+        print(f"latency ms p50/p99/max: {pct(0.5):.2f} / {pct(0.99):.2f} / {latencies[-1]*1000:.1f}")
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait(timeout=15)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
