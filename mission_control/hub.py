@@ -272,7 +272,7 @@ class Hub:
             since = self.store.position(conn.principal.sub, request.client)
             epoch = self.store.epoch
         if since is None:
-            conn.send_frame(self.snapshot())
+            self._send_snapshot(conn)
             self._go_live(session)
             return
         reason = self._unrecoverable(since, epoch)
@@ -298,7 +298,7 @@ class Hub:
             self._frame("resumed", {"recovered": False, "reason": reason,
                                     "lastSeq": self.store.last_seq, "epoch": self.store.epoch})
         )
-        session.conn.send_frame(self.snapshot())
+        self._send_snapshot(session.conn)
         self._go_live(session)
 
     def _replay(self, session: _Session) -> None:
@@ -512,6 +512,20 @@ class Hub:
         self.broadcast(
             events.envelope("heartbeat", {"timestamp": ts, "lastSeq": self.store.last_seq}, ts)
         )
+
+    def _send_snapshot(self, conn) -> None:
+        """
+        Send the snapshot frame.  Its payload (up to the whole latest state) is encoded once per
+        state, not once per connection: after a restart every dashboard reconnects at once.
+        """
+        if self._snapshot_cache is None or self._snapshot_cache[0] != self.store.last_seq:
+            payload = events.encode_json(self.snapshot()["payload"])
+            self._snapshot_cache = (self.store.last_seq, payload)
+        data = (b'{"type":"snapshot","payload":' + self._snapshot_cache[1]
+                + b',"ts":' + events.encode_json(self._now()) + b"}")
+        conn.deliver(self._prepare(data))
+
+    _snapshot_cache: tuple[int, bytes] | None = None
 
     def snapshot(self, ts: str | None = None) -> dict:
         return events.envelope(

@@ -13,6 +13,7 @@ from zope.interface.verify import verifyObject
 from zope.interface import implementer
 
 from mission_control import auth
+from mission_control import events as events_module
 from mission_control.auth import Principal, Refusal, TokenVerifier
 from mission_control.events import ValidationError
 from mission_control.hub import ConnectRequest, Hub, IConnection
@@ -43,8 +44,9 @@ class FakeConnection:
     def deliver(self, prepared):
         if self.open:
             frame = json.loads(prepared)
-            self.delivered.append(frame)
             self.frames.append(frame)
+            if frame["type"] != "snapshot":  # broadcasts only; the snapshot is in frames
+                self.delivered.append(frame)
 
     def send_frame(self, frame):
         self.frames.append(json.loads(json.dumps(frame)))
@@ -165,6 +167,7 @@ class BroadcastTests(HubTestCase):
     def test_broadcast_reaches_everyone_encoded_once(self):
         """One publish is encoded once and delivered to every connection."""
         conns = [self.connect(f"u{i % 3}") for i in range(4)]
+        del self.prepared[:]  # the snapshots
         frame = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.assertEqual(len(self.prepared), 1)
         for conn in conns:
@@ -180,6 +183,26 @@ class BroadcastTests(HubTestCase):
         self.assertEqual(first["ts"], "2027-01-15T08:00:00.000Z")
         self.assertEqual((first["seq"], second["seq"]), (1, 2))
         self.assertEqual(second["payload"]["sessionId"], "s1")
+
+    def test_snapshot_encoded_once_per_state(self):
+        """Connections that arrive while the state is unchanged share one encoded snapshot."""
+        self.publish(2)
+        encoded = []
+        original = events_module.encode_json
+
+        def counting(value):
+            encoded.append(value)
+            return original(value)
+
+        self.patch(events_module, "encode_json", counting)
+        a, b, c = self.connect("a"), self.connect("b"), self.connect("c")
+        snapshots = [v for v in encoded if isinstance(v, dict) and "agents" in v]
+        self.assertEqual(len(snapshots), 1)
+        self.assertEqual(a.frames[1]["payload"], c.frames[1]["payload"])
+        self.publish(1)
+        self.connect("d")
+        snapshots = [v for v in encoded if isinstance(v, dict) and "agents" in v]
+        self.assertEqual(len(snapshots), 2)
 
     def test_broadcast_to_nobody(self):
         """Publishing with no connection stores the event and encodes nothing."""
