@@ -314,9 +314,10 @@ class Hub:
             self._not_recovered(session, "too_old")
             return
         for event in page:
+            if getattr(conn, "paused", False):
+                break  # the rest of the page waits for writable(): a page is not a byte limit
             conn.send_frame(event.envelope())
-        if page:
-            cursor = session.replay_cursor = page[-1].seq
+            cursor = session.replay_cursor = event.seq
         if cursor >= self.store.last_seq:
             conn.send_frame(
                 self._frame("resumed", {"recovered": True, "from": session.replay_start + 1,

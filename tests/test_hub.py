@@ -403,19 +403,39 @@ class ResumeTests(HubTestCase):
         self.assertEqual(conn.types().count("resumed"), 1)
 
     def test_replay_waits_for_a_paused_transport(self):
-        """While the transport is paused no further page is sent; writable() resumes the replay."""
+        """While the transport is paused nothing is replayed; writable() resumes the replay."""
         self.hub.replay_batch = 2
         self.publish(6)
         conn = FakeConnection("alice")
         conn.paused = True
         self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
         self.clock.advance(0)
-        self.assertEqual(self.seqs(conn), [1, 2])
+        self.assertEqual(self.seqs(conn), [])
         conn.paused = False
         self.hub.writable(conn)
         self.clock.advance(0)
         self.clock.advance(0)
         self.assertEqual(self.seqs(conn), [1, 2, 3, 4, 5, 6])
+
+    def test_replay_stops_mid_page_when_paused(self):
+        """A transport that pauses in the middle of a page gets no more of it until writable()."""
+        self.publish(6)
+        conn = FakeConnection("alice")
+        sent = []
+
+        def send_frame(frame):
+            sent.append(frame.get("seq"))
+            if frame.get("seq") == 2:
+                conn.paused = True  # the kernel stopped taking data after seq 2
+
+        conn.send_frame = send_frame
+        self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
+        self.clock.advance(0)
+        self.assertEqual(sent, [None, 1, 2])
+        conn.paused = False
+        self.hub.writable(conn)
+        self.clock.advance(0)
+        self.assertEqual(sent, [None, 1, 2, 3, 4, 5, 6, None])
 
     def test_other_epoch(self):
         """Another epoch: recovered false (reason epoch) and a fresh snapshot."""
