@@ -6,11 +6,17 @@ The C{mission-control} console script: mint tokens, publish events, watch the st
                           [--data-dir DIR | --jwt-secret-file FILE] [--issuer I] [--audience A]
     mission-control publish status AGENT_ID STATUS [--message M] [--name N] [--metadata JSON]
     mission-control publish activity SESSION_ID ACTIVITY [--agent A] [--summary S] [--detail JSON]
-    mission-control watch [--url ws://127.0.0.1:8080/ws] [--json] [--verbose]
+    mission-control watch [--url ws://127.0.0.1:8080/ws] [--client NAME] [--json] [--verbose]
 
 C{publish} and C{watch} also take C{--url}, C{--token} and C{--cafile}.  Without a token they mint a
 five-minute one from the local development secret (the C{jwt-secret} that the server generates in
 its data dir), so that both work with no arguments next to a locally started server.
+
+C{watch} loses nothing across reconnects: it remembers the last C{seq} and the C{epoch} of the
+hub's history and reconnects with C{since} and C{epoch}, so the hub replays what it missed, or says
+the history is lost and sends a fresh snapshot.  With C{--client NAME} it also acknowledges what it
+printed, and the next C{watch} of that name starts there.  A token it minted itself is renewed over
+the connection before it expires.
 
 Exit codes: 0 success, 1 a runtime failure (the server refused or could not be reached),
 2 a usage error.  Everything a user can get wrong on the command line, including an unusable
@@ -46,7 +52,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Callable, Mapping, NoReturn, Sequence, TextIO
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
 from OpenSSL.crypto import Error as OpenSSLError
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -230,18 +236,24 @@ class SigningKey:
 class Credentials:
     """
     The bearer token a client command sends: the one given, or a fresh one minted for each
-    request or connection from the local secret (C{key}), with C{role}.
+    request or connection from the local secret (C{key}), with C{role}, valid for C{ttl} seconds.
     """
 
     given: str | None = field(default=None, repr=False)
     key: SigningKey | None = None
     role: str = auth.DEFAULT_ROLE
+    ttl: float = LOCAL_TOKEN_TTL
+
+    @property
+    def mints(self) -> bool:
+        """Whether fresh tokens can be had (from the local secret), rather than one fixed token."""
+        return self.given is None
 
     def token(self, now: float) -> str:
         if self.given is not None:
             return self.given
         assert self.key is not None
-        return self.key.mint(LOCAL_TOKEN_SUBJECT, now, LOCAL_TOKEN_TTL, role=self.role,
+        return self.key.mint(LOCAL_TOKEN_SUBJECT, now, self.ttl, role=self.role,
                              name=f"{PROGRAM} CLI")
 
     def refusal_hint(self) -> str:
@@ -418,6 +430,37 @@ def display_url(url: str) -> str:
     """C{url} for messages: scheme, host, port and path; never the query, which may hold a token."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def with_query_params(url: str, params: Sequence[tuple[str, str]]) -> str:
+    """
+    C{url} with C{params} set in its query: each replaces any parameter of the same name and is
+    appended after the others, which are kept as they were written (order and encoding), so a
+    C{?token=...} or anything else the hub is reached with survives.
+    """
+    if not params:
+        return url
+    parts = urlsplit(url)
+    names = {name for name, _ in params}
+    kept = [piece for piece in parts.query.split("&")
+            if piece and unquote_plus(piece.partition("=")[0]) not in names]
+    added = [f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in params]
+    return urlunsplit(parts._replace(query="&".join(kept + added)))
+
+
+def resume_url(url: str, since: int | None = None, epoch: str | None = None,
+               client: str | None = None) -> str:
+    """
+    The WebSocket URL of one connection: C{url} plus C{client=NAME} when the watcher is named,
+    and C{since=SEQ&epoch=E} once it knows where it is in the hub's history (both or neither: a
+    seq means nothing without the epoch it belongs to).
+    """
+    params: list[tuple[str, str]] = []
+    if since is not None and epoch is not None:
+        params += [("since", str(since)), ("epoch", epoch)]
+    if client is not None:
+        params.append(("client", client))
+    return with_query_params(url, params)
 
 
 class _ServerOptions(_KeyOptions):
@@ -740,23 +783,34 @@ def describe_error(error: object) -> str:
 
 
 class WatchOptions(_ServerOptions):
-    synopsis = "[--url ws://127.0.0.1:8080/ws] [--token JWT] [--cafile PEM] [--json] [--verbose]"
+    synopsis = ("[--url ws://127.0.0.1:8080/ws] [--token JWT] [--cafile PEM] [--client NAME] "
+                "[--json] [--verbose]")
     longdesc = (
         "Follow the hub's event stream: one line per event, or the raw JSON frames with --json. "
-        "Reconnects with exponential backoff when the hub goes away; stops with exit code 1 when "
+        "Reconnects with exponential backoff when the hub goes away, and resumes where it left "
+        "off: the events published meanwhile are printed, then a 'resumed' line; when the hub no "
+        "longer has them, a 'history lost' line and a fresh snapshot. Stops with exit code 1 when "
         "the hub refuses the token (401) or the origin (403), with 0 on Ctrl-C. Without --token, "
         f"a {LOCAL_TOKEN_TTL // 60}-minute viewer token is minted from the local development "
-        "secret for each connection (--data-dir, --jwt-secret-file)."
+        "secret for each connection, and renewed over the connection before it expires "
+        "(--data-dir, --jwt-secret-file). With --client NAME the hub keeps how far this watcher "
+        "has printed, and the next watch of the same user and NAME starts there: at-least-once "
+        "delivery across restarts of watch itself (a clean stop acknowledges everything printed; "
+        "after a crash, up to a second's worth of events may be printed again)."
     )
     optFlags = [
         ["json", None, "Print every frame as received, one JSON object per line."],
-        ["verbose", "v", "Also print heartbeats."],
+        ["verbose", "v", "Also print heartbeats and the hub's replies to acks and token renewals."],
     ]
     optParameters = [
         ["url", None, None,
          f"The hub's WebSocket URL; http:// URLs are turned into ws:// ones. "
          f"[env {ENV_PREFIX}URL, default {DEFAULT_WS_URL}]"],
         ["token", None, None, _token_help("viewer")],
+        ["client", None, None,
+         "Name this watcher (1-128 of A-Z a-z 0-9 . _ : -): it acknowledges what it printed, "
+         "and a later watch with the same user and name resumes after it (at-least-once "
+         "delivery across restarts of watch)."],
     ]
     local_role = "viewer"
     default_url = DEFAULT_WS_URL
@@ -773,6 +827,8 @@ class WatchOptions(_ServerOptions):
         return optionsForClientTLS(urlsplit(url).hostname, trustRoot=authority)
 
     def postOptions(self) -> None:
+        if self["client"] is not None and not auth.is_valid_id(self["client"]):
+            raise usage.UsageError("--client must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         self.resolve_connection()
 
 
@@ -810,20 +866,36 @@ def clock_time(ts: object, tz: tzinfo | None = None) -> str:
         return "--:--:--"
 
 
+def _payload(frame: Mapping) -> Mapping:
+    """A frame's payload, or an empty one when the hub sent something else there."""
+    payload = frame.get("payload")
+    return payload if isinstance(payload, Mapping) else {}
+
+
+def _is_seq(value: object) -> bool:
+    """Whether C{value} can be a seq: a whole number, not negative (and not C{True})."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 18
+
+
 def describe_frame(frame: Mapping, tz: tzinfo | None = None) -> str:
     """
     One readable line for a server frame (L{FramePrinter} joins C{welcome} and C{snapshot}):
 
         16:04:05 agent:status  agent-atlas  busy  "working on a task"  seq=12
         16:04:06 session:activity  sess-1  tool_call  agent=agent-atlas  "web.search"  seq=13
+        16:04:07 resumed: replayed seq 41-57
+        16:04:07 history lost (epoch): showing a fresh snapshot
 
     Every value from the frame is shown with control characters escaped: a frame cannot move the
     cursor or recolour the terminal.
     """
     kind = frame.get("type")
-    payload = frame.get("payload")
-    if not isinstance(payload, Mapping):
-        payload = {}
+    payload = _payload(frame)
+    when = clock_time(frame.get("ts"), tz)
+    if kind == "resumed":
+        return f"{when} {describe_resume(payload)}"
+    if kind == "snapshot":
+        return f"{when} snapshot: {_state_summary(payload)}"
     fields: list[str] = [_field(kind)]
     if kind == events.AGENT_STATUS:
         fields += [_field(payload.get("agentId")), _field(payload.get("status"))]
@@ -844,33 +916,71 @@ def describe_frame(frame: Mapping, tz: tzinfo | None = None) -> str:
         fields.append(printable(text if len(text) <= 200 else text[:197] + "..."))
     if "seq" in frame:
         fields.append(f"seq={_field(frame['seq'])}")
-    return f"{clock_time(frame.get('ts'), tz)} " + "  ".join(fields)
+    return f"{when} " + "  ".join(fields)
+
+
+def describe_resume(payload: Mapping) -> str:
+    """
+    What a C{resumed} frame means for the reader: C{resumed: replayed seq 41-57} (the events
+    printed just before it), C{resumed: nothing missed}, or C{history lost (REASON): showing a
+    fresh snapshot} when the hub could not replay (another epoch, events already dropped, a
+    position it has never reached) and the snapshot after it starts the picture afresh.
+    """
+    if payload.get("recovered") is not True:
+        return f"history lost ({_field(payload.get('reason'))}): showing a fresh snapshot"
+    first, last = payload.get("from"), payload.get("to")
+    if _is_seq(first) and _is_seq(last) and first > last:
+        return "resumed: nothing missed"
+    if first == last:
+        return f"resumed: replayed seq {_field(first)}"
+    return f"resumed: replayed seq {_field(first)}-{_field(last)}"
+
+
+def _state_summary(state: Mapping) -> str:
+    """C{12 agents, 3 sessions, lastSeq=40} from a C{snapshot} payload."""
+    agents, sessions = state.get("agents"), state.get("sessions")
+    return (f"{len(agents) if isinstance(agents, list) else 0} agents, "
+            f"{len(sessions) if isinstance(sessions, list) else 0} sessions, "
+            f"lastSeq={_field(state.get('lastSeq'))}")
 
 
 def describe_connected(welcome: Mapping, snapshot: Mapping | None,
                        tz: tzinfo | None = None) -> str:
-    """C{16:04:05 connected as alice (viewer), 12 agents, 3 sessions, lastSeq=40}."""
-    hello = welcome.get("payload") if isinstance(welcome.get("payload"), Mapping) else {}
+    """
+    C{16:04:05 connected as alice (viewer), 12 agents, 3 sessions, lastSeq=40}; without a
+    snapshot (a connection that resumes) C{16:04:05 connected as alice (viewer), lastSeq=57},
+    the hub's last seq at that moment.
+    """
+    hello = _payload(welcome)
     user = hello.get("user") if isinstance(hello.get("user"), Mapping) else {}
-    parts = [f"connected as {_field(user.get('id'))} ({_field(user.get('role'))})"]
-    last_seq = hello.get("lastSeq")
+    who = f"connected as {_field(user.get('id'))} ({_field(user.get('role'))})"
     if snapshot is not None:
-        state = snapshot.get("payload") if isinstance(snapshot.get("payload"), Mapping) else {}
-        agents, sessions = state.get("agents"), state.get("sessions")
-        parts.append(f"{len(agents) if isinstance(agents, list) else 0} agents")
-        parts.append(f"{len(sessions) if isinstance(sessions, list) else 0} sessions")
-        last_seq = state.get("lastSeq", last_seq)
-    parts.append(f"lastSeq={_field(last_seq)}")
-    return f"{clock_time(welcome.get('ts'), tz)} " + ", ".join(parts)
+        state = dict(_payload(snapshot))
+        state.setdefault("lastSeq", hello.get("lastSeq"))
+        summary = _state_summary(state)
+    else:
+        summary = f"lastSeq={_field(hello.get('lastSeq'))}"
+    return f"{clock_time(welcome.get('ts'), tz)} {who}, {summary}"
 
 
 class FramePrinter:
     """
     Writes server frames to C{out}, one line each, flushed at once (C{watch | grep} must not wait
-    for a buffer to fill).  The C{welcome} frame is held until the C{snapshot} that follows it, and
-    both become one C{connected as ...} line.  Heartbeats are left out unless C{verbose}; with
-    C{json_mode} each frame is written as received.
+    for a buffer to fill).
+
+    The C{welcome} frame is held until the next frame: with the C{snapshot} of a fresh start it
+    becomes one C{connected as ...} line; before anything else (the replayed events of a resume)
+    it is written alone, first, and the frame after it at once.  A C{resumed} frame that says the
+    history is lost keeps the welcome for the snapshot that follows it.
+
+    Heartbeats and the hub's answers to the watcher's own frames (C{ack}, C{auth:ok}, C{pong})
+    and its token warnings (C{auth:expiring}, which the L{Watcher} acts on) are left out unless
+    C{verbose}.  With C{json_mode} each frame is written as received, heartbeats only if
+    C{verbose}.
     """
+
+    #: Frame types written only when verbose.
+    quiet_types = frozenset({"heartbeat", "ack", "auth:ok", "auth:expiring", "pong"})
 
     def __init__(self, out: TextIO, err: TextIO, json_mode: bool = False, verbose: bool = False,
                  tz: tzinfo | None = None) -> None:
@@ -881,18 +991,29 @@ class FramePrinter:
         self.tz = tz
         self._welcome: Mapping | None = None
 
-    def frame_received(self, data: bytes, is_binary: bool) -> None:
+    def frame_received(self, data: bytes, is_binary: bool) -> Mapping | None:
+        """Write what C{data} calls for; return the decoded frame (C{None} if it was not one)."""
         frame = self._decode(data, is_binary)
         if frame is None:
-            return
-        if frame.get("type") == "heartbeat" and not self.verbose:
-            return
+            return None
         if self.json_mode:
-            text = data.decode("utf-8")
-            if "\n" in text or "\r" in text:
-                text = events.encode_json(frame).decode("utf-8")
-            self._line(text)
-            return
+            if frame.get("type") != "heartbeat" or self.verbose:
+                self._write_raw(data, frame)
+        elif frame.get("type") not in self.quiet_types or self.verbose:
+            self._write_line(frame)
+        return frame
+
+    def connection_lost(self) -> None:
+        """A welcome still held is shown: it was the whole of that connection."""
+        self._flush_welcome()
+
+    def _write_raw(self, data: bytes, frame: Mapping) -> None:
+        text = data.decode("utf-8")
+        if "\n" in text or "\r" in text:
+            text = events.encode_json(frame).decode("utf-8")
+        self._line(text)
+
+    def _write_line(self, frame: Mapping) -> None:
         kind = frame.get("type")
         if kind == "welcome":
             self._flush_welcome()
@@ -902,12 +1023,12 @@ class FramePrinter:
             welcome, self._welcome = self._welcome, None
             self._line(describe_connected(welcome, frame, self.tz))
             return
+        if kind == "resumed" and self._welcome is not None \
+                and _payload(frame).get("recovered") is not True:
+            self._line(describe_frame(frame, self.tz))  # the snapshot comes next
+            return
         self._flush_welcome()
         self._line(describe_frame(frame, self.tz))
-
-    def connection_lost(self) -> None:
-        """A welcome still held is shown: it was the whole of that connection."""
-        self._flush_welcome()
 
     def _flush_welcome(self) -> None:
         if self._welcome is not None:
@@ -965,7 +1086,7 @@ class WatchProtocol(WebSocketClientProtocol):
         self.factory.watcher.connection_opened(self)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.factory.watcher.frame_received(payload, isBinary)
+        self.factory.watcher.frame_received(self, payload, isBinary)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.watcher.connection_closed(self, code, reason)
@@ -985,18 +1106,94 @@ def default_retry_policy() -> Callable[[int], float]:
     return backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=2.0, jitter=random.random)
 
 
+#: Close codes that the hub gives a client for its own behaviour (4008 too slow to read, 4029 too
+#: many messages): reconnecting is right, but not at once, so the backoff keeps growing across
+#: the connections that end this way instead of starting again at each handshake.
+BACKOFF_CLOSE_CODES = frozenset({4008, 4029})
+
+#: What an epoch may look like: what the hub accepts in the C{epoch} query parameter.  Anything
+#: else from a hub is not used, rather than sent back and refused with a (final) 400.
+_EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
+
+
+def _is_epoch(value: object) -> bool:
+    return isinstance(value, str) and _EPOCH_RE.match(value) is not None
+
+
+class StreamPosition:
+    """
+    How far a watcher has followed the hub's history: C{seq}, the last event it has been given,
+    and C{epoch}, the history that seq belongs to.  They are the C{since} and C{epoch} of its next
+    connection, and what a named watcher acknowledges.
+
+    The two move together, and only on frames that show the watcher has everything up to the
+    seq: an event, a C{snapshot}, a C{heartbeat} (the hub sends those only to connections that
+    are caught up), a C{resumed}.  The C{welcome} moves nothing: its C{lastSeq} is the hub's, which
+    a resuming connection has yet to be sent, and its epoch may be a new one that the C{resumed}
+    frame after it is about to call lost.  Taking either from it would skip events, or miss the
+    news that history was lost, whenever the connection dropped right after it.
+
+    @ivar current: whether it moved on the current connection, so that C{seq} is one the hub at
+        the other end knows (and an ack of it is meaningful there).
+    """
+
+    def __init__(self) -> None:
+        self.seq: int | None = None
+        self.epoch: str | None = None
+        self.current = False
+        self._connection_epoch: str | None = None
+
+    def connection_started(self) -> None:
+        """A new connection: nothing it says is known yet."""
+        self._connection_epoch = None
+        self.current = False
+
+    def observe(self, frame: Mapping) -> bool:
+        """Move to where C{frame} shows the watcher is, if it shows that; return whether it did."""
+        kind, payload = frame.get("type"), _payload(frame)
+        if kind == "welcome":
+            announced = payload.get("epoch")
+            self._connection_epoch = announced if _is_epoch(announced) else None
+            return False
+        epoch: object = self._connection_epoch
+        if kind == "resumed":
+            epoch = payload.get("epoch", epoch)
+            recovered = payload.get("recovered") is True
+            seq = payload.get("to") if recovered else payload.get("lastSeq")
+        elif kind in ("snapshot", "heartbeat"):
+            seq = payload.get("lastSeq")
+        else:
+            seq = frame.get("seq")
+        if not (_is_seq(seq) and _is_epoch(epoch)):
+            return False
+        self.seq, self.epoch, self.current = seq, epoch, True
+        return True
+
+
 class Watcher:
     """
-    Follows a hub's event stream until told to stop or refused for good.
+    Follows a hub's event stream until told to stop or refused for good, without losing events
+    across reconnects.
 
     A small reconnect loop on the injected reactor: connect; print frames; when the connection
     fails or ends, wait C{retry_policy(n)} seconds (n counting failures since the last successful
-    handshake, from 0) and connect again, with a freshly minted token when it mints its own.
-    Autobahn's own client does the WebSocket; the token goes in C{Authorization: Bearer}.
+    handshake, from 0; closes for the client's own behaviour, L{BACKOFF_CLOSE_CODES}, do not reset
+    it) and connect again, with a freshly minted token when it mints its own.  Autobahn's own
+    client does the WebSocket; the token goes in C{Authorization: Bearer}.
+
+    Resume: the watcher keeps its L{StreamPosition} and reconnects with C{since} and C{epoch}, so
+    the hub replays what was published meanwhile (or says the history is lost and sends a fresh
+    snapshot).  A named watcher (C{client}) also connects with C{client=NAME}, so its first
+    connection resumes from the position the hub kept for it, and acknowledges its position every
+    C{ack_interval} seconds when it moved, and once more before a clean stop.
+
+    Tokens: on C{auth:expiring} a watcher that mints its tokens sends a fresh one over the
+    connection; with a fixed token it warns on stderr.  A close with 4001 (token expired) is
+    retried with a fresh token, or ends the watch with a fixed one.
 
     L{run} fires with the exit code: 1 when the hub refuses the handshake with a final status
-    (L{refusal_is_final}: 401, 403, 404, ...) or closes with 4003 (token no longer accepted);
-    0 after L{stop}.
+    (L{refusal_is_final}: 401, 403, 404, ...), closes with 4003 (token no longer accepted), or
+    with 4001 when the token is a fixed one; 0 after L{stop}.
     """
 
     def __init__(
@@ -1012,6 +1209,8 @@ class Watcher:
         ping_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         endpoint: Any = None,
+        client: str | None = None,
+        ack_interval: float = 1.0,
     ) -> None:
         self.reactor = reactor
         self.url = url
@@ -1023,14 +1222,20 @@ class Watcher:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.handshake_timeout = handshake_timeout
+        self.client = client
+        self.ack_interval = ack_interval
+        self.position = StreamPosition()
         self._endpoint = endpoint
         self.failures = 0
+        self._failures_at_open = 0
         self._stopping = False
         self._result: int | None = None
         self._waiting: list[defer.Deferred] = []
         self._connecting: defer.Deferred | None = None
         self._retry_call: Any = None
         self._protocol: WatchProtocol | None = None
+        self._ack_loop: task.LoopingCall | None = None
+        self._acked: tuple[str | None, int] = (None, 0)
 
     # Control
 
@@ -1048,7 +1253,10 @@ class Watcher:
         return d
 
     def stop(self) -> defer.Deferred:
-        """Close the connection (1000), or stop waiting to reconnect; fires with 0 when done."""
+        """
+        Acknowledge what was printed (a named watcher), close the connection (1000), or stop
+        waiting to reconnect; fires with 0 when done.
+        """
         if self._result is None and not self._stopping:
             self._stopping = True
             if self._retry_call is not None and self._retry_call.active():
@@ -1064,10 +1272,14 @@ class Watcher:
 
     # The loop
 
+    def connection_url(self) -> str:
+        """The URL of the next connection: the one given, plus where to resume and who we are."""
+        return resume_url(self.url, self.position.seq, self.position.epoch, self.client)
+
     def _connect(self) -> None:
         self._retry_call = None
         factory = WebSocketClientFactory(
-            self.url,
+            self.connection_url(),
             headers={"Authorization": f"Bearer {self.credentials.token(self.reactor.seconds())}"},
             useragent=USER_AGENT,
             reactor=self.reactor,
@@ -1111,15 +1323,27 @@ class Watcher:
         self._retry(f"cannot connect to {display_url(self.url)}: {describe_error(reason)}")
 
     def connection_opened(self, protocol: WatchProtocol) -> None:
-        self.failures = 0
+        self._failures_at_open, self.failures = self.failures, 0
+        self.position.connection_started()
+        if self.client is not None:
+            self._ack_loop = task.LoopingCall(self._ack, protocol)
+            self._ack_loop.clock = self.reactor
+            self._ack_loop.start(self.ack_interval, now=False)
 
-    def frame_received(self, data: bytes, is_binary: bool) -> None:
-        self.printer.frame_received(data, is_binary)
+    def frame_received(self, protocol: WatchProtocol, data: bytes, is_binary: bool) -> None:
+        """Print the frame first, then move the position: nothing is acked before it is shown."""
+        frame = self.printer.frame_received(data, is_binary)
+        if frame is None:
+            return
+        self.position.observe(frame)
+        if frame.get("type") == "auth:expiring":
+            self._token_expiring(protocol, _payload(frame))
 
     def connection_closed(self, protocol: WatchProtocol, code: int | None,
                           reason: str | None) -> None:
         if protocol is self._protocol:
             self._protocol = None
+        self._stop_acking()
         self.printer.connection_lost()
         if self._stopping:
             self._finish(0)
@@ -1138,7 +1362,14 @@ class Watcher:
             self._say(f"{prefix}: the hub no longer accepts this token (4003); not reconnecting")
             self._finish(1)
             return
+        if code == 4001 and not self.credentials.mints:
+            self._say(f"{prefix}: the token given has expired and the hub closed the connection "
+                      f"(4001); not reconnecting with it: pass a fresh --token")
+            self._finish(1)
+            return
         if protocol.opened:
+            if code in BACKOFF_CLOSE_CODES:
+                self.failures = self._failures_at_open
             detail = f"{code} {printable((reason or '')[:120])}".strip()
             self._retry(f"connection to {display_url(self.url)} closed ({detail})")
         else:
@@ -1155,6 +1386,7 @@ class Watcher:
     def _close(self, protocol: WatchProtocol) -> None:
         # Autobahn's close handshake timeout drops a hub that does not answer the close.
         if protocol.state == protocol.STATE_OPEN:
+            self._ack(protocol)
             protocol.sendClose(1000)
         else:
             protocol.dropConnection(abort=True)
@@ -1162,10 +1394,53 @@ class Watcher:
     def _finish(self, code: int) -> None:
         if self._result is not None:
             return
+        self._stop_acking()
         self._result = code
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(code)
+
+    # Frames to the hub
+
+    def _ack(self, protocol: WatchProtocol) -> None:
+        """
+        Acknowledge the position, when it moved on this connection since the last ack: the hub
+        keeps it for this user and client name, and the next watch of that name starts after it.
+        """
+        position = self.position
+        if self.client is None or not position.current or position.seq is None:
+            return
+        acked_epoch, acked_seq = self._acked
+        if position.epoch == acked_epoch and position.seq <= acked_seq:
+            return
+        if position.seq == 0:
+            return  # nothing to acknowledge yet
+        if self._send(protocol, {"type": "ack", "seq": position.seq}):
+            self._acked = (position.epoch, position.seq)
+
+    def _stop_acking(self) -> None:
+        loop, self._ack_loop = self._ack_loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def _token_expiring(self, protocol: WatchProtocol, warning: Mapping) -> None:
+        """Renew a minted token over the connection; with a fixed one, say when it will end."""
+        if self.credentials.mints:
+            self._send(protocol, {"type": "auth",
+                                  "token": self.credentials.token(self.reactor.seconds())})
+            return
+        left = warning.get("secondsLeft")
+        when = clock_time(warning.get("expiresAt"), self.printer.tz)
+        self._say(f"{PROGRAM} watch: the token given expires in {_field(left)} s (at {when}); "
+                  f"the hub will close the connection then and watch will end: pass a token "
+                  f"that lives longer")
+
+    def _send(self, protocol: WatchProtocol, frame: Mapping) -> bool:
+        """Send one frame if the connection is open; return whether it was sent."""
+        if protocol.state != protocol.STATE_OPEN:
+            return False
+        protocol.sendMessage(events.encode_json(frame), isBinary=False)
+        return True
 
     def _say(self, line: str) -> None:
         self.err.write(line + "\n")
@@ -1179,7 +1454,7 @@ def build_watcher(reactor: Any, options: WatchOptions, stdout: TextIO, stderr: T
     printer = FramePrinter(stdout, stderr, json_mode=bool(options["json"]),
                            verbose=bool(options["verbose"]), tz=tz)
     return Watcher(reactor, options["url"], options["credentials"], printer, stderr,
-                   tls=options["tls"], **settings)
+                   tls=options["tls"], client=options["client"], **settings)
 
 
 def watch_main(reactor: Any, options: WatchOptions, stdout: TextIO,

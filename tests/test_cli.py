@@ -10,11 +10,13 @@ and a fake endpoint; its reconnecting for real, against a server restarted on th
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import ipaddress
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -38,6 +40,12 @@ from mission_control import auth, cli, events
 from tests.helpers import start_server, tmp_path, wait_until
 
 FAST_RETRY = backoffPolicy(initialDelay=0.05, maxDelay=0.2, factor=2.0, jitter=lambda: 0.0)
+
+
+def printed_seqs(lines):
+    """The seq of every event line in C{lines}, in order."""
+    return [int(match.group(1)) for match in map(re.compile(r"  seq=(\d+)$").search, lines)
+            if match]
 
 
 # Helpers
@@ -356,6 +364,32 @@ class CommandLineTests(UsageAssertions, SynchronousTestCase):
                     "http://h/#x"]:
             self.assertRaises(cli.usage.UsageError, cli.websocket_url, bad)
 
+    def test_resume_url_keeps_other_parameters(self):
+        """since, epoch and client are added to the query; other parameters stay as they were
+        written, in order, and a since, epoch or client already there is replaced."""
+        self.assertEqual(cli.resume_url("ws://h:1/ws"), "ws://h:1/ws")
+        self.assertEqual(cli.resume_url("ws://h:1/ws", 42, "e-1"), "ws://h:1/ws?since=42&epoch=e-1")
+        self.assertEqual(cli.resume_url("ws://h:1/ws?token=a.b.c&x=%20y+z", 0, "e", "wall-1"),
+                         "ws://h:1/ws?token=a.b.c&x=%20y+z&since=0&epoch=e&client=wall-1")
+        self.assertEqual(cli.resume_url("wss://h/p/ws?since=1&a=1&epoch=old&client=x&b", 9, "new"),
+                         "wss://h/p/ws?a=1&client=x&b&since=9&epoch=new")
+        self.assertEqual(cli.resume_url("ws://h/ws?since=1&epoch=old", client="wall:2"),
+                         "ws://h/ws?since=1&epoch=old&client=wall%3A2")
+        self.assertEqual(cli.resume_url("ws://h/ws", since=5), "ws://h/ws")  # no epoch, no since
+
+    def test_client_option(self):
+        """--client takes an id (the hub's rules) and anything else is a usage error; its help
+        says it gives at-least-once delivery across restarts of watch."""
+        options = cli.parse_command_line(["watch", "--token", "x.y.z", "--client", "wall-1"], {})
+        self.assertEqual(options.subOptions["client"], "wall-1")
+        options = cli.parse_command_line(["watch", "--token", "x.y.z"], {})
+        self.assertIsNone(options.subOptions["client"])
+        for bad in ["", "has space", "x" * 129, "caf\u00e9", "a/b"]:
+            self.assertUsageError(["watch", "--token", "x.y.z", "--client", bad],
+                                  "--client must be")
+        _, out, _ = run(["watch", "--help"])
+        self.assertIn("at-least-once delivery across restarts of watch", " ".join(out.split()))
+
     def test_malformed_token_not_echoed(self):
         """A --token that cannot be a JWT (spaces, a line break) is refused without echoing it."""
         for token in ["abc def-secret", "abc\r\nX-Injected: 1"]:
@@ -573,8 +607,46 @@ HEARTBEAT = {"type": "heartbeat", "ts": "2026-11-27T16:04:07.000Z",
              "payload": {"timestamp": "2026-11-27T16:04:07.000Z", "lastSeq": 13}}
 
 
+AUTH_OK = {"type": "auth:ok", "ts": "2026-11-27T16:04:08.000Z",
+           "payload": {"user": {"id": "alice", "name": None, "role": "viewer"},
+                       "expiresAt": "2026-11-27T16:09:08.000Z"}}
+EXPIRING = {"type": "auth:expiring", "ts": "2026-11-27T16:04:05.000Z",
+            "payload": {"expiresAt": "2026-11-27T16:05:05.000Z", "secondsLeft": 60}}
+
+
 def encode(frame):
     return json.dumps(frame).encode()
+
+
+def event(seq, agent="agent-atlas"):
+    """An agent:status frame with C{seq}."""
+    return dict(STATUS, seq=seq, payload=dict(STATUS["payload"], agentId=agent))
+
+
+def welcome(epoch="e", last_seq=40):
+    """A welcome frame from a hub whose history is C{epoch}, at C{last_seq}."""
+    return dict(WELCOME, payload=dict(WELCOME["payload"], epoch=epoch, lastSeq=last_seq))
+
+
+def snapshot(last_seq=40):
+    return dict(SNAPSHOT, payload=dict(SNAPSHOT["payload"], lastSeq=last_seq))
+
+
+def heartbeat(last_seq):
+    return dict(HEARTBEAT, payload=dict(HEARTBEAT["payload"], lastSeq=last_seq))
+
+
+def resumed(first, last, epoch="e"):
+    """The resumed frame after a replay of C{first} to C{last}."""
+    return {"type": "resumed", "ts": "2026-11-27T16:04:08.000Z",
+            "payload": {"recovered": True, "from": first, "to": last, "epoch": epoch}}
+
+
+def history_lost(reason, last_seq, epoch="f"):
+    """The resumed frame of a hub that cannot replay; a snapshot follows it."""
+    return {"type": "resumed", "ts": "2026-11-27T16:04:08.000Z",
+            "payload": {"recovered": False, "reason": reason, "lastSeq": last_seq,
+                        "epoch": epoch}}
 
 
 class FramePrinterTests(SynchronousTestCase):
@@ -641,14 +713,81 @@ class FramePrinterTests(SynchronousTestCase):
         self.assertEqual(lines, [])
         self.assertEqual(err.count("skipped a frame that is not a JSON object"), 2)
 
+    def test_resume_prints_replayed_events_at_once(self):
+        """A resume (welcome, the replayed events, resumed) prints the connected line without
+        counts first, every replayed event as it comes, then the range that was replayed."""
+        out, err = io.StringIO(), io.StringIO()
+        printer = cli.FramePrinter(out, err, tz=timezone.utc)
+        printer.frame_received(encode(welcome(last_seq=42)), False)
+        printer.frame_received(encode(event(41)), False)
+        self.assertEqual(len(out.getvalue().splitlines()), 2)  # the event is not held back
+        printer.frame_received(encode(event(42)), False)
+        printer.frame_received(encode(resumed(41, 42)), False)
+        self.assertEqual(out.getvalue().splitlines(), [
+            "16:04:05 connected as alice (viewer), lastSeq=42",
+            '16:04:05 agent:status  agent-atlas  busy  "working on a task"  seq=41',
+            '16:04:05 agent:status  agent-atlas  busy  "working on a task"  seq=42',
+            "16:04:08 resumed: replayed seq 41-42",
+        ])
+
+    def test_resume_with_nothing_missed(self):
+        """A resume with nothing to replay (from after to) says so, after the connected line;
+        one event replayed is named alone."""
+        lines, _ = self.printed([welcome(), resumed(41, 40)])
+        self.assertEqual(lines, ["16:04:05 connected as alice (viewer), lastSeq=40",
+                                 "16:04:08 resumed: nothing missed"])
+        lines, _ = self.printed([welcome(), event(41), resumed(41, 41)])
+        self.assertEqual(lines[-1], "16:04:08 resumed: replayed seq 41")
+
+    def test_history_lost(self):
+        """recovered false prints why history was lost, then the usual connected line with the
+        fresh snapshot's counts, for each reason the hub gives."""
+        for reason in ("epoch", "too_old", "ahead"):
+            lines, _ = self.printed([welcome("f", 3), history_lost(reason, 3), snapshot(3),
+                                     event(4)])
+            self.assertEqual(lines[:2], [
+                f"16:04:08 history lost ({reason}): showing a fresh snapshot",
+                "16:04:05 connected as alice (viewer), 2 agents, 1 sessions, lastSeq=3",
+            ], reason)
+            self.assertIn("seq=4", lines[2])
+
+    def test_history_lost_during_a_replay(self):
+        """When the hub gives up in the middle of a replay, the snapshot after the history-lost
+        line is summed up on its own line."""
+        lines, _ = self.printed([welcome(), event(41), history_lost("too_old", 90, "e"),
+                                 snapshot(90)])
+        self.assertEqual(lines[2:], ["16:04:08 history lost (too_old): showing a fresh snapshot",
+                                     "16:04:05 snapshot: 2 agents, 1 sessions, lastSeq=90"])
+
+    def test_replies_to_the_watchers_own_frames_only_when_verbose(self):
+        """ack, auth:ok, auth:expiring and pong are the watcher's business: left out of the
+        output, shown with verbose."""
+        ack = {"type": "ack", "ts": "2026-11-27T16:04:08.000Z", "payload": {"seq": 41}}
+        pong = {"type": "pong", "id": "p", "ts": "2026-11-27T16:04:08.000Z", "payload": {}}
+        frames = [welcome(), SNAPSHOT, ack, AUTH_OK, EXPIRING, pong, STATUS]
+        lines, _ = self.printed(frames)
+        self.assertEqual(len(lines), 2)
+        self.assertIn("agent:status", lines[1])
+        lines, _ = self.printed(frames, verbose=True)
+        self.assertEqual(len(lines), 6)
+        self.assertEqual(lines[1], '16:04:08 ack  {"seq":41}')
+
+    def test_json_mode_prints_resume_frames_raw(self):
+        """--json writes the resume frames as they are, the acks' replies too: every frame."""
+        frames = [welcome(), event(41), resumed(41, 41),
+                  {"type": "ack", "payload": {"seq": 41}}, AUTH_OK]
+        lines, _ = self.printed(frames, json_mode=True)
+        self.assertEqual([json.loads(line) for line in lines], frames)
+
 
 # watch: the reconnect loop, with a clock
 
 
 class FakeConnection:
-    """What the watcher needs of a WebSocket client protocol."""
+    """What the watcher needs of a WebSocket client protocol; C{sent} holds the frames sent."""
 
     STATE_OPEN = 3
+    STATE_CLOSING = 4
     state = STATE_OPEN
     refusal = None
     opened = True
@@ -656,21 +795,32 @@ class FakeConnection:
 
     def __init__(self):
         self.closed_with = None
+        self.sent = []
 
     def sendClose(self, code):
         self.closed_with = code
+        self.state = self.STATE_CLOSING
+
+    def sendMessage(self, payload, isBinary=False):
+        assert not isBinary
+        self.sent.append(json.loads(payload))
 
 
 class FakeEndpoint:
-    """Hands out scripted outcomes, one per C{connect}, recording when and with what header."""
+    """
+    Hands out scripted outcomes, one per C{connect}, recording when and with what header
+    (C{attempts}) and to which URL (C{urls}).
+    """
 
     def __init__(self, clock, outcomes):
         self.clock = clock
         self.outcomes = list(outcomes)
         self.attempts = []
+        self.urls = []
 
     def connect(self, factory):
         self.attempts.append((self.clock.seconds(), factory.headers["Authorization"]))
+        self.urls.append(factory.url)
         outcome = self.outcomes.pop(0) if self.outcomes else ConnectionRefusedError()
         if isinstance(outcome, Exception):
             return defer.fail(outcome)
@@ -680,16 +830,25 @@ class FakeEndpoint:
 class WatcherLoopTests(SynchronousTestCase):
     """L{cli.Watcher}'s reconnect loop, on a L{task.Clock}."""
 
-    def watcher(self, outcomes=(), secret=b"s" * 32):
+    def watcher(self, outcomes=(), secret=b"s" * 32, token=None, url="ws://127.0.0.1:9/ws",
+                **settings):
         self.clock = task.Clock()
         self.clock.advance(1_000_000)
         self.endpoint = FakeEndpoint(self.clock, outcomes)
-        self.err = io.StringIO()
-        credentials = cli.Credentials(key=cli.SigningKey(secret, "secret-path"), role="viewer")
-        printer = cli.FramePrinter(io.StringIO(), self.err)
+        self.out, self.err = io.StringIO(), io.StringIO()
+        if token is None:
+            credentials = cli.Credentials(key=cli.SigningKey(secret, "secret-path"), role="viewer")
+        else:
+            credentials = cli.Credentials(given=token)
+        printer = cli.FramePrinter(self.out, self.err, tz=timezone.utc)
         policy = backoffPolicy(initialDelay=1.0, maxDelay=8.0, factor=2.0, jitter=lambda: 0.0)
-        return cli.Watcher(self.clock, "ws://127.0.0.1:9/ws", credentials, printer, self.err,
-                           retry_policy=policy, endpoint=self.endpoint)
+        return cli.Watcher(self.clock, url, credentials, printer, self.err,
+                           retry_policy=policy, endpoint=self.endpoint, **settings)
+
+    def receive(self, watcher, connection, *frames):
+        """C{connection} of C{watcher} receives C{frames}."""
+        for frame in frames:
+            watcher.frame_received(connection, encode(frame), False)
 
     def attempt_times(self):
         start = 1_000_000
@@ -781,6 +940,237 @@ class WatcherLoopTests(SynchronousTestCase):
                 self.assertIn("reconnecting in", self.err.getvalue())
                 watcher.stop()
 
+    def test_reconnect_resumes_where_it_left_off(self):
+        """Each reconnect asks for what came after the last seq seen, in its epoch, keeping the
+        URL's own query parameters."""
+        first, second = FakeConnection(), FakeConnection()
+        watcher = self.watcher([first, second], url="ws://127.0.0.1:9/ws?x=1")
+        watcher.run()
+        watcher.connection_opened(first)
+        self.receive(watcher, first, welcome("e"), snapshot(40), event(41), event(42))
+        watcher.connection_closed(first, 1006, "gone")
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.urls, ["ws://127.0.0.1:9/ws?x=1",
+                                              "ws://127.0.0.1:9/ws?x=1&since=42&epoch=e"])
+
+    def test_position_moves_only_with_proof(self):
+        """A connection that ends right after its welcome leaves since and epoch as they were;
+        after history is lost, the next connection resumes in the new epoch."""
+        connections = [FakeConnection() for _ in range(4)]
+        watcher = self.watcher(connections)
+        watcher.run()
+        watcher.connection_opened(connections[0])
+        self.receive(watcher, connections[0], welcome("e"), snapshot(40), event(41))
+        for index, frames in [(1, [welcome("f", 90)]),
+                              (2, [welcome("f", 3), history_lost("epoch", 3), snapshot(3)])]:
+            watcher.connection_closed(connections[index - 1], 1006, "gone")
+            self.clock.advance(1)
+            watcher.connection_opened(connections[index])
+            self.receive(watcher, connections[index], *frames)
+        watcher.connection_closed(connections[2], 1006, "gone")
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.urls[1:], ["ws://127.0.0.1:9/ws?since=41&epoch=e",
+                                                  "ws://127.0.0.1:9/ws?since=41&epoch=e",
+                                                  "ws://127.0.0.1:9/ws?since=3&epoch=f"])
+
+    def test_named_watcher_sends_its_name_every_time(self):
+        """With a client name, the first connection carries it alone (the hub resumes from the
+        position it kept) and later ones carry it with since and epoch."""
+        first = FakeConnection()
+        watcher = self.watcher([first], client="wall-1")
+        watcher.run()
+        watcher.connection_opened(first)
+        self.receive(watcher, first, welcome("e"), snapshot(40))
+        watcher.connection_closed(first, 1006, "gone")
+        self.clock.advance(1)
+        self.assertEqual(self.endpoint.urls, [
+            "ws://127.0.0.1:9/ws?client=wall-1",
+            "ws://127.0.0.1:9/ws?since=40&epoch=e&client=wall-1"])
+        watcher.stop()
+
+    def test_acks_at_most_once_a_second_and_on_stop(self):
+        """A named watcher acks its last seq once a second when it grew, never in between, and
+        once more when stopped cleanly, before the close."""
+        connection = FakeConnection()
+        watcher = self.watcher([connection], client="wall-1")
+        watcher.run()
+        watcher.connection_opened(connection)
+        self.receive(watcher, connection, welcome(), snapshot(40), event(41), event(42))
+        self.assertEqual(connection.sent, [])
+        self.clock.advance(1)
+        self.assertEqual(connection.sent, [{"type": "ack", "seq": 42}])
+        self.receive(watcher, connection, heartbeat(42))
+        self.clock.advance(1)
+        self.assertEqual(len(connection.sent), 1)
+        self.receive(watcher, connection, event(43), event(44))
+        self.clock.advance(0.5)
+        self.assertEqual(len(connection.sent), 1)
+        self.clock.advance(0.5)
+        self.assertEqual(connection.sent[-1], {"type": "ack", "seq": 44})
+        self.receive(watcher, connection, event(45))
+        watcher.stop()
+        self.assertEqual((connection.sent[-1], connection.closed_with),
+                         ({"type": "ack", "seq": 45}, 1000))
+        watcher.connection_closed(connection, 1000, "")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_sends_no_ack_when_nothing_new(self):
+        """Stopping right after an ack does not repeat it."""
+        connection = FakeConnection()
+        watcher = self.watcher([connection], client="wall-1")
+        watcher.run()
+        watcher.connection_opened(connection)
+        self.receive(watcher, connection, welcome(), snapshot(40))
+        self.clock.advance(1)
+        watcher.stop()
+        self.assertEqual(connection.sent, [{"type": "ack", "seq": 40}])
+
+    def test_no_acks_without_a_name(self):
+        """Without --client nothing is acked: the hub would keep no position for it."""
+        connection = FakeConnection()
+        watcher = self.watcher([connection])
+        watcher.run()
+        watcher.connection_opened(connection)
+        self.receive(watcher, connection, welcome(), snapshot(40), event(41))
+        self.clock.advance(5)
+        watcher.stop()
+        self.assertEqual((connection.sent, connection.closed_with), ([], 1000))
+
+    def test_ack_names_a_seq_of_the_hub_at_the_other_end(self):
+        """After a reconnect nothing is acked until the new connection has placed the watcher in
+        its hub's history (a seq not acked before the drop is not sent to a hub that may be in
+        another epoch); after history was lost, the new, lower seq is acked."""
+        first, second = FakeConnection(), FakeConnection()
+        watcher = self.watcher([first, second], client="wall-1")
+        watcher.run()
+        watcher.connection_opened(first)
+        self.receive(watcher, first, welcome("e"), snapshot(40))
+        self.clock.advance(1)
+        self.receive(watcher, first, event(41))
+        watcher.connection_closed(first, 1006, "gone")
+        self.clock.advance(1)
+        watcher.connection_opened(second)
+        self.receive(watcher, second, welcome("f", 3))
+        self.clock.advance(1)
+        self.assertEqual(second.sent, [])
+        self.receive(watcher, second, history_lost("epoch", 3), snapshot(3))
+        self.clock.advance(1)
+        self.assertEqual(second.sent, [{"type": "ack", "seq": 3}])
+        watcher.stop()
+
+    def test_minted_token_renewed_before_it_expires(self):
+        """On auth:expiring a watcher that mints its tokens sends a fresh one over the connection
+        and prints nothing, nor the auth:ok that answers it."""
+        connection = FakeConnection()
+        watcher = self.watcher([connection])
+        watcher.run()
+        watcher.connection_opened(connection)
+        self.receive(watcher, connection, welcome(), snapshot())
+        self.clock.advance(240)
+        self.receive(watcher, connection, EXPIRING, AUTH_OK)
+        [frame] = connection.sent
+        self.assertEqual(set(frame), {"type", "token"})
+        self.assertEqual(frame["type"], "auth")
+        principal = verify(frame["token"], b"s" * 32, now=self.clock.seconds())
+        self.assertEqual(principal.expires_at, int(self.clock.seconds()) + cli.LOCAL_TOKEN_TTL)
+        self.assertEqual((len(self.out.getvalue().splitlines()), self.err.getvalue()), (1, ""))
+        watcher.stop()
+
+    def test_fixed_token_expiring(self):
+        """With a fixed --token, auth:expiring is one warning line on stderr and nothing is sent;
+        the 4001 close that follows ends the watch with 1, since the same token cannot help."""
+        connection = FakeConnection()
+        watcher = self.watcher([connection], token="x.y.z")
+        result = []
+        watcher.run().addCallback(result.append)
+        watcher.connection_opened(connection)
+        self.receive(watcher, connection, welcome(), snapshot(), EXPIRING)
+        self.assertEqual(connection.sent, [])
+        self.assertEqual(self.err.getvalue().splitlines(), [
+            "mission-control watch: the token given expires in 60 s (at 16:05:05); the hub will "
+            "close the connection then and watch will end: pass a token that lives longer"])
+        watcher.connection_closed(connection, 4001, "token expired")
+        self.assertEqual(result, [1])
+        self.assertEqual(self.err.getvalue().splitlines()[1],
+                         "mission-control watch: the token given has expired and the hub closed "
+                         "the connection (4001); not reconnecting with it: pass a fresh --token")
+        self.assertEqual(len(self.endpoint.attempts), 1)
+
+    def test_expired_minted_token_reconnects(self):
+        """A 4001 close of a watcher that mints its tokens is retried with a fresh token,
+        resuming."""
+        first, second = FakeConnection(), FakeConnection()
+        watcher = self.watcher([first, second])
+        result = []
+        watcher.run().addCallback(result.append)
+        watcher.connection_opened(first)
+        self.receive(watcher, first, welcome(), snapshot(40))
+        self.clock.advance(300)
+        watcher.connection_closed(first, 4001, "token expired")
+        self.clock.advance(1)
+        self.assertEqual(result, [])
+        (_, old), (_, fresh) = self.endpoint.attempts
+        self.assertNotEqual(old, fresh)
+        verify(fresh[len("Bearer "):], b"s" * 32, now=self.clock.seconds())
+        self.assertEqual(self.endpoint.urls[1], "ws://127.0.0.1:9/ws?since=40&epoch=e")
+        watcher.stop()
+
+    def test_closes_for_own_behaviour_keep_backing_off(self):
+        """4008 (too slow) and 4029 (too many messages) are retried, but the backoff keeps
+        growing across them (1, 2, 4 s); any other close, 1001 here, starts again at 1 s."""
+        connections = [FakeConnection() for _ in range(5)]
+        watcher = self.watcher(connections)
+        watcher.run()
+        for connection, code, delay in zip(connections, [4008, 4029, 4008, 1001],
+                                           [1, 2, 4, 1]):
+            watcher.connection_opened(connection)
+            watcher.connection_closed(connection, code, "")
+            self.clock.advance(delay)
+        self.assertEqual(self.attempt_times(), [0, 1, 3, 7, 8])
+        self.assertIn("closed (4029); reconnecting in 2.0 s", self.err.getvalue())
+        watcher.stop()
+
+
+class StreamPositionTests(SynchronousTestCase):
+    """L{cli.StreamPosition}: where the next connection resumes from."""
+
+    def observed(self, *frames):
+        position = cli.StreamPosition()
+        position.connection_started()
+        for frame in frames:
+            position.observe(frame)
+        return position
+
+    def assertPosition(self, position, seq, epoch):
+        self.assertEqual((position.seq, position.epoch), (seq, epoch))
+
+    def test_frames_that_move_it(self):
+        """Events, the snapshot, heartbeats and resumed frames move it, in the welcome's epoch."""
+        self.assertPosition(self.observed(welcome("e"), snapshot(40)), 40, "e")
+        self.assertPosition(self.observed(welcome("e"), snapshot(40), event(41)), 41, "e")
+        self.assertPosition(self.observed(welcome("e"), snapshot(40), heartbeat(40)), 40, "e")
+        self.assertPosition(self.observed(welcome("e"), event(41), resumed(41, 41)), 41, "e")
+        self.assertPosition(self.observed(welcome("e"), resumed(41, 40)), 40, "e")
+        self.assertPosition(self.observed(welcome("f"), history_lost("epoch", 3)), 3, "f")
+
+    def test_welcome_alone_moves_nothing(self):
+        """A welcome moves neither seq nor epoch: its lastSeq is the hub's, not yet replayed, and
+        its epoch may be one the next frame declares lost."""
+        position = self.observed(welcome("e"), snapshot(40))
+        position.connection_started()
+        position.observe(welcome("f", 90))
+        self.assertPosition(position, 40, "e")
+        self.assertFalse(position.current)
+
+    def test_needs_an_epoch(self):
+        """Without a usable epoch (an older hub, or one the hub would refuse) nothing moves, so
+        the watcher never asks to resume with a seq that means nothing."""
+        self.assertPosition(self.observed(WELCOME | {"payload": {}}, SNAPSHOT, event(41)),
+                            None, None)
+        self.assertPosition(self.observed(welcome("bad epoch"), snapshot(3)), None, None)
+        self.assertPosition(self.observed(welcome("e"), event(True), event(-1), event("7")),
+                            None, None)
+
 
 # watch against a real server
 
@@ -790,12 +1180,17 @@ class WatchTests(TestCase):
 
     timeout = 30
 
-    def watch(self, url, *args, **settings):
-        """Parse a watch command line and start its watcher on the reactor; stopped at clean-up."""
-        options = cli.parse_command_line(["watch", "--url", url, *args], {})
+    def watch(self, url, *args, ttl=None, **settings):
+        """
+        Parse a watch command line and start its watcher on the reactor; stopped at clean-up.
+        C{ttl} is the lifetime of the tokens it mints.
+        """
+        options = cli.parse_command_line(["watch", "--url", url, *args], {}).subOptions
+        if ttl is not None:
+            options["credentials"] = dataclasses.replace(options["credentials"], ttl=ttl)
         self.out, self.err = io.StringIO(), io.StringIO()
         settings.setdefault("retry_policy", FAST_RETRY)
-        watcher = cli.build_watcher(reactor, options.subOptions, self.out, self.err, **settings)
+        watcher = cli.build_watcher(reactor, options, self.out, self.err, **settings)
         self.result = watcher.run()
         self.addCleanup(watcher.stop)
         return watcher
@@ -840,31 +1235,133 @@ class WatchTests(TestCase):
         self.assertEqual(frames[2]["seq"], 1)
         yield watcher.stop()
 
+    def publish(self, server, *agents):
+        """Publish an agent:status for each of C{agents} through C{server}'s hub."""
+        for agent in agents:
+            server.hub.publish(events.AGENT_STATUS, agent_status(agent, "online"))
+
     @defer.inlineCallbacks
-    def test_reconnects_after_the_server_restarts(self):
-        """When the hub goes away it says so on stderr, retries while nothing listens, and
-        follows the new hub on the same port once it is up."""
+    def restart(self, server, *args):
+        """Stop C{server} (clients hear 1001) and start another on its port with C{args}."""
+        ports = [port for _, port in server.service.ports]
+        yield server.service.stopService()
+        yield wait_until(lambda: server.hub.connection_count == 0
+                         and not any(port.connected for port in ports))
+        yield wait_until(lambda: "connection refused" in self.err.getvalue())
+        return start_server(self, [*args, "--listen", f"tcp:{server.port}:interface=127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_resumes_after_the_server_restarts(self):
+        """
+        When the hub goes away it says so on stderr and retries while nothing listens.  Back on
+        the same port and data dir, the hub replays what was published while the watcher was
+        away: each event is printed once, then the range replayed, then live events.
+        """
         data_dir, _ = secret_dir(self)
         first = start_server(self, ["--data-dir", data_dir])
         self.watch(first.url(), "--data-dir", data_dir)
         yield wait_until(lambda: len(self.lines()) == 1)
+        self.publish(first, "agent-1", "agent-2", "agent-3")
+        yield wait_until(lambda: len(self.lines()) == 4)
 
-        ports = [port for _, port in first.service.ports]
-        yield first.service.stopService()
-        yield wait_until(lambda: first.hub.connection_count == 0
-                         and not any(port.connected for port in ports))
-        yield wait_until(lambda: "connection refused" in self.err.getvalue())
+        second = yield self.restart(first, "--data-dir", data_dir)
         self.assertIn("closed (1001 server going away); reconnecting in",
                       self.err.getvalue().splitlines()[0])
+        # The reactor has not run since the start: the watcher cannot be back yet.
+        self.publish(second, "agent-4", "agent-5", "agent-6")
+        yield wait_until(lambda: any("resumed" in line for line in self.lines()))
+        self.publish(second, "agent-live")
+        yield wait_until(lambda: "seq=7" in self.lines()[-1])
 
-        second = start_server(self, ["--data-dir", data_dir,
-                                     "--listen", f"tcp:{first.port}:interface=127.0.0.1"])
-        yield wait_until(lambda: len(self.lines()) == 2)
-        self.assertIn("connected as mission-control-cli (viewer), 0 agents", self.lines()[1])
-        second.hub.publish(events.AGENT_STATUS, agent_status("agent-new", "online"))
-        yield wait_until(lambda: len(self.lines()) == 3)
-        self.assertIn("agent:status  agent-new  online  seq=1", self.lines()[2])
+        lines = self.lines()
+        self.assertEqual(printed_seqs(lines), [1, 2, 3, 4, 5, 6, 7])
+        self.assertRegex(lines[4], r"^\d\d:\d\d:\d\d connected as mission-control-cli "
+                                   r"\(viewer\), lastSeq=6$")
+        self.assertIn("agent:status  agent-4  online  seq=4", lines[5])
+        self.assertRegex(lines[8], r"^\d\d:\d\d:\d\d resumed: replayed seq 4-6$")
+        self.assertIn("agent:status  agent-live  online  seq=7", lines[9])
+        self.assertEqual(len(lines), 10)
         self.assertEqual(second.hub.connection_count, 1)
+
+    @defer.inlineCallbacks
+    def test_lost_history_is_announced(self):
+        """
+        A hub back with another data dir (a new epoch, sharing only the secret) cannot replay:
+        the watcher says the history was lost, shows the fresh snapshot as the usual connected
+        line, and follows the new history from there.
+        """
+        secret_path, _ = secret_file(self)
+        first = start_server(self, ["--data-dir", tmp_path(self), "--jwt-secret-file", secret_path])
+        watcher = self.watch(first.url(), "--jwt-secret-file", secret_path)
+        yield wait_until(lambda: len(self.lines()) == 1)
+        self.publish(first, "agent-1", "agent-2")
+        yield wait_until(lambda: len(self.lines()) == 3)
+
+        second = yield self.restart(first, "--data-dir", tmp_path(self),
+                                    "--jwt-secret-file", secret_path)
+        self.assertNotEqual(second.hub.store.epoch, first.hub.store.epoch)
+        self.publish(second, "agent-new")
+        yield wait_until(lambda: len(self.lines()) == 5)
+        lines = self.lines()
+        self.assertRegex(lines[3], r"^\d\d:\d\d:\d\d history lost \(epoch\): "
+                                   r"showing a fresh snapshot$")
+        self.assertRegex(lines[4], r"^\d\d:\d\d:\d\d connected as mission-control-cli "
+                                   r"\(viewer\), 1 agents, 0 sessions, lastSeq=1$")
+        self.assertEqual((watcher.position.seq, watcher.position.epoch),
+                         (1, second.hub.store.epoch))
+        self.publish(second, "agent-live")
+        yield wait_until(lambda: len(self.lines()) == 6)
+        self.assertIn("agent-live  online  seq=2", self.lines()[5])
+
+    @defer.inlineCallbacks
+    def test_named_watcher_resumes_across_restarts_of_watch(self):
+        """
+        With --client the hub's stored position follows what was printed (acked on a timer);
+        a watch started again with the same name prints what was published while none ran, each
+        once, and its ack on a clean stop records the last seq it printed.
+        """
+        data_dir, _ = secret_dir(self)
+        server = start_server(self, ["--data-dir", data_dir])
+        store, user = server.hub.store, cli.LOCAL_TOKEN_SUBJECT
+        argv = ["--data-dir", data_dir, "--client", "wall-1"]
+        watcher = self.watch(server.url(), *argv, ack_interval=0.05)
+        yield wait_until(lambda: len(self.lines()) == 1)
+        self.publish(server, "agent-1", "agent-2", "agent-3")
+        yield wait_until(lambda: store.position(user, "wall-1") == 3)
+        self.assertEqual(printed_seqs(self.lines()), [1, 2, 3])
+        self.assertEqual((yield watcher.stop()), 0)
+
+        self.publish(server, "agent-4", "agent-5")
+        watcher = self.watch(server.url(), *argv, ack_interval=60)
+        yield wait_until(lambda: any("resumed" in line for line in self.lines()))
+        lines = self.lines()
+        self.assertEqual(printed_seqs(lines), [4, 5])
+        self.assertRegex(lines[-1], r"^\d\d:\d\d:\d\d resumed: replayed seq 4-5$")
+        self.assertEqual(store.position(user, "wall-1"), 3)
+        self.assertEqual((yield watcher.stop()), 0)
+        self.assertEqual(store.position(user, "wall-1"), 5)
+        self.assertEqual(self.err.getvalue(), "")
+
+    @defer.inlineCallbacks
+    def test_minted_token_renewed_over_the_connection(self):
+        """
+        A watcher minting short-lived tokens answers auth:expiring with a fresh one, and the same
+        connection stays open past the first token's expiry (the hub allows no leeway here),
+        printing nothing about it.
+        """
+        data_dir, _ = secret_dir(self)
+        server = start_server(self, ["--data-dir", data_dir, "--jwt-leeway", "0"])
+        server.hub.expiry_warning = 1.0
+        self.watch(server.url(), "--data-dir", data_dir, ttl=2)
+        yield wait_until(lambda: self.lines() and server.hub.connection_count == 1)
+        [connection] = server.hub.connections_of(cli.LOCAL_TOKEN_SUBJECT)
+        first_expiry = connection.principal.expires_at
+        yield wait_until(lambda: connection.principal.expires_at > first_expiry, timeout=3)
+        yield wait_until(lambda: reactor.seconds() > first_expiry + 0.3, timeout=3)
+        self.assertEqual(server.hub.connections_of(cli.LOCAL_TOKEN_SUBJECT),
+                         frozenset([connection]))
+        self.assertEqual(connection.state, connection.STATE_OPEN)
+        self.assertEqual((len(self.lines()), self.err.getvalue()), (1, ""))
 
     @defer.inlineCallbacks
     def test_refused_token_ends_with_exit_1(self):
