@@ -112,6 +112,7 @@ class _Session:
     replay_start: int | None = None
     replay_cursor: int | None = None
     replay_waiting: bool = False
+    closing: bool = False
     timers: list = field(default_factory=list)
 
 
@@ -417,8 +418,11 @@ class Hub:
                 self._expired, session,
             )
         ]
-        if warn_in > 0:
-            session.timers.append(self.clock.callLater(warn_in, self._expiring, session))
+        if principal.expires_at + leeway > now:
+            # A token with less than a minute left is warned at once, so it can still be renewed.
+            session.timers.append(
+                self.clock.callLater(max(0.0, warn_in), self._expiring, session)
+            )
 
     def _expiring(self, session: _Session) -> None:
         expires_at = session.conn.principal.expires_at
@@ -432,7 +436,7 @@ class Hub:
     def _expired(self, session: _Session) -> None:
         self.log.info("closing connection {connection_id} of {user}: token expired",
                       connection_id=session.conn.connection_id, user=session.conn.principal.sub)
-        session.conn.close(4001, "token expired")
+        self._close(session, 4001, "token expired")
 
     # Publishing and fan-out
 
@@ -553,13 +557,13 @@ class Hub:
         Never raises for bad input.
         """
         session = self._sessions.get(conn)
-        if session is None:
-            return None
+        if session is None or session.closing:
+            return None  # frames that arrive after the hub began closing are not answered
         if not session.bucket.take(self.clock.seconds()):
             if session.bucket.strikes > self.max_strikes:
                 self.log.warn("closing connection {connection_id} of {user}: too many messages",
                               connection_id=conn.connection_id, user=conn.principal.sub)
-                conn.close(4029, "too many messages")
+                self._close(session, 4029, "too many messages")
                 return None
             return self.error_frame("rate_limited", "too many messages; slow down")
         try:
@@ -593,10 +597,13 @@ class Hub:
             raise ValidationError("seq is beyond the last event")
         if seq > session.acked_seq:
             session.acked_seq = seq
-            if session.request.client is not None:
-                self.store.save_position(
-                    session.conn.principal.sub, session.request.client, seq, self.clock.seconds()
-                )
+            client = session.request.client
+            if client is not None:
+                user = session.conn.principal.sub
+                saved = self.store.position(user, client)
+                # Never backwards: another connection of the same name may be further along.
+                if saved is None or seq > saved:
+                    self.store.save_position(user, client, seq, self.clock.seconds())
         return self._frame("ack", {"seq": session.acked_seq}, frame.id)
 
     def _on_auth(self, session: _Session, frame: events.ClientFrame) -> dict | None:
@@ -628,8 +635,12 @@ class Hub:
             connection_id=conn.connection_id, user=conn.principal.sub, reason=message,
         )
         conn.send_frame(self.error_frame(code, message, frame.id))
-        conn.close(4003, "token not accepted")
+        self._close(session, 4003, "token not accepted")
         return None
+
+    def _close(self, session: _Session, code: int, reason: str) -> None:
+        session.closing = True
+        session.conn.close(code, reason)
 
     def _not_yet(self, session: _Session, frame: events.ClientFrame) -> dict:
         raise ValidationError(

@@ -50,7 +50,8 @@ class PublishTests(ApiTestCase):
         self.assertEqual(event["payload"]["agentId"], "a1")
         self.assertEqual(event["payload"]["message"], "indexing")
         listing = yield self.call("GET", "/api/agents", token=self.viewer)
-        self.assertEqual(listing.json(), {"agents": [event["payload"]]})
+        self.assertEqual(listing.json(), {"agents": [event["payload"]], "lastSeq": 1,
+                                          "epoch": self.server.hub.store.epoch})
 
     @defer.inlineCallbacks
     def test_post_activity(self):
@@ -93,7 +94,7 @@ class PublishTests(ApiTestCase):
         yield self.error(403, "forbidden", "POST", "/api/sessions/s1/activity",
                          {"activity": "started"}, token="viewer")
         listing = yield self.call("GET", "/api/agents", token=self.viewer)
-        self.assertEqual(listing.json(), {"agents": []})
+        self.assertEqual(listing.json()["agents"], [])
 
     @defer.inlineCallbacks
     def test_connections_for_admins_and_operators(self):

@@ -338,8 +338,9 @@ class IdempotencyTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_repeat_and_conflict(self):
-        """A repeat returns the first event (no second seq, no second broadcast); a different
-        body with the same key is a 409; a bad key is a 400."""
+        """A repeat returns the first event (no second seq, no second broadcast), also when its
+        JSON is spaced differently; a different body with the same key is a 409; a bad key is a
+        400."""
         server = start_server(self)
         token = server.token("root", role="admin")
         watcher = yield connect(self, server, server.token())
@@ -351,6 +352,10 @@ class IdempotencyTests(unittest.TestCase):
         conflict = yield raw_request(server.port, status_request(token, status="idle", key="k-1"))
         self.assertEqual((conflict.status, conflict.json()["error"]["code"]),
                          (409, "idempotency_conflict"))
+        respaced = http_request("POST", "/api/agents/a1/status", b'{ "status" :  "busy" }',
+                                token=token, headers={"Idempotency-Key": "k-1"})
+        same = yield raw_request(server.port, respaced)
+        self.assertEqual(same.json(), first.json())
         bad = yield raw_request(server.port, status_request(token, key="x" * 300))
         self.assertEqual(bad.status, 400)
         later = yield raw_request(server.port, status_request(token, key="k-2"))

@@ -604,3 +604,34 @@ class ConnectionDetailTests(HubTestCase):
             "id": conn.connection_id, "user": "alice", "role": "viewer", "client": "wall",
             "peer": "tcp4:1.2.3.4:5", "connectedAt": "2027-01-15T08:00:00.000Z", "ackedSeq": 0,
             "bytesWaiting": 0, "replaying": False})
+
+
+class ReviewFixTests(HubTestCase):
+    """Edge cases of expiry, acks and closing."""
+
+    def test_short_token_warned_at_once(self):
+        """A token with less than a minute left gets auth:expiring at once, not only 4001."""
+        conn = self.connect(expires_at=self.clock.seconds() + 20)
+        self.clock.advance(0)
+        self.assertIn("auth:expiring", conn.types())
+        self.assertIsNone(conn.closed_with)
+
+    def test_saved_position_never_goes_back(self):
+        """A named connection that acks less than the saved position does not lower it."""
+        self.publish(5)
+        ahead = self.connect("alice", request=ConnectRequest(client="c"))
+        self.hub.handle_frame(ahead, b'{"type":"ack","seq":5}', False)
+        behind = self.connect("alice", request=ConnectRequest(since=1, epoch=self.hub.store.epoch,
+                                                              client="c"))
+        self.clock.advance(1)
+        self.hub.handle_frame(behind, b'{"type":"ack","seq":3}', False)
+        self.assertEqual(self.hub.store.position("alice", "c"), 5)
+
+    def test_frames_after_4029_ignored(self):
+        """Once closing for too many messages, later frames get no reply and no second close."""
+        conn = self.connect()
+        closes = []
+        conn.close = lambda code, reason: closes.append(code)
+        for _ in range(30):
+            self.hub.handle_frame(conn, b'{"type":"ping"}', False)
+        self.assertEqual(closes, [4029])

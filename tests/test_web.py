@@ -108,3 +108,15 @@ class AccessLogTests(unittest.SynchronousTestCase):
         line = access_log_formatter("[27/Nov/2026:00:00:00 +0000]", request)
         self.assertIn("/ws?token=[redacted]", line)
         self.assertNotIn("eyJsecret", line)
+
+
+class HealthDuringShutdownTests(unittest.TestCase):
+    """The health check tells a load balancer to stop sending clients."""
+
+    @defer.inlineCallbacks
+    def test_stopping(self):
+        """Once the hub stops accepting, /healthz answers 503 {"status": "stopping"}."""
+        server = start_server(self)
+        server.hub.stop()
+        response = yield raw_request(server.port, http_request("GET", "/healthz"))
+        self.assertEqual((response.status, response.json()), (503, {"status": "stopping"}))

@@ -142,7 +142,7 @@ class Api(resource.Resource):
 
     def _publish(self, request, principal, event_type, subject_id):
         body = self._json_body(request)
-        key, fingerprint = self._idempotency(request)
+        key, fingerprint = self._idempotency(request, body)
         try:
             envelope = self.hub.publish_for(
                 principal, event_type, body, subject_id, key, fingerprint
@@ -165,8 +165,12 @@ class Api(resource.Resource):
         return 200, {"event": envelope}
 
     @staticmethod
-    def _idempotency(request) -> tuple[str | None, str]:
-        """The Idempotency-Key header, checked, and a fingerprint of the request it came with."""
+    def _idempotency(request, body: object) -> tuple[str | None, str]:
+        """
+        The Idempotency-Key header, checked, and a fingerprint of the request it came with: the
+        method, the path and the JSON body in a canonical form, so a retry that re-serializes the
+        same JSON differently is still the same request.
+        """
         raw = request.getHeader(b"idempotency-key")
         if raw is None:
             return None, ""
@@ -177,9 +181,8 @@ class Api(resource.Resource):
         if key is None or not _IDEMPOTENCY_KEY_RE.match(key):
             raise ApiError(400, "bad_request",
                            "Idempotency-Key must be 1-255 printable ASCII characters")
-        request.content.seek(0)
         digest = hashlib.sha256(request.method + b" " + request.path + b"\n")
-        digest.update(request.content.read(MAX_BODY_SIZE + 1))
+        digest.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
         return key, digest.hexdigest()
 
     def _subject_id(self, value: str, field: str) -> str:
@@ -200,10 +203,12 @@ class Api(resource.Resource):
         )
 
     def _list_agents(self, request, principal):
-        return 200, {"agents": self.hub.store.agents()}
+        store = self.hub.store
+        return 200, {"agents": store.agents(), "lastSeq": store.last_seq, "epoch": store.epoch}
 
     def _list_sessions(self, request, principal):
-        return 200, {"sessions": self.hub.store.sessions()}
+        store = self.hub.store
+        return 200, {"sessions": store.sessions(), "lastSeq": store.last_seq, "epoch": store.epoch}
 
     def _list_events(self, request, principal):
         since = _int_arg(request, b"since", 0, 0, 10**18)
@@ -221,6 +226,8 @@ class Api(resource.Resource):
             "more": last < store.last_seq,
             # Events after `since` that retention already dropped: the caller missed them.
             "truncated": since + 1 < store.first_seq and since < store.last_seq,
+            # `since` beyond the last event: from another epoch, or a restored older database.
+            "ahead": since > store.last_seq,
         }
 
     def _list_connections(self, request, principal):

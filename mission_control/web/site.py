@@ -227,7 +227,7 @@ class Root(resource.Resource):
             {
                 "service": "mission-control",
                 "websocket": "/ws",
-                "api": ["/api/agents", "/api/sessions", "/api/connections"],
+                "api": ["/api/agents", "/api/sessions", "/api/events", "/api/connections"],
                 "health": "/healthz",
             }
         )
@@ -242,7 +242,14 @@ class Root(resource.Resource):
 
 
 class Health(resource.Resource):
+    """200 {"status": "ok"} while serving; 503 {"status": "stopping"} once shutdown began, so a
+    load balancer stops sending new clients while the old ones are closed."""
+
     isLeaf = True
+
+    def __init__(self, is_serving=lambda: True) -> None:
+        super().__init__()
+        self.is_serving = is_serving
 
     def render(self, request):
         request.setHeader(b"Content-Type", b"application/json")
@@ -251,6 +258,9 @@ class Health(resource.Resource):
             request.setHeader(b"Allow", b"GET, HEAD")
             request.setResponseCode(405)
             return error_body("method_not_allowed", "method not allowed")
+        if not self.is_serving():
+            request.setResponseCode(503)
+            return encode_json({"status": "stopping"})
         return encode_json({"status": "ok"})
 
 
@@ -259,5 +269,5 @@ def build_site(ws_factory, api, reactor=None, handshake_timeout: float = 10.0) -
     root = Root()
     root.putChild(b"ws", WebSocketResource(ws_factory))
     root.putChild(b"api", api)
-    root.putChild(b"healthz", Health())
+    root.putChild(b"healthz", Health(lambda: getattr(api.hub, "accepting", True)))
     return HubSite(root, reactor=reactor, handshake_timeout=handshake_timeout)
