@@ -291,6 +291,10 @@ class MissionControlService(service.MultiService):
             self.privilegedStartService()
         super().startService()
         self.hub.start()
+        renewed = getattr(self.hub.store, "epoch_renewed", None)
+        if renewed:
+            self.log.warn("store history has a new epoch ({why}): resuming clients will redraw",
+                          why=renewed)
         for description, port in self.ports:
             for url in urls_of(description, port):
                 self.log.info("mission-control listening: {url}", url=url)

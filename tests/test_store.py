@@ -636,3 +636,52 @@ class SQLiteStoreTests(StoreContractMixin, SynchronousTestCase):
         self.assertEqual(reader.execute("PRAGMA journal_mode").fetchone()[0], "wal")
         self.assertEqual(store._db.execute("PRAGMA synchronous").fetchone()[0], 1)
         self.assertEqual(store._db.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
+
+
+class MachineRestartTests(SynchronousTestCase):
+    """The epoch is renewed when the machine restarted while the database was open."""
+
+    def open(self, path, boot):
+        store = SQLiteStore(path, Retention(), boot_id=lambda: boot)
+        self.addCleanup(store.close)
+        return store
+
+    def crash(self, store):
+        """Drop the connection without the clean-close mark, as a dying process would."""
+        store._db.close()
+        store._db = None
+
+    def test_power_loss_renews_epoch(self):
+        """Open when the machine went down (other boot, no clean close): a new epoch."""
+        path = os.path.join(self.mktemp(), "events.db")
+        store = self.open(path, "boot-1")
+        epoch = store.epoch
+        self.crash(store)
+        again = self.open(path, "boot-2")
+        self.assertNotEqual(again.epoch, epoch)
+        self.assertIsNotNone(again.epoch_renewed)
+
+    def test_process_crash_keeps_epoch(self):
+        """kill -9 of the process (same boot, no clean close) keeps the epoch: commits survived."""
+        path = os.path.join(self.mktemp(), "events.db")
+        store = self.open(path, "boot-1")
+        epoch = store.epoch
+        self.crash(store)
+        self.assertEqual(self.open(path, "boot-1").epoch, epoch)
+
+    def test_clean_stop_then_reboot_keeps_epoch(self):
+        """A clean close before the machine restarted keeps the epoch."""
+        path = os.path.join(self.mktemp(), "events.db")
+        store = self.open(path, "boot-1")
+        epoch = store.epoch
+        store.close()
+        again = self.open(path, "boot-2")
+        self.assertEqual((again.epoch, again.epoch_renewed), (epoch, None))
+
+    def test_unknown_boot_keeps_epoch(self):
+        """Where the boot cannot be told, nothing is renewed."""
+        path = os.path.join(self.mktemp(), "events.db")
+        store = self.open(path, None)
+        epoch = store.epoch
+        self.crash(store)
+        self.assertEqual(self.open(path, None).epoch, epoch)

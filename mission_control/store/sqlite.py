@@ -28,7 +28,7 @@ import json
 import os
 import sqlite3
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from zope.interface import implementer
 
@@ -150,6 +150,15 @@ def _create_private_file(path: str) -> None:
         os.close(fd)
 
 
+def read_boot_id() -> Optional[str]:
+    """This boot of the machine (Linux), or None where that cannot be told."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 @implementer(IEventStore)
 class SQLiteStore:
     """
@@ -164,7 +173,12 @@ class SQLiteStore:
         the file is lost (deleted, replaced by a new one).
     """
 
-    def __init__(self, path: str, retention: Retention = Retention()) -> None:
+    def __init__(
+        self,
+        path: str,
+        retention: Retention = Retention(),
+        boot_id: Optional[Callable[[], Optional[str]]] = None,
+    ) -> None:
         """
         Open the database at C{path}, creating it (and its directory) when missing.  The file is
         created readable and writable by its owner only (0600); SQLite gives its WAL and shared
@@ -175,6 +189,9 @@ class SQLiteStore:
         """
         check_retention(retention)
         self.path = path
+        self._boot_id = boot_id or read_boot_id
+        #: Why the epoch was renewed at open, or None (see L{_check_last_run}).
+        self.epoch_renewed: Optional[str] = None
         self.retention = retention
         self._caps = {AGENT_STATUS: retention.max_agents, SESSION_ACTIVITY: retention.max_sessions}
         self._db: Optional[sqlite3.Connection] = None
@@ -208,6 +225,7 @@ class SQLiteStore:
         db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         with self._transaction():
             self._migrate(db)
+            self._check_last_run(db)
         self.epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         self._last_seq: int = row[0] if row else 0
@@ -249,6 +267,24 @@ class SQLiteStore:
                 db.execute(statement)
         db.execute("INSERT INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch(),))
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _check_last_run(self, db: sqlite3.Connection) -> None:
+        """
+        Renew the epoch when the machine restarted while the database was open.
+
+        synchronous=NORMAL makes a commit survive the death of the process, not of the machine: a
+        power cut may take the last commits with it, and their seqs would then be handed out
+        again.  A client that saw them must redraw, so the history gets a new epoch.  A kill -9
+        (same boot) or a clean stop (marked at close) keeps it.
+        """
+        meta = dict(db.execute("SELECT name, value FROM meta WHERE name IN ('open', 'boot')"))
+        boot = self._boot_id()
+        if meta.get("open") == "1" and boot is not None and meta.get("boot") not in (None, boot):
+            db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (new_epoch(),))
+            self.epoch_renewed = "the machine restarted while the store was open"
+        for name, value in (("open", "1"), ("boot", boot or "")):
+            db.execute("INSERT INTO meta (name, value) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET value = excluded.value", (name, value))
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -433,4 +469,8 @@ class SQLiteStore:
         """
         db, self._db = self._db, None
         if db is not None:
+            try:
+                db.execute("UPDATE meta SET value = '0' WHERE name = 'open'")
+            except sqlite3.Error:
+                pass  # closing must not fail; an unmarked close only risks a new epoch
             db.close()
