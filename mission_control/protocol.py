@@ -32,6 +32,7 @@ that much of the server's memory, and the hub's fan-out to everyone else is neve
 from __future__ import annotations
 
 import http
+import socket
 from typing import Mapping
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -49,6 +50,9 @@ from mission_control.hub import ConnectRequest, Hub
 #: logged and answered with the standard phrase of their status instead.
 SERVER_NAME = "mission-control"
 WEBSOCKET_PATHS = ("/ws", "/ws/")
+#: Linux's TCP_NOTSENT_LOWAT (Python names it from 3.12 on) and our bound for unsent kernel bytes.
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+KERNEL_UNSENT_LIMIT = 128 * 1024
 
 
 class _WithoutDebug:
@@ -147,9 +151,26 @@ class HubServerProtocol(WebSocketServerProtocol):
         self.factory.hub.register(self, self._connect_request)
 
     def _watch_backpressure(self):
-        """Put our producer on the transport (behind twisted.web, the HTTP channel was there)."""
+        """
+        Put our producer on the transport (behind twisted.web, the HTTP channel was there), and
+        keep the kernel from queueing megabytes for a client that does not read: Linux grows a
+        socket's send buffer up to several MiB, uncounted, before Twisted's own buffer (and so
+        our count) starts to fill.  TCP_NOTSENT_LOWAT bounds only the bytes not yet sent, so a
+        fast client on a long link keeps its throughput.
+        """
         self.transport.unregisterProducer()  # a no-op where none is registered
         self.transport.registerProducer(_Backpressure(self), True)
+        try:
+            sock = self.transport.getHandle()
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, KERNEL_UNSENT_LIMIT)
+        except (AttributeError, OSError):
+            pass  # not TCP (a unix socket), or not Linux: Twisted's buffer is the only one counted
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        # The transport still holds whatever the peer never read (up to --max-outbound-bytes);
+        # drop our reference so it is freed now, not at the next full garbage collection.
+        self.transport = None
 
     # Frames
 
