@@ -24,6 +24,9 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from mission_control.channels import parse_claim
+from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
+
 ROLES = ("admin", "operator", "viewer", "agent")
 DEFAULT_ROLE = "viewer"
 
@@ -46,7 +49,6 @@ _KEY_ALGORITHMS = {
 }
 PUBLIC_KEY_ALGORITHMS = tuple(a for algs in _KEY_ALGORITHMS.values() for a in algs)
 
-_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _BEARER_RE = re.compile(r"\s*bearer\s+(\S+)\s*\Z", re.IGNORECASE)
 
@@ -82,11 +84,6 @@ _CODES = {
 }
 
 
-def is_valid_id(value: object) -> bool:
-    """Ids (agents, sessions) are 1-128 characters of C{A-Z a-z 0-9 . _ : -} (CONTRACT section 3)."""
-    return isinstance(value, str) and _ID_RE.match(value) is not None
-
-
 def has_control_characters(value: str) -> bool:
     return _CONTROL_RE.search(value) is not None
 
@@ -104,6 +101,8 @@ class Principal:
     role: str
     name: str | None
     expires_at: float
+    #: The token's C{channels} claim (names and C{prefix:*} patterns), or None: see L{channels}.
+    channels: tuple[str, ...] | None = None
 
     def as_user(self) -> dict:
         """The C{user} object of the C{welcome} frame."""
@@ -235,7 +234,11 @@ class TokenVerifier:
             or has_control_characters(name)
         ):
             raise Refusal(401, "invalid claims")
-        return Principal(sub=sub, role=role, name=name, expires_at=float(exp))
+        try:
+            channels = parse_claim(claims.get("channels"))
+        except ValueError:
+            raise Refusal(401, "invalid claims") from None
+        return Principal(sub=sub, role=role, name=name, expires_at=float(exp), channels=channels)
 
 
 def _number(value: object) -> float | None:

@@ -31,10 +31,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from mission_control import auth, events
+from mission_control import auth, channels, events
 from mission_control.auth import Principal, Refusal, TokenVerifier
 from mission_control.events import ValidationError
 from mission_control.limits import TokenBucket
+from mission_control.store import IdempotencyConflict
 
 
 class IConnection(Interface):
@@ -71,6 +72,8 @@ class ConnectRequest:
     epoch: str | None = None
     client: str | None = None
     peer: str = ""
+    #: The channels asked for (C{channels=a,b}), or None for the default subscription.
+    channels: tuple[str, ...] | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, list], peer: str = "") -> "ConnectRequest":
@@ -85,6 +88,14 @@ class ConnectRequest:
             return values[0] if values else None
 
         since, epoch, client = one("since"), one("epoch"), one("client")
+        wanted = one("channels")
+        if wanted is not None:
+            names = tuple(name for name in wanted.split(",") if name)
+            if len(names) > channels.MAX_SUBSCRIPTIONS or not all(
+                channels.is_valid_channel(name) for name in names
+            ):
+                raise Refusal(400, "invalid channels")
+            wanted = names
         if since is not None:
             if not (since.isascii() and since.isdigit() and len(since) <= 18):
                 raise Refusal(400, "invalid since")
@@ -93,7 +104,7 @@ class ConnectRequest:
             raise Refusal(400, "invalid epoch")
         if client is not None and not auth.is_valid_id(client):
             raise Refusal(400, "invalid client name")
-        return cls(since=since, epoch=epoch, client=client, peer=peer)
+        return cls(since=since, epoch=epoch, client=client, peer=peer, channels=wanted)
 
 
 _EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
@@ -114,6 +125,8 @@ class _Session:
     replay_waiting: bool = False
     closing: bool = False
     timers: list = field(default_factory=list)
+    channels: set = field(default_factory=set)
+    timed_out: bool = False
 
 
 class Hub:
@@ -157,7 +170,9 @@ class Hub:
         self._prepare = prepare
         self._sessions: dict[Any, _Session] = {}
         self._live: set = set()
+        self._subscribers: dict[str, set] = {}  # channel -> live connections subscribed to it
         self._by_user: dict[str, set] = {}
+        self._presence: dict[str, dict] = {}  # user -> who, since when
         self._loops: list[LoopingCall] = []
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
@@ -246,7 +261,12 @@ class Hub:
             bucket=TokenBucket(self.message_rate, self.message_burst, now),
         )
         self._sessions[conn] = session
+        first = conn.principal.sub not in self._by_user
         self._by_user.setdefault(conn.principal.sub, set()).add(conn)
+        wanted = request.channels
+        if wanted is None:
+            wanted = channels.default_subscription(conn.principal)
+        forbidden = self._add_channels(session, wanted)
         self.log.info(
             "connection {connection_id} opened by {user} ({role}) from {peer}",
             connection_id=conn.connection_id,
@@ -264,10 +284,15 @@ class Hub:
                     "heartbeatInterval": _number(self.heartbeat_interval),
                     "lastSeq": self.store.last_seq,
                     "epoch": self.store.epoch,
+                    "channels": sorted(session.channels),
                 },
                 events.format_timestamp(now),
             )
         )
+        if forbidden:
+            conn.send_frame(self._forbidden_channels(forbidden))
+        if first:
+            self._user_arrived(conn.principal, now)
         since, epoch = request.since, request.epoch
         if since is None and request.client is not None:
             since = self.store.position(conn.principal.sub, request.client)
@@ -317,7 +342,8 @@ class Hub:
         for event in page:
             if getattr(conn, "paused", False):
                 break  # the rest of the page waits for writable(): a page is not a byte limit
-            conn.send_frame(event.envelope())
+            if channels.covers(session.channels, channels.event_channels(event.type, event.payload)):
+                conn.send_frame(event.envelope())
             cursor = session.replay_cursor = event.seq
         if cursor >= self.store.last_seq:
             conn.send_frame(
@@ -342,6 +368,106 @@ class Hub:
     def _go_live(self, session: _Session) -> None:
         session.live = True
         self._live.add(session.conn)
+        for channel in session.channels:
+            self._subscribers.setdefault(channel, set()).add(session.conn)
+
+    # Channels
+
+    def _owns_session(self, principal: Principal) -> Callable[[str], bool]:
+        """Whether an agent publishes the session: its latest activity names the agent."""
+
+        def owns(session_id: str) -> bool:
+            return any(
+                s.get("sessionId") == session_id and s.get("agentId") == principal.sub
+                for s in self.store.sessions()
+            )
+
+        return owns
+
+    def _add_channels(self, session: _Session, wanted) -> list[str]:
+        """Subscribe to what is allowed of C{wanted}; return the names refused."""
+        principal = session.conn.principal
+        owns = self._owns_session(principal)
+        forbidden = []
+        for channel in wanted:
+            if channel in session.channels:
+                continue
+            if (len(session.channels) >= channels.MAX_SUBSCRIPTIONS
+                    or not channels.may_subscribe(principal, channel, owns)):
+                forbidden.append(channel)
+                continue
+            session.channels.add(channel)
+            if session.live:
+                self._subscribers.setdefault(channel, set()).add(session.conn)
+        return forbidden
+
+    def _remove_channels(self, session: _Session, names) -> None:
+        for channel in names:
+            session.channels.discard(channel)
+            subscribers = self._subscribers.get(channel)
+            if subscribers is not None:
+                subscribers.discard(session.conn)
+                if not subscribers:
+                    del self._subscribers[channel]
+
+    def _forbidden_channels(self, names, reply_to: str | None = None) -> dict:
+        shown = ", ".join(sorted(names)[:10])
+        return self.error_frame("forbidden", f"not allowed to subscribe to: {shown}", reply_to)
+
+    # Presence and agent liveness
+
+    def _user_arrived(self, principal: Principal, now: float) -> None:
+        """A user's first connection opened: presence:join, and an agent is online."""
+        self._presence[principal.sub] = {
+            "id": principal.sub, "name": principal.name, "role": principal.role,
+            "since": events.format_timestamp(now),
+        }
+        self._presence_event("presence:join", principal.sub)
+        if principal.role == "agent":
+            latest = self._latest_status(principal.sub)
+            if latest is None or latest.get("status") == "offline":
+                self._liveness(principal, "online", "connected")
+
+    def _user_left(self, principal: Principal, session: _Session) -> None:
+        """A user's last connection closed: presence:leave, and an agent is offline."""
+        self._presence_event("presence:leave", principal.sub)
+        del self._presence[principal.sub]
+        if principal.role == "agent" and self.accepting:
+            latest = self._latest_status(principal.sub)
+            if latest is None or latest.get("status") != "offline":
+                why = ("connection timed out (no answer to pings)" if session.timed_out
+                       else "connection closed")
+                self._liveness(principal, "offline", why)
+
+    def _presence_event(self, event_type: str, user: str) -> None:
+        info = self._presence[user]
+        payload = {"userId": info["id"], "name": info["name"], "role": info["role"],
+                   "connections": len(self._by_user.get(user, ()))}
+        self._fan_out(events.envelope(event_type, payload, self._now()), (channels.PRESENCE,))
+
+    def _latest_status(self, agent_id: str) -> dict | None:
+        for payload in self.store.agents():
+            if payload.get("agentId") == agent_id:
+                return payload
+        return None
+
+    def _liveness(self, principal: Principal, status: str, message: str) -> None:
+        body = {"status": status, "message": message, "metadata": {"source": "connection"}}
+        if principal.name is not None:
+            body["name"] = principal.name
+        self.publish(events.AGENT_STATUS,
+                     events.agent_status(body, self.clock.seconds(), principal.sub))
+
+    def presence(self) -> list[dict]:
+        """Who is connected now: one entry per user, with their connection count."""
+        return [dict(info, connections=len(self._by_user.get(user, ())))
+                for user, info in sorted(self._presence.items())]
+
+    def timed_out(self, conn) -> None:
+        """The connection is being dropped because it stopped answering pings."""
+        session = self._sessions.get(conn)
+        if session is not None:
+            session.timed_out = True
 
     def unregister(self, conn) -> None:
         """Forget a connection; safe to call more than once, and for one never registered."""
@@ -349,6 +475,7 @@ class Hub:
         if session is None:
             return
         self._live.discard(conn)
+        self._remove_channels(session, tuple(session.channels))
         for timer in session.timers:
             if timer.active():
                 timer.cancel()
@@ -358,6 +485,7 @@ class Hub:
             mine.discard(conn)
             if not mine:
                 del self._by_user[sub]
+                self._user_left(conn.principal, session)
         self.log.info(
             "connection {connection_id} of {user} closed",
             connection_id=conn.connection_id,
@@ -452,7 +580,7 @@ class Hub:
         )
         frame = event.envelope()
         if created:
-            self.broadcast(frame)
+            self._fan_out(frame, channels.event_channels(event_type, payload))
         return frame
 
     def publish_for(
@@ -512,6 +640,20 @@ class Hub:
             conn.deliver(prepared)
         return len(targets)
 
+    def _fan_out(self, frame: Mapping, names) -> int:
+        """
+        Deliver C{frame}, encoded once, to every live connection subscribed to any of C{names},
+        found through the channel index (not by scanning every connection).
+        """
+        found = [self._subscribers[name] for name in names if name in self._subscribers]
+        if not found:
+            return 0
+        targets = set().union(*found) if len(found) > 1 else tuple(found[0])
+        prepared = self._prepare(events.encode_json(frame))
+        for conn in targets:
+            conn.deliver(prepared)
+        return len(targets)
+
     def send_heartbeat(self) -> None:
         ts = self._now()
         self.broadcast(
@@ -520,13 +662,25 @@ class Hub:
 
     def _send_snapshot(self, conn) -> None:
         """
-        Send the snapshot frame.  Its payload (up to the whole latest state) is encoded once per
-        state, not once per connection: after a restart every dashboard reconnects at once.
+        Send the snapshot frame: the latest state of what the connection is subscribed to.  The
+        full one (C{agents} and C{sessions}) is encoded once per state, not once per connection:
+        after a restart every dashboard reconnects at once.
         """
-        if self._snapshot_cache is None or self._snapshot_cache[0] != self.store.last_seq:
-            payload = events.encode_json(self.snapshot()["payload"])
-            self._snapshot_cache = (self.store.last_seq, payload)
-        data = (b'{"type":"snapshot","payload":' + self._snapshot_cache[1]
+        subscribed = self._sessions[conn].channels
+        if {channels.AGENTS, channels.SESSIONS} <= subscribed:
+            if self._snapshot_cache is None or self._snapshot_cache[0] != self.store.last_seq:
+                payload = events.encode_json(self.snapshot()["payload"])
+                self._snapshot_cache = (self.store.last_seq, payload)
+            encoded = self._snapshot_cache[1]
+        else:
+            encoded = events.encode_json({
+                "agents": [a for a in self.store.agents() if channels.covers(
+                    subscribed, channels.event_channels(events.AGENT_STATUS, a))],
+                "sessions": [s for s in self.store.sessions() if channels.covers(
+                    subscribed, channels.event_channels(events.SESSION_ACTIVITY, s))],
+                "lastSeq": self.store.last_seq,
+            })
+        data = (b'{"type":"snapshot","payload":' + encoded
                 + b',"ts":' + events.encode_json(self._now()) + b"}")
         conn.deliver(self._prepare(data))
 
@@ -642,18 +796,57 @@ class Hub:
         session.closing = True
         session.conn.close(code, reason)
 
-    def _not_yet(self, session: _Session, frame: events.ClientFrame) -> dict:
-        raise ValidationError(
-            f"{frame.type} is not supported by this version of the hub", code="not_supported"
-        )
+    @staticmethod
+    def _channel_list(frame: events.ClientFrame) -> list[str]:
+        names = frame.fields.get("channels")
+        if (not isinstance(names, list) or not names
+                or len(names) > channels.MAX_SUBSCRIPTIONS
+                or not all(channels.is_valid_channel(name) for name in names)):
+            raise ValidationError(
+                "channels must be a non-empty list of channel names (agents, agents:<id>, "
+                "sessions, sessions:<id>, presence)"
+            )
+        return names
+
+    def _subscriptions(self, session: _Session, frame: events.ClientFrame) -> dict:
+        return self._frame("subscribed", {"channels": sorted(session.channels)}, frame.id)
+
+    def _on_subscribe(self, session: _Session, frame: events.ClientFrame) -> dict:
+        forbidden = self._add_channels(session, self._channel_list(frame))
+        if forbidden:
+            # The allowed part applies; the refusal is its own error frame.
+            session.conn.send_frame(self._forbidden_channels(forbidden, frame.id))
+        return self._subscriptions(session, frame)
+
+    def _on_unsubscribe(self, session: _Session, frame: events.ClientFrame) -> dict:
+        self._remove_channels(session, self._channel_list(frame))
+        return self._subscriptions(session, frame)
+
+    def _on_publish(self, session: _Session, frame: events.ClientFrame) -> dict:
+        event = frame.fields.get("event")
+        if not isinstance(event, dict) or set(event) - {"type", "payload"}:
+            raise ValidationError("event must be an object with type and payload")
+        event_type, payload = event.get("type"), event.get("payload")
+        if event_type not in events.STORED_TYPES:
+            raise ValidationError("event type must be agent:status or session:activity",
+                                  code="unknown_type")
+        # The frame's id makes a retried publish idempotent, as Idempotency-Key does over HTTP.
+        fingerprint = events.encode_json(event).hex() if frame.id is not None else ""
+        try:
+            stored = self.publish_for(session.conn.principal, event_type, payload, None,
+                                      frame.id, fingerprint)
+        except IdempotencyConflict:
+            raise ValidationError("id was already used for a different event",
+                                  code="idempotency_conflict") from None
+        return self._frame("published", {"seq": stored["seq"], "type": stored["type"]}, frame.id)
 
     _frame_handlers: dict[str, Callable] = {
         "ping": _on_ping,
         "ack": _on_ack,
         "auth": _on_auth,
-        "subscribe": _not_yet,
-        "unsubscribe": _not_yet,
-        "publish": _not_yet,
+        "subscribe": _on_subscribe,
+        "unsubscribe": _on_unsubscribe,
+        "publish": _on_publish,
     }
 
     def _now(self) -> str:

@@ -166,6 +166,10 @@ class HubServerProtocol(WebSocketServerProtocol):
         except (AttributeError, OSError):
             pass  # not TCP (a unix socket), or not Linux: Twisted's buffer is the only one counted
 
+    def onAutoPingTimeout(self):
+        self.factory.hub.timed_out(self)
+        super().onAutoPingTimeout()
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
         # The transport still holds whatever the peer never read (up to --max-outbound-bytes);

@@ -346,7 +346,7 @@ class ClientFrameTests(HubTestCase):
             (b"[]", "bad_request", None),
             ({"type": "dance", "id": "r2"}, "unknown_type", "r2"),
             ({"id": "r3"}, "bad_request", "r3"),
-            ({"type": "subscribe", "id": "r4", "channels": []}, "not_supported", "r4"),
+            ({"type": "subscribe", "id": "r4", "channels": []}, "bad_request", "r4"),
         ]
         for value, code, frame_id in cases:
             self.clock.advance(1)
@@ -635,3 +635,200 @@ class ReviewFixTests(HubTestCase):
         for _ in range(30):
             self.hub.handle_frame(conn, b'{"type":"ping"}', False)
         self.assertEqual(closes, [4029])
+
+
+class ChannelTests(HubTestCase):
+    """Subscriptions decide who receives what."""
+
+    def sub(self, conn, names, verb="subscribe"):
+        self.clock.advance(1)
+        return self.hub.handle_frame(conn, json.dumps({"type": verb, "id": "s", "channels": names})
+                                     .encode(), False)
+
+    def test_filtering(self):
+        """A client on agents:a1 receives a1's statuses and never a2's."""
+        only = self.connect("v", request=ConnectRequest(channels=("agents:a1",)))
+        everything = self.connect("w")
+        self.publish(1, agent="a1")
+        self.publish(1, agent="a2")
+        self.assertEqual([f["payload"]["agentId"] for f in only.delivered], ["a1"])
+        self.assertEqual(len(everything.delivered), 2)
+
+    def test_index_not_scan(self):
+        """Fan-out reaches subscribers through the channel index, each connection once."""
+        both = self.connect("v", request=ConnectRequest(channels=("agents", "agents:a1")))
+        self.publish(1, agent="a1")
+        self.assertEqual(len(both.delivered), 1)
+        self.assertEqual(set(self.hub._subscribers), {"agents", "agents:a1"})
+
+    def test_subscribe_and_unsubscribe_reply_with_the_set(self):
+        """subscribe and unsubscribe are answered with the resulting subscription set."""
+        conn = self.connect("v")
+        reply = self.sub(conn, ["presence", "agents:x"])
+        self.assertEqual((reply["type"], reply["payload"]["channels"]),
+                         ("subscribed", ["agents", "agents:x", "presence", "sessions"]))
+        reply = self.sub(conn, ["agents", "sessions"], verb="unsubscribe")
+        self.assertEqual(reply["payload"]["channels"], ["agents:x", "presence"])
+        self.publish(1, agent="a1")
+        self.assertEqual(conn.delivered, [])
+
+    def test_forbidden_part(self):
+        """A refused channel gets a forbidden error; the rest of the request still applies."""
+        agent = self.connect("a1", role="agent")
+        reply = self.sub(agent, ["agents:a2", "agents:a1"])
+        self.assertEqual(reply["type"], "subscribed")
+        errors = [f for f in agent.frames if f["type"] == "error"]
+        self.assertEqual(errors[-1]["payload"]["code"], "forbidden")
+        self.assertIn("agents:a2", errors[-1]["payload"]["message"])
+        self.assertEqual(reply["payload"]["channels"], ["agents:a1"])
+
+    def test_forbidden_at_connect(self):
+        """Refused channels in the query: an error after welcome, the allowed ones apply."""
+        agent = FakeConnection("a1", "agent")
+        self.hub.register(agent, ConnectRequest(channels=("agents", "agents:a1")))
+        self.assertEqual(agent.types()[:3], ["welcome", "error", "snapshot"])
+        self.assertEqual(agent.frames[0]["payload"]["channels"], ["agents:a1"])
+
+    def test_claim_narrows(self):
+        """A token claim narrows what a viewer may subscribe to."""
+        conn = FakeConnection("v")
+        conn.principal = Principal(sub="v", role="viewer", name=None, expires_at=FAR_FUTURE,
+                                   channels=("agents:a*", "agents:a1"))
+        self.hub.register(conn, ConnectRequest(channels=("agents", "agents:a1")))
+        self.assertEqual(conn.frames[0]["payload"]["channels"], ["agents:a1"])
+
+    def test_agent_sees_its_sessions(self):
+        """An agent may subscribe to a session it publishes, not to another's."""
+        agent_principal = self.principal("a1", "agent")
+        self.hub.publish_for(agent_principal, "session:activity", {"activity": "started"}, "s1")
+        self.hub.publish_for(self.principal(), "session:activity",
+                             {"activity": "started", "agentId": "a2"}, "s2")
+        agent = self.connect("a1", role="agent")
+        reply = self.sub(agent, ["sessions:s1", "sessions:s2"])
+        self.assertEqual(reply["payload"]["channels"], ["agents:a1", "sessions:s1"])
+
+    def test_snapshot_and_resume_honour_the_subscription(self):
+        """The snapshot holds only subscribed state; a resume replays only subscribed events."""
+        self.publish(1, agent="a1")
+        self.publish(1, agent="a2")
+        narrow = self.connect("v", request=ConnectRequest(channels=("agents:a2",)))
+        self.assertEqual([a["agentId"] for a in narrow.frames[1]["payload"]["agents"]], ["a2"])
+        resumed = self.connect("v", request=ConnectRequest(
+            since=0, epoch=self.hub.store.epoch, channels=("agents:a1",)))
+        self.assertEqual([f.get("seq") for f in resumed.frames if f["type"] == "agent:status"],
+                         [1])
+        self.assertEqual(resumed.frames[-1]["payload"]["to"], 2)
+
+
+class PublishFrameTests(HubTestCase):
+    """publish from a client."""
+
+    def publish_frame(self, conn, event, frame_id="p1"):
+        self.clock.advance(1)
+        frame = {"type": "publish", "event": event}
+        if frame_id:
+            frame["id"] = frame_id
+        return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
+
+    def test_agent_publishes_its_status(self):
+        """An agent publishes its own status; the reply carries the stored seq."""
+        agent = self.connect("a1", role="agent")
+        watcher = self.connect("v")
+        reply = self.publish_frame(agent, {"type": "agent:status",
+                                           "payload": {"agentId": "a1", "status": "busy"}})
+        self.assertEqual((reply["type"], reply["id"], reply["payload"]["type"]),
+                         ("published", "p1", "agent:status"))
+        self.assertEqual(watcher.delivered[-1]["seq"], reply["payload"]["seq"])
+
+    def test_forbidden_and_bad(self):
+        """A viewer gets forbidden; another agent's status is forbidden; bad events bad_request."""
+        viewer = self.connect("v")
+        agent = self.connect("a1", role="agent")
+        status = {"type": "agent:status", "payload": {"agentId": "a1", "status": "busy"}}
+        self.assertEqual(self.publish_frame(viewer, status)["payload"]["code"], "forbidden")
+        other = {"type": "agent:status", "payload": {"agentId": "a2", "status": "busy"}}
+        self.assertEqual(self.publish_frame(agent, other)["payload"]["code"], "forbidden")
+        for bad in ({"type": "agent:status", "payload": {"agentId": "a1"}}, "x",
+                    {"type": "agent:status"}, {"type": "agent:status", "payload": {}, "x": 1}):
+            self.assertEqual(self.publish_frame(agent, bad)["payload"]["code"], "bad_request")
+        self.assertEqual(self.publish_frame(agent, {"type": "presence:join", "payload": {}})
+                         ["payload"]["code"], "unknown_type")
+
+    def test_retry_with_same_id(self):
+        """A retried publish with the same id returns the same seq and stores nothing more."""
+        agent = self.connect("a1", role="agent")
+        # Connecting published "online" for the agent (liveness): seq 1.
+        event = {"type": "agent:status", "payload": {"agentId": "a1", "status": "busy"}}
+        first = self.publish_frame(agent, event, "same")
+        again = self.publish_frame(agent, event, "same")
+        self.assertEqual(first["payload"]["seq"], again["payload"]["seq"])
+        self.assertEqual(self.hub.store.last_seq, first["payload"]["seq"])
+
+
+class PresenceTests(HubTestCase):
+    """presence:join and presence:leave, per user not per connection."""
+
+    def test_join_and_leave_once_per_user(self):
+        """Joins on a user's first connection, leaves on their last, with the count."""
+        watcher = self.connect("w", request=ConnectRequest(channels=("presence",)))
+        a = self.connect("alice")
+        b = self.connect("alice")
+        joins = [f for f in watcher.delivered if f["type"] == "presence:join"]
+        self.assertEqual([j["payload"]["userId"] for j in joins], ["alice"])
+        self.assertEqual(joins[0]["payload"]["role"], "viewer")
+        self.hub.unregister(a)
+        self.assertFalse([f for f in watcher.delivered if f["type"] == "presence:leave"])
+        self.assertEqual(self.hub.presence()[0]["connections"], 2 - 1)
+        self.hub.unregister(b)
+        leaves = [f for f in watcher.delivered if f["type"] == "presence:leave"]
+        self.assertEqual([(l["payload"]["userId"], l["payload"]["connections"]) for l in leaves],
+                         [("alice", 0)])
+        self.assertNotIn("seq", leaves[0])
+        self.assertEqual([p["id"] for p in self.hub.presence()], ["w"])
+
+
+class LivenessTests(HubTestCase):
+    """An agent's connections make it online; its last close makes it offline, once."""
+
+    def statuses(self):
+        return [(a["agentId"], a["status"], a.get("message")) for a in self.hub.store.agents()]
+
+    def test_online_then_offline_on_close(self):
+        """First connection: online; last one closed: offline with why; only once."""
+        first = self.connect("a1", role="agent")
+        second = self.connect("a1", role="agent")
+        self.assertEqual(self.statuses(), [("a1", "online", "connected")])
+        self.hub.unregister(first)
+        self.assertEqual(self.statuses()[0][1], "online")
+        self.hub.unregister(second)
+        self.assertEqual(self.statuses(), [("a1", "offline", "connection closed")])
+        self.assertEqual(self.hub.store.last_seq, 2)
+
+    def test_offline_on_ping_timeout(self):
+        """A connection dropped for not answering pings says so."""
+        conn = self.connect("a1", role="agent")
+        self.hub.timed_out(conn)
+        self.hub.unregister(conn)
+        self.assertEqual(self.statuses()[0][2], "connection timed out (no answer to pings)")
+
+    def test_agent_that_said_offline(self):
+        """An agent that reported offline itself is not reported offline again."""
+        conn = self.connect("a1", role="agent")
+        self.hub.publish_for(self.principal("a1", "agent"), "agent:status",
+                             {"status": "offline"}, "a1")
+        seq = self.hub.store.last_seq
+        self.hub.unregister(conn)
+        self.assertEqual(self.hub.store.last_seq, seq)
+
+    def test_busy_agent_stays_busy_on_connect(self):
+        """An agent already busy is not reset to online by a new connection."""
+        self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        self.connect("a1", role="agent")
+        self.assertEqual(self.statuses()[0][1], "busy")
+
+    def test_no_offline_during_shutdown(self):
+        """Closing everyone for a restart does not mark every agent offline."""
+        conn = self.connect("a1", role="agent")
+        self.hub.stop()
+        self.hub.unregister(conn)
+        self.assertEqual(self.statuses()[0][1], "online")
