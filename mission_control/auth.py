@@ -447,9 +447,12 @@ def mint_token(
     issuer: str | None = None,
     audience: str | None = None,
     algorithm: str = "HS256",
+    channels: list[str] | None = None,
 ) -> str:
     """Mint a token the hub accepts: C{sub}, C{exp}, C{iat}, and the optional claims given."""
     claims: dict = {"sub": sub, "iat": int(now), "exp": int(now + ttl)}
+    if channels is not None:
+        claims["channels"] = list(channels)
     if role is not None:
         claims["role"] = role
     if name is not None:

@@ -7,6 +7,7 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
     POST /api/sessions/{sessionId}/activity   admin, operator; agent for its own agentId
     GET  /api/sessions                        any role
     GET  /api/events?since=SEQ&limit=N        any role: stored events after SEQ, oldest first
+    GET  /api/presence                        any role: who is connected, one entry per user
     GET  /api/connections                     admin, operator
 
 POSTs take an C{Idempotency-Key} header: a repeat of the same request with the same key within
@@ -58,6 +59,7 @@ class Api(resource.Resource):
             (("sessions",), {b"GET": self._list_sessions}),
             (("sessions", "*", "activity"), {b"POST": self._post_activity}),
             (("events",), {b"GET": self._list_events}),
+            (("presence",), {b"GET": self._list_presence}),
             (("connections",), {b"GET": self._list_connections}),
         ]
 
@@ -229,6 +231,9 @@ class Api(resource.Resource):
             # `since` beyond the last event: from another epoch, or a restored older database.
             "ahead": since > store.last_seq,
         }
+
+    def _list_presence(self, request, principal):
+        return 200, {"presence": self.hub.presence()}
 
     def _list_connections(self, request, principal):
         if not auth.may_list_connections(principal):

@@ -227,7 +227,8 @@ class Root(resource.Resource):
             {
                 "service": "mission-control",
                 "websocket": "/ws",
-                "api": ["/api/agents", "/api/sessions", "/api/events", "/api/connections"],
+                "api": ["/api/agents", "/api/sessions", "/api/events", "/api/presence",
+                        "/api/connections"],
                 "health": "/healthz",
             }
         )
