@@ -65,7 +65,7 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from mission_control import __version__, auth, events
+from mission_control import __version__, auth, channels, events
 
 PROGRAM = "mission-control"
 ENV_PREFIX = "MISSION_CONTROL_"
@@ -227,9 +227,9 @@ class SigningKey:
     audience: str | None = None
 
     def mint(self, sub: str, now: float, ttl: float, role: str | None = None,
-             name: str | None = None) -> str:
+             name: str | None = None, channels: list[str] | None = None) -> str:
         return auth.mint_token(self.secret, sub, now, ttl=ttl, role=role, name=name,
-                               issuer=self.issuer, audience=self.audience)
+                               issuer=self.issuer, audience=self.audience, channels=channels)
 
 
 @dataclass(frozen=True)
@@ -535,7 +535,7 @@ def _read_cafile(path: str) -> bytes:
 
 class TokenOptions(_KeyOptions):
     synopsis = (
-        "--sub ID [--role ROLE] [--name NAME] [--ttl 1h] "
+        "--sub ID [--role ROLE] [--name NAME] [--ttl 1h] [--channel C ...] "
         "[--data-dir DIR | --jwt-secret-file FILE] [--issuer I] [--audience A]"
     )
     longdesc = (
@@ -551,6 +551,17 @@ class TokenOptions(_KeyOptions):
         ["ttl", None, "1h", "Lifetime: 90 (seconds), 30s, 15m, 1h, 7d."],
     ]
 
+    def opt_channel(self, channel: str) -> None:
+        """
+        Narrow the token to this channel or pattern (repeatable): agents, agents:<id>,
+        agents:*, sessions, sessions:<id>, sessions:*, presence.  Never widens the role.
+        """
+        if not channels.is_valid_pattern(channel):
+            raise usage.UsageError(
+                f"--channel {printable(channel)!r} is not a channel name or prefix:* pattern"
+            )
+        self.setdefault("channels", []).append(channel)
+
     def postOptions(self) -> None:
         if self["sub"] is None:
             raise usage.UsageError("--sub is required: the user id the token is for")
@@ -564,7 +575,7 @@ class TokenOptions(_KeyOptions):
 def mint_command(options: TokenOptions, stdout: TextIO, now: float) -> int:
     """Print the token, and nothing else: C{$(mission-control token ...)} must work."""
     token = options["key"].mint(options["sub"], now, options["ttl"], role=options["role"],
-                                name=options["name"])
+                                name=options["name"], channels=options.get("channels"))
     stdout.write(token + "\n")
     return 0
 

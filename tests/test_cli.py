@@ -181,6 +181,17 @@ class TokenTests(UsageAssertions, SynchronousTestCase):
         self.assertEqual((principal.sub, principal.role, principal.name),
                          ("alice", "operator", "Alice"))
 
+    def test_channel_claim(self):
+        """--channel (repeatable) puts a channels claim in the token; a bad one is a usage error."""
+        data_dir, secret = secret_dir(self)
+        code, out, _ = run(["token", "--sub", "v", "--channel", "agents:*", "--channel",
+                            "presence", "--data-dir", data_dir])
+        self.assertEqual(code, 0)
+        self.assertEqual(verify(out.strip(), secret).channels, ("agents:*", "presence"))
+        code, out, err = run(["token", "--sub", "v", "--channel", "bogus", "--data-dir", data_dir])
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("--channel", err)
+
     def test_defaults(self):
         """Without --role and --ttl the token is a viewer's, valid for one hour."""
         data_dir, secret = secret_dir(self)
