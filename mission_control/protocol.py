@@ -14,7 +14,11 @@ Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
     {"type":"ping","id":"r1"}          ->    {"type":"pong","id":"r1","payload":{}}
     {"type":"ack","seq":41}            ->    {"type":"ack","payload":{"seq":41}}
     {"type":"auth","token":"JWT"}      ->    {"type":"auth:ok",...}, or error + close 4003
+    {"type":"subscribe","channels":[]} ->    {"type":"subscribed","payload":{"channels":[...]}}
+    {"type":"publish","event":{...}}   ->    {"type":"published","payload":{"seq":N,"type":...}}
     anything malformed                 ->    {"type":"error","payload":{"code","message"}}
+
+    GET /ws?channels=agents:a1,presence      only those channels (default: agents, sessions)
 
     GET /ws?since=SEQ&epoch=E          ->    welcome, the events after SEQ, then
                                              {"type":"resumed","payload":{"recovered":true,...}}
