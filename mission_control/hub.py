@@ -20,6 +20,7 @@ is delivered live, every event before it came from the store.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -410,6 +411,12 @@ class Hub:
                 if not subscribers:
                     del self._subscribers[channel]
 
+    def may_see(self, principal: Principal, event_type: str, payload: dict) -> bool:
+        """Whether C{principal} may receive this event on some channel (for the HTTP reads)."""
+        owns = self._owns_session(principal)
+        return any(channels.may_subscribe(principal, name, owns)
+                   for name in channels.event_channels(event_type, payload))
+
     def _forbidden_channels(self, names, reply_to: str | None = None) -> dict:
         shown = ", ".join(sorted(names)[:10])
         return self.error_frame("forbidden", f"not allowed to subscribe to: {shown}", reply_to)
@@ -453,8 +460,10 @@ class Hub:
 
     def _liveness(self, principal: Principal, status: str, message: str) -> None:
         body = {"status": status, "message": message, "metadata": {"source": "connection"}}
-        if principal.name is not None:
-            body["name"] = principal.name
+        latest = self._latest_status(principal.sub) or {}
+        name = principal.name or latest.get("name")  # keep the name the agent published
+        if name is not None:
+            body["name"] = name
         self.publish(events.AGENT_STATUS,
                      events.agent_status(body, self.clock.seconds(), principal.sub))
 
@@ -775,10 +784,15 @@ class Hub:
             return self._refuse_auth(session, frame, "forbidden", "token is for another user")
         conn.principal = principal
         self._schedule_expiry(session)
+        # The new token may allow less (another role, a narrower claim): drop what it does not.
+        owns = self._owns_session(principal)
+        dropped = [c for c in session.channels if not channels.may_subscribe(principal, c, owns)]
+        self._remove_channels(session, dropped)
         return self._frame(
             "auth:ok",
             {"user": principal.as_user(),
-             "expiresAt": events.format_timestamp(principal.expires_at)},
+             "expiresAt": events.format_timestamp(principal.expires_at),
+             "channels": sorted(session.channels)},
             frame.id,
         )
 
@@ -830,13 +844,20 @@ class Hub:
         if event_type not in events.STORED_TYPES:
             raise ValidationError("event type must be agent:status or session:activity",
                                   code="unknown_type")
-        # The frame's id makes a retried publish idempotent, as Idempotency-Key does over HTTP.
-        fingerprint = events.encode_json(event).hex() if frame.id is not None else ""
+        # An idempotencyKey makes a retried publish (after a reconnect, say) return the first
+        # result, as Idempotency-Key does over HTTP; the two live in separate namespaces.
+        key = frame.fields.get("idempotencyKey")
+        fingerprint = ""
+        if key is not None:
+            if not isinstance(key, str) or not (1 <= len(key) <= 255) or not key.isprintable():
+                raise ValidationError("idempotencyKey must be 1-255 printable characters")
+            fingerprint = json.dumps(event, sort_keys=True, separators=(",", ":"))
+            key = "ws:" + key
         try:
             stored = self.publish_for(session.conn.principal, event_type, payload, None,
-                                      frame.id, fingerprint)
+                                      key, fingerprint)
         except IdempotencyConflict:
-            raise ValidationError("id was already used for a different event",
+            raise ValidationError("idempotencyKey was already used for a different event",
                                   code="idempotency_conflict") from None
         return self._frame("published", {"seq": stored["seq"], "type": stored["type"]}, frame.id)
 

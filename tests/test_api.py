@@ -113,6 +113,28 @@ class PublishTests(ApiTestCase):
         yield self.error(403, "forbidden", "GET", "/api/connections", token="agent")
 
 
+class VisibilityTests(ApiTestCase):
+    """HTTP reads show what the caller could receive over the WebSocket."""
+
+    @defer.inlineCallbacks
+    def test_claims_and_roles_filter_reads(self):
+        """A narrowed viewer sees only its agents; an agent only itself; presence needs the role."""
+        for agent in ("a1", "a2"):
+            yield self.call("POST", f"/api/agents/{agent}/status", {"status": "idle"},
+                            token=self.admin)
+        narrowed = self.server.token("v2", channels=["agents:a2"])
+        listing = yield self.call("GET", "/api/agents", token=narrowed)
+        self.assertEqual([a["agentId"] for a in listing.json()["agents"]], ["a2"])
+        events = yield self.call("GET", "/api/events?since=0", token=narrowed)
+        self.assertEqual([e["payload"]["agentId"] for e in events.json()["events"]], ["a2"])
+        self.assertEqual(events.json()["next"], 2)
+        mine = yield self.call("GET", "/api/agents", token=self.agent)
+        self.assertEqual([a["agentId"] for a in mine.json()["agents"]], ["a1"])
+        yield self.error(403, "forbidden", "GET", "/api/presence", token="agent")
+        response = yield self.call("GET", "/api/presence", token=self.viewer)
+        self.assertEqual(response.status, 200)
+
+
 class AuthenticationTests(ApiTestCase):
     """The API takes the same tokens as the WebSocket, in the Authorization header."""
 

@@ -723,11 +723,13 @@ class ChannelTests(HubTestCase):
 class PublishFrameTests(HubTestCase):
     """publish from a client."""
 
-    def publish_frame(self, conn, event, frame_id="p1"):
+    def publish_frame(self, conn, event, frame_id="p1", key=None):
         self.clock.advance(1)
         frame = {"type": "publish", "event": event}
         if frame_id:
             frame["id"] = frame_id
+        if key is not None:
+            frame["idempotencyKey"] = key
         return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
 
     def test_agent_publishes_its_status(self):
@@ -754,15 +756,37 @@ class PublishFrameTests(HubTestCase):
         self.assertEqual(self.publish_frame(agent, {"type": "presence:join", "payload": {}})
                          ["payload"]["code"], "unknown_type")
 
-    def test_retry_with_same_id(self):
-        """A retried publish with the same id returns the same seq and stores nothing more."""
+    def test_retry_with_same_key(self):
+        """
+        A retried publish with the same idempotencyKey (fields in any order) returns the same
+        seq and stores nothing more; the same key for another event is a conflict; a plain id
+        is only for matching the reply, never deduplicated.
+        """
         agent = self.connect("a1", role="agent")
         # Connecting published "online" for the agent (liveness): seq 1.
         event = {"type": "agent:status", "payload": {"agentId": "a1", "status": "busy"}}
-        first = self.publish_frame(agent, event, "same")
-        again = self.publish_frame(agent, event, "same")
+        reordered = {"payload": {"status": "busy", "agentId": "a1"}, "type": "agent:status"}
+        first = self.publish_frame(agent, event, "x", key="k1")
+        again = self.publish_frame(agent, reordered, "y", key="k1")
         self.assertEqual(first["payload"]["seq"], again["payload"]["seq"])
         self.assertEqual(self.hub.store.last_seq, first["payload"]["seq"])
+        other = {"type": "agent:status", "payload": {"agentId": "a1", "status": "idle"}}
+        self.assertEqual(self.publish_frame(agent, other, key="k1")["payload"]["code"],
+                         "idempotency_conflict")
+        plain = [self.publish_frame(agent, event, "same")["payload"]["seq"] for _ in range(2)]
+        self.assertEqual(plain[1], plain[0] + 1)
+
+    def test_fresh_token_narrows_subscriptions(self):
+        """An auth frame with a token that allows less drops the channels it no longer allows."""
+        conn = self.connect("op", role="operator")
+        self.clock.advance(1)
+        narrower = auth.mint_token(SECRET, "op", self.clock.seconds(), role="viewer",
+                                   channels=["presence"])
+        reply = self.hub.handle_frame(conn, json.dumps({"type": "auth", "token": narrower})
+                                      .encode(), False)
+        self.assertEqual(reply["payload"]["channels"], [])
+        self.publish(1)
+        self.assertEqual(conn.delivered, [])
 
 
 class PresenceTests(HubTestCase):
@@ -792,6 +816,14 @@ class LivenessTests(HubTestCase):
 
     def statuses(self):
         return [(a["agentId"], a["status"], a.get("message")) for a in self.hub.store.agents()]
+
+    def test_offline_keeps_the_published_name(self):
+        """The hub's offline status keeps the display name the agent published."""
+        conn = self.connect("a1", role="agent")
+        self.hub.publish_for(self.principal("a1", "agent"), "agent:status",
+                             {"status": "busy", "name": "Atlas"}, "a1")
+        self.hub.unregister(conn)
+        self.assertEqual(self.hub.store.agents()[0]["name"], "Atlas")
 
     def test_online_then_offline_on_close(self):
         """First connection: online; last one closed: offline with why; only once."""

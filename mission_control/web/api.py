@@ -27,7 +27,7 @@ import re
 from twisted.logger import Logger
 from twisted.web import resource
 
-from mission_control import auth
+from mission_control import auth, channels
 from mission_control.auth import Principal, Refusal, TokenVerifier, token_from_request
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
 from mission_control.hub import Hub
@@ -204,13 +204,18 @@ class Api(resource.Resource):
             request, principal, SESSION_ACTIVITY, self._subject_id(session_id, "sessionId")
         )
 
+    # Reads show what the caller could receive over the WebSocket: their role and channels claim.
+
     def _list_agents(self, request, principal):
         store = self.hub.store
-        return 200, {"agents": store.agents(), "lastSeq": store.last_seq, "epoch": store.epoch}
+        agents = [a for a in store.agents() if self.hub.may_see(principal, AGENT_STATUS, a)]
+        return 200, {"agents": agents, "lastSeq": store.last_seq, "epoch": store.epoch}
 
     def _list_sessions(self, request, principal):
         store = self.hub.store
-        return 200, {"sessions": store.sessions(), "lastSeq": store.last_seq, "epoch": store.epoch}
+        sessions = [s for s in store.sessions()
+                    if self.hub.may_see(principal, SESSION_ACTIVITY, s)]
+        return 200, {"sessions": sessions, "lastSeq": store.last_seq, "epoch": store.epoch}
 
     def _list_events(self, request, principal):
         since = _int_arg(request, b"since", 0, 0, 10**18)
@@ -219,8 +224,10 @@ class Api(resource.Resource):
         page = store.events_after(since, limit)
         # Where the next page starts: after this page, or past a stretch retention removed.
         last = page[-1].seq if page else (store.last_seq if since < store.last_seq else since)
+        visible = [e for e in page if self.hub.may_see(principal, e.type, e.payload)]
         return 200, {
-            "events": [event.envelope() for event in page],
+            # `next` and `more` count every seq, also those of events the caller may not see.
+            "events": [event.envelope() for event in visible],
             "epoch": store.epoch,
             "firstSeq": store.first_seq,
             "lastSeq": store.last_seq,
@@ -233,6 +240,8 @@ class Api(resource.Resource):
         }
 
     def _list_presence(self, request, principal):
+        if not channels.may_subscribe(principal, channels.PRESENCE):
+            raise ApiError(403, "forbidden", "not allowed to see presence")
         return 200, {"presence": self.hub.presence()}
 
     def _list_connections(self, request, principal):
