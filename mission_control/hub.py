@@ -147,6 +147,9 @@ class Hub:
     close_batch = 500
     #: Seconds between retention passes over the store.
     trim_interval = 2.0
+    #: Seconds after start before agents that were online by their connection, and have not
+    #: reconnected, are marked offline (see L{sweep_absent_agents}).
+    reconnect_grace = 60.0
 
     def __init__(
         self,
@@ -187,6 +190,7 @@ class Hub:
         if self.heartbeat_interval > 0:
             self._loop(self.send_heartbeat, self.heartbeat_interval)
         self._loop(lambda: self.store.trim(self.clock.seconds()), self.trim_interval)
+        self._sweep_call = self.clock.callLater(self.reconnect_grace, self.sweep_absent_agents)
 
     def _loop(self, function, interval) -> None:
         loop = LoopingCall(function)
@@ -201,6 +205,30 @@ class Hub:
             if loop.running:
                 loop.stop()
         self._loops = []
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+
+    _sweep_call = None
+
+    def sweep_absent_agents(self) -> None:
+        """
+        Mark offline the agents that the hub had marked online because of their connection and
+        that have not connected again since this hub started: a hub restart does not publish
+        offline for everyone (they reconnect), so an agent that died meanwhile is caught here.
+        """
+        self._sweep_call = None
+        for payload in list(self.store.agents()):
+            agent_id = payload.get("agentId")
+            metadata = payload.get("metadata") or {}
+            if (payload.get("status") == "online" and metadata.get("source") == "connection"
+                    and agent_id not in self._by_user):
+                body = {"status": "offline", "metadata": {"source": "connection"},
+                        "message": "did not reconnect after the hub restarted"}
+                if payload.get("name") is not None:
+                    body["name"] = payload["name"]
+                self.publish(events.AGENT_STATUS,
+                             events.agent_status(body, self.clock.seconds(), agent_id))
 
     def close_all(self, code: int = 1001, reason: str = "server going away") -> None:
         """

@@ -303,6 +303,7 @@ class HeartbeatTests(HubTestCase):
         self.clock.advance(300)
         self.assertEqual(len(conn.delivered), 2)
         self.hub.unregister(conn)
+        self.hub.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_heartbeat_off(self):
@@ -310,8 +311,9 @@ class HeartbeatTests(HubTestCase):
         hub = Hub(self.clock, MemoryStore(), heartbeat_interval=0)
         hub.trim_interval = 7
         hub.start()
-        self.assertEqual([c.getTime() - self.clock.seconds() for c in self.clock.getDelayedCalls()],
-                         [7])
+        self.assertEqual(sorted(c.getTime() - self.clock.seconds()
+                                for c in self.clock.getDelayedCalls()),
+                         [7, hub.reconnect_grace])  # the retention pass and the liveness sweep
 
 
 class ClientFrameTests(HubTestCase):
@@ -543,6 +545,7 @@ class TokenLifecycleTests(HubTestCase):
         """A closed connection leaves no expiry timer behind."""
         conn = self.connect(expires_at=self.clock.seconds() + 300)
         self.hub.unregister(conn)
+        self.hub.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
@@ -857,6 +860,28 @@ class LivenessTests(HubTestCase):
         self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.connect("a1", role="agent")
         self.assertEqual(self.statuses()[0][1], "busy")
+
+    def test_sweep_after_restart(self):
+        """
+        After a restart, an agent that was online by its connection and has not come back within
+        the grace period is marked offline; one that reconnected, or set its own status, is not.
+        """
+        for agent in ("gone", "back", "self"):
+            conn = self.connect(agent, role="agent")
+        self.hub.publish_for(self.principal("self", "agent"), "agent:status",
+                             {"status": "busy"}, "self")
+        restarted = Hub(self.clock, self.hub.store)
+        restarted.trim_interval = 10_000
+        restarted.start()
+        back = FakeConnection("back", "agent")
+        restarted.register(back)
+        self.clock.advance(restarted.reconnect_grace)
+        by_id = {a["agentId"]: (a["status"], a.get("message")) for a in self.hub.store.agents()}
+        self.assertEqual(by_id["gone"], ("offline", "did not reconnect after the hub restarted"))
+        self.assertEqual(by_id["back"][0], "online")
+        self.assertEqual(by_id["self"][0], "busy")
+        restarted.stop()
+        self.assertIsNone(conn.closed_with)
 
     def test_no_offline_during_shutdown(self):
         """Closing everyone for a restart does not mark every agent offline."""
