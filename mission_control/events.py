@@ -11,6 +11,7 @@ L{ValidationError} with a message that names the field but never echoes its valu
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -72,7 +73,11 @@ def parse_timestamp(value: object, field: str) -> str:
         raise ValidationError(f"{field} must be an ISO 8601 timestamp with a time zone") from None
     if moment.tzinfo is None or "T" not in value.upper():
         raise ValidationError(f"{field} must be an ISO 8601 timestamp with a time zone")
-    return format_timestamp(moment.timestamp())
+    try:
+        # Years near 1 or 9999 shift out of range once converted to UTC.
+        return format_timestamp(moment.timestamp())
+    except (ValueError, OverflowError):
+        raise ValidationError(f"{field} is out of range") from None
 
 
 # Payload rules
@@ -102,9 +107,29 @@ def _text(value: object, field: str, limit: int) -> str:
     return value
 
 
+#: How deeply metadata and detail may nest: enough for any real use, far from the recursion limit
+#: of the encoder that sends them to every dashboard.
+MAX_DEPTH = 32
+
+
+def _check_shape(value: object, field: str) -> None:
+    """No nesting deeper than L{MAX_DEPTH}, no NaN or Infinity (not JSON; browsers refuse them)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValidationError(f"{field} must not hold NaN or Infinity")
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ValidationError(f"{field} must not nest more than {MAX_DEPTH} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
 def _object(value: object, field: str) -> dict:
     if not isinstance(value, dict):
         raise ValidationError(f"{field} must be a JSON object")
+    _check_shape(value, field)
     if len(encode_json(value)) > MAX_OBJECT_BYTES:
         raise ValidationError(f"{field} must be at most {MAX_OBJECT_BYTES} bytes of JSON")
     return value
@@ -225,8 +250,18 @@ def envelope(
 
 
 def encode_json(value: object) -> bytes:
-    """Compact UTF-8 JSON; the one encoder for frames and HTTP bodies."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON; the one encoder for frames and HTTP bodies (strict: no NaN)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(data: bytes | str) -> object:
+    """Strict JSON decoding for what clients send: NaN, Infinity and -Infinity are refused."""
+    return json.loads(data, parse_constant=_refuse_constant)
 
 
 # Client frames
@@ -251,7 +286,7 @@ def parse_client_frame(data: bytes, is_binary: bool) -> ClientFrame:
     if is_binary:
         raise ValidationError("binary frames are not accepted; send JSON text")
     try:
-        value = json.loads(data)
+        value = decode_json(data)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ValidationError("malformed JSON") from None
     if not isinstance(value, dict):

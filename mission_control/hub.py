@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -177,6 +178,11 @@ class Hub:
         self._subscribers: dict[str, set] = {}  # channel -> live connections subscribed to it
         self._by_user: dict[str, set] = {}
         self._presence: dict[str, dict] = {}  # user -> who, since when
+        # session id -> the agent that publishes it (the first to), for agents' rights to it.
+        self._session_owners: OrderedDict[str, str] = OrderedDict()
+        for payload in store.sessions():
+            if payload.get("agentId"):
+                self._session_owners[payload["sessionId"]] = payload["agentId"]
         self._loops: list[LoopingCall] = []
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
@@ -189,8 +195,15 @@ class Hub:
             return
         if self.heartbeat_interval > 0:
             self._loop(self.send_heartbeat, self.heartbeat_interval)
-        self._loop(lambda: self.store.trim(self.clock.seconds()), self.trim_interval)
+        self._loop(self._trim, self.trim_interval)
         self._sweep_call = self.clock.callLater(self.reconnect_grace, self.sweep_absent_agents)
+
+    def _trim(self) -> None:
+        """One retention pass; a failure (a locked database, say) is logged and retried later."""
+        try:
+            self.store.trim(self.clock.seconds())
+        except Exception:
+            self.log.failure("retention pass over the store failed; retrying")
 
     def _loop(self, function, interval) -> None:
         loop = LoopingCall(function)
@@ -364,7 +377,7 @@ class Hub:
         conn = session.conn
         cursor = session.replay_cursor
         page = self.store.events_after(cursor, self.replay_batch)
-        if page and page[0].seq != cursor + 1:
+        if cursor < self.store.last_seq and (not page or page[0].seq != cursor + 1):
             # Retention removed events this client had not been sent yet: it must redraw.
             self._not_recovered(session, "too_old")
             return
@@ -402,16 +415,21 @@ class Hub:
 
     # Channels
 
+    #: Sessions whose owning agent is remembered (least recently published forgotten first).
+    max_session_owners = 100_000
+
     def _owns_session(self, principal: Principal) -> Callable[[str], bool]:
-        """Whether an agent publishes the session: its latest activity names the agent."""
+        """Whether an agent publishes the session (one dictionary lookup, not a scan)."""
+        return lambda session_id: self._session_owners.get(session_id) == principal.sub
 
-        def owns(session_id: str) -> bool:
-            return any(
-                s.get("sessionId") == session_id and s.get("agentId") == principal.sub
-                for s in self.store.sessions()
-            )
-
-        return owns
+    def _note_owner(self, payload: dict) -> None:
+        session_id, agent_id = payload["sessionId"], payload.get("agentId")
+        if agent_id is None:
+            return
+        self._session_owners.setdefault(session_id, agent_id)
+        self._session_owners.move_to_end(session_id)
+        while len(self._session_owners) > self.max_session_owners:
+            self._session_owners.popitem(last=False)
 
     def _add_channels(self, session: _Session, wanted) -> list[str]:
         """Subscribe to what is allowed of C{wanted}; return the names refused."""
@@ -617,6 +635,8 @@ class Hub:
         )
         frame = event.envelope()
         if created:
+            if event_type == events.SESSION_ACTIVITY:
+                self._note_owner(payload)
             self._fan_out(frame, channels.event_channels(event_type, payload))
         return frame
 
@@ -656,6 +676,10 @@ class Hub:
             payload = events.session_activity(body, now, subject_id)
             if not auth.may_publish_session_activity(principal, payload.get("agentId")):
                 raise Refusal(403, "not allowed to publish for this agent")
+            owner = self._session_owners.get(payload["sessionId"])
+            if principal.role == "agent" and owner is not None and owner != principal.sub:
+                # Another agent's session: joining it would also let this agent read it.
+                raise Refusal(403, "session belongs to another agent")
         else:
             raise ValidationError("unknown event type", code="unknown_type")
         idempotency = None
@@ -752,11 +776,37 @@ class Hub:
             return None  # frames that arrive after the hub began closing are not answered
         if not session.bucket.take(self.clock.seconds()):
             if session.bucket.strikes > self.max_strikes:
-                self.log.warn("closing connection {connection_id} of {user}: too many messages",
-                              connection_id=conn.connection_id, user=conn.principal.sub)
-                self._close(session, 4029, "too many messages")
+                self._too_many(session)
                 return None
             return self.error_frame("rate_limited", "too many messages; slow down")
+        try:
+            return self._answer(session, data, is_binary)
+        except Exception:
+            # Our failure, not the client's (a store error, say): logged, answered, never a drop.
+            self.log.failure("answering a frame of connection {connection_id} failed",
+                             connection_id=conn.connection_id)
+            return self.error_frame("internal_error", "the hub could not process this frame")
+
+    def allow_message(self, conn) -> bool:
+        """
+        Charge a message the hub does not see as a frame (a WebSocket ping) to the connection's
+        rate limit; C{False} when it is over it (and closed once it keeps going).
+        """
+        session = self._sessions.get(conn)
+        if session is None or session.closing:
+            return False
+        if session.bucket.take(self.clock.seconds()):
+            return True
+        if session.bucket.strikes > self.max_strikes:
+            self._too_many(session)
+        return False
+
+    def _too_many(self, session: _Session) -> None:
+        self.log.warn("closing connection {connection_id} of {user}: too many messages",
+                      connection_id=session.conn.connection_id, user=session.conn.principal.sub)
+        self._close(session, 4029, "too many messages")
+
+    def _answer(self, session: _Session, data: bytes, is_binary: bool) -> dict | None:
         try:
             frame = events.parse_client_frame(data, is_binary)
         except ValidationError as e:

@@ -170,6 +170,14 @@ class HubServerProtocol(WebSocketServerProtocol):
         except (AttributeError, OSError):
             pass  # not TCP (a unix socket), or not Linux: Twisted's buffer is the only one counted
 
+    def onPing(self, payload):
+        """
+        Pings count against the message rate like frames, and their pongs against the outbound
+        limit: a client that pings and never reads must not grow our memory.
+        """
+        if self.factory.hub.allow_message(self) and self._account(len(payload or b"") + 2):
+            super().onPing(payload)
+
     def onAutoPingTimeout(self):
         self.factory.hub.timed_out(self)
         super().onAutoPingTimeout()

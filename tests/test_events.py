@@ -189,3 +189,37 @@ class ClientFrameTests(SynchronousTestCase):
         """A frame with a good id but no type is refused with that id, for the reply."""
         error = self.assertRaises(ValidationError, self.parse, {"id": "r9"})
         self.assertEqual(error.frame_id, "r9")
+
+
+class HostilePayloadTests(SynchronousTestCase):
+    """Payloads that would break every dashboard once stored."""
+
+    def test_deep_nesting_refused(self):
+        """metadata nested deeper than MAX_DEPTH is refused, however small."""
+        deep: dict = {}
+        node = deep
+        for _ in range(events.MAX_DEPTH + 5):
+            node["x"] = {}
+            node = node["x"]
+        error = self.assertRaises(ValidationError, events.agent_status,
+                                  {"status": "idle", "metadata": deep}, NOW, "a1")
+        self.assertIn("nest", error.message)
+        shallow = {"a": {"b": [1, {"c": 2}]}}
+        self.assertEqual(events.agent_status({"status": "idle", "metadata": shallow}, NOW,
+                                             "a1")["metadata"], shallow)
+
+    def test_nan_refused(self):
+        """NaN and Infinity are refused in objects and when decoding client JSON."""
+        for bad in (float("nan"), float("inf")):
+            self.assertRaises(ValidationError, events.session_activity,
+                              {"activity": "x", "detail": {"v": [bad]}}, NOW, "s1")
+        self.assertRaises(ValueError, events.decode_json, b'{"v": NaN}')
+        error = self.assertRaises(ValidationError, events.parse_client_frame,
+                                  b'{"type":"ping","x":Infinity}', False)
+        self.assertEqual(error.code, "bad_request")
+        self.assertRaises(ValueError, events.encode_json, {"v": float("nan")})
+
+    def test_timestamp_out_of_range(self):
+        """A timestamp that leaves the calendar once moved to UTC is a validation error."""
+        for value in ("9999-12-31T23:59:59.9999+00:00", "0001-01-01T00:00:00+14:00"):
+            self.assertRaises(ValidationError, events.parse_timestamp, value, "timestamp")

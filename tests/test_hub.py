@@ -889,3 +889,73 @@ class LivenessTests(HubTestCase):
         self.hub.stop()
         self.hub.unregister(conn)
         self.assertEqual(self.statuses()[0][1], "online")
+
+
+class RobustnessTests(HubTestCase):
+    """Failures inside the hub, and hostile agents."""
+
+    def test_store_failure_answered_not_dropped(self):
+        """An exception while answering a frame becomes an internal_error frame, logged."""
+        conn = self.connect()
+
+        def broken(*args):
+            raise RuntimeError("disk full")
+
+        self.patch(self.hub.store, "save_position", broken)
+        self.publish(2)
+        conn2 = self.connect("bob", request=ConnectRequest(client="c"))
+        self.clock.advance(1)
+        reply = self.hub.handle_frame(conn2, b'{"type":"ack","seq":1}', False)
+        self.assertEqual(reply["payload"]["code"], "internal_error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIsNone(conn.closed_with)
+
+    def test_trim_failure_does_not_stop_retention(self):
+        """A failing retention pass is logged, and the next one still runs."""
+        calls = []
+
+        def trim(now):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("database is locked")
+
+        self.patch(self.hub.store, "trim", trim)
+        self.hub.start()
+        self.clock.advance(self.hub.trim_interval)
+        self.clock.advance(self.hub.trim_interval)
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.hub.stop()
+
+    def test_history_gone_during_replay(self):
+        """If every event after the cursor is trimmed mid-replay, the client is told to redraw."""
+        self.hub.replay_batch = 2
+        self.publish(6)
+        conn = FakeConnection("alice")
+        self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
+        self.patch(self.hub.store, "events_after", lambda seq, limit: [])
+        self.clock.advance(0)
+        self.assertEqual(conn.types()[-2:], ["resumed", "snapshot"])
+        self.assertEqual(conn.frames[-2]["payload"]["reason"], "too_old")
+        pending = [c for c in self.clock.getDelayedCalls() if c.getTime() == self.clock.seconds()]
+        self.assertEqual(pending, [])  # no replay step scheduled again
+
+    def test_agent_cannot_take_over_a_session(self):
+        """An agent may not publish into another agent's session, nor then read it."""
+        owner, thief = self.principal("a1", "agent"), self.principal("evil", "agent")
+        self.hub.publish_for(owner, "session:activity", {"activity": "started"}, "s-victim")
+        error = self.assertRaises(Refusal, self.hub.publish_for, thief, "session:activity",
+                                  {"activity": "message"}, "s-victim")
+        self.assertEqual(error.status, 403)
+        self.assertFalse(self.hub.may_see(thief, "session:activity",
+                                          {"sessionId": "s-victim", "agentId": "a1"}))
+        restarted = Hub(self.clock, self.hub.store)
+        self.assertRaises(Refusal, restarted.publish_for, thief, "session:activity",
+                          {"activity": "message"}, "s-victim")
+
+    def test_pings_charged_to_the_rate_limit(self):
+        """allow_message spends the same bucket as frames, and closes 4029 past the burst."""
+        conn = self.connect()
+        allowed = [self.hub.allow_message(conn) for _ in range(10)]
+        self.assertEqual(allowed, [True] * 4 + [False] * 6)
+        self.assertEqual(conn.closed_with, (4029, "too many messages"))

@@ -96,7 +96,7 @@ class AccessLogTests(unittest.SynchronousTestCase):
         self.assertEqual(redact_uri(b"/ws?mytoken=keep"), b"/ws?mytoken=keep")
 
     def test_formatter(self):
-        """The combined-format line carries the redacted URI."""
+        """The combined-format line carries the redacted URI and Referer."""
         from twisted.web.test.requesthelper import DummyRequest
 
         request = DummyRequest([b"ws"])
@@ -105,9 +105,12 @@ class AccessLogTests(unittest.SynchronousTestCase):
         request.clientproto = b"HTTP/1.1"
         request.code = 401
         request.sentLength = 0
+        request.requestHeaders.setRawHeaders(b"referer", [b"https://mc.example/?token=eyJref&a=1"])
         line = access_log_formatter("[27/Nov/2026:00:00:00 +0000]", request)
         self.assertIn("/ws?token=[redacted]", line)
+        self.assertIn("https://mc.example/?token=[redacted]&a=1", line)
         self.assertNotIn("eyJsecret", line)
+        self.assertNotIn("eyJref", line)
 
 
 class HealthDuringShutdownTests(unittest.TestCase):

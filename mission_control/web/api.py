@@ -29,7 +29,13 @@ from twisted.web import resource
 
 from mission_control import auth, channels
 from mission_control.auth import Principal, Refusal, TokenVerifier, token_from_request
-from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
+from mission_control.events import (
+    AGENT_STATUS,
+    SESSION_ACTIVITY,
+    ValidationError,
+    decode_json,
+    encode_json,
+)
 from mission_control.hub import Hub
 from mission_control.store import IdempotencyConflict
 from mission_control.web.site import MAX_BODY_SIZE, error_body
@@ -138,7 +144,7 @@ class Api(resource.Resource):
         if len(raw) > MAX_BODY_SIZE:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY_SIZE} bytes")
         try:
-            return json.loads(raw)
+            return decode_json(raw)
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ApiError(400, "bad_request", "malformed JSON") from None
 

@@ -45,11 +45,17 @@ def redact_uri(uri: bytes) -> bytes:
 
 
 class _RedactedRequest:
-    """A view of a request for the access log formatter, its URI redacted."""
+    """A view of a request for the access log formatter, its URI and Referer redacted."""
 
     def __init__(self, request) -> None:
         self._request = request
         self.uri = redact_uri(request.uri)
+
+    def getHeader(self, name):
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return redact_uri(value)
+        return value
 
     def __getattr__(self, name):
         return getattr(self._request, name)
