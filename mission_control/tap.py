@@ -73,6 +73,7 @@ class Options(usage.Options):
         ["max-connections", None, None, "Connections in total; the next gets 503. [10000]"],
         ["max-outbound-bytes", None, None, "Bytes queued for one slow client before it is closed with 4008. [1048576]"],
         ["max-messages-per-second", None, None, "Messages one connection may send per second (twice that in a burst); past it error frames, then close 4029. [20]"],
+        ["max-publishes-per-second", None, None, "HTTP publishes one user may make per second (twice that in a burst); past it 429. [200]"],
         ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
@@ -91,6 +92,7 @@ class Options(usage.Options):
         "max-connections": "10000",
         "max-outbound-bytes": "1048576",
         "max-messages-per-second": "20",
+        "max-publishes-per-second": "200",
         "store": "sqlite",
         "history-size": "100000",
         "history-age": "86400",
@@ -173,13 +175,15 @@ class Options(usage.Options):
             "ping-timeout": _positive_float("--ping-timeout"),
             "history-age": _positive_float("--history-age"),
             "max-messages-per-second": _positive_float("--max-messages-per-second"),
+            "max-publishes-per-second": _positive_float("--max-publishes-per-second"),
         }
         for name, convert in floats.items():
             try:
                 self[name] = convert(self[name])
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number >= 0, not {self[name]!r}") from None
-        for name in ("ping-interval", "ping-timeout", "history-age", "max-messages-per-second"):
+        for name in ("ping-interval", "ping-timeout", "history-age", "max-messages-per-second",
+                     "max-publishes-per-second"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be greater than 0")
         limits = {
@@ -392,7 +396,8 @@ def makeService(options, reactor=None) -> MissionControlService:
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
     )
-    site = build_site(factory, Api(hub, verifier), reactor=reactor)
+    api = Api(hub, verifier, publish_rate=options["max-publishes-per-second"])
+    site = build_site(factory, api, reactor=reactor)
     root = MissionControlService(hub, site, options["listen"], reactor, options)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)

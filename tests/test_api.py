@@ -253,3 +253,27 @@ class BadInputTests(ApiTestCase):
         yield self.error(403, "forbidden", "POST", "/api/agents/a1/status", {"status": "idle"},
                          token="viewer")
         self.assertEqual(self.server.hub.store.last_seq, 0)
+
+
+class PublishRateTests(unittest.TestCase):
+    """HTTP publishes are limited per user."""
+
+    @defer.inlineCallbacks
+    def test_429_past_the_rate(self):
+        """Past --max-publishes-per-second (and its burst) a user gets 429 with Retry-After;
+        another user is not affected, and nothing refused is stored."""
+        server = start_server(self, ["--max-publishes-per-second", "1"])
+        alice = server.token("alice", role="operator")
+        statuses = []
+        for _ in range(4):
+            response = yield raw_request(server.port, http_request(
+                "POST", "/api/agents/a1/status", {"status": "idle"}, token=alice))
+            statuses.append(response.status)
+        self.assertEqual(statuses, [200, 200, 429, 429])
+        self.assertEqual(response.json()["error"]["code"], "rate_limited")
+        self.assertEqual(response.headers["retry-after"], "1")
+        bob = yield raw_request(server.port, http_request(
+            "POST", "/api/agents/a1/status", {"status": "idle"},
+            token=server.token("bob", role="operator")))
+        self.assertEqual(bob.status, 200)
+        self.assertEqual(server.hub.store.last_seq, 3)

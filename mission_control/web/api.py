@@ -10,7 +10,8 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
     GET  /api/presence                        any role: who is connected, one entry per user
     GET  /api/connections                     admin, operator
 
-POSTs take an C{Idempotency-Key} header: a repeat of the same request with the same key within
+POSTs are limited per user (C{--max-publishes-per-second}, 429 past it) and take an
+C{Idempotency-Key} header: a repeat of the same request with the same key within
 ten minutes returns the first result instead of storing a duplicate.
 
 A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import OrderedDict
 
 from twisted.logger import Logger
 from twisted.web import resource
@@ -37,6 +39,7 @@ from mission_control.events import (
     encode_json,
 )
 from mission_control.hub import Hub
+from mission_control.limits import TokenBucket
 from mission_control.store import IdempotencyConflict
 from mission_control.web.site import MAX_BODY_SIZE, error_body
 
@@ -54,10 +57,15 @@ class Api(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, hub: Hub, verifier: TokenVerifier) -> None:
+    #: Users whose publish rate is tracked at once (least recently seen forgotten first).
+    max_tracked_publishers = 10_000
+
+    def __init__(self, hub: Hub, verifier: TokenVerifier, publish_rate: float = 200.0) -> None:
         super().__init__()
         self.hub = hub
         self.verifier = verifier
+        self.publish_rate = publish_rate
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         # (path shape) -> {method: handler}; "*" in a shape matches one id segment.
         self._routes = [
             (("agents",), {b"GET": self._list_agents}),
@@ -148,7 +156,24 @@ class Api(resource.Resource):
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise ApiError(400, "bad_request", "malformed JSON") from None
 
+    def _charge(self, principal) -> None:
+        """
+        One publish against the user's rate (C{publish_rate} a second, bursts of twice that),
+        shared by all their HTTP clients: one token must not flood everyone's history.
+        """
+        now = self.hub.clock.seconds()
+        bucket = self._buckets.pop(principal.sub, None)
+        if bucket is None:
+            bucket = TokenBucket(self.publish_rate, max(1, int(self.publish_rate * 2)), now)
+        self._buckets[principal.sub] = bucket
+        while len(self._buckets) > self.max_tracked_publishers:
+            self._buckets.popitem(last=False)
+        if not bucket.take(now):
+            raise ApiError(429, "rate_limited", "too many publishes; slow down",
+                           {b"Retry-After": b"1"})
+
     def _publish(self, request, principal, event_type, subject_id):
+        self._charge(principal)
         body = self._json_body(request)
         key, fingerprint = self._idempotency(request, body)
         try:
