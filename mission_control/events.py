@@ -222,7 +222,6 @@ def session_activity(body: object, now: float, session_id: str | None = None) ->
     return payload
 
 
-VALIDATORS = {AGENT_STATUS: agent_status, SESSION_ACTIVITY: session_activity}
 
 
 # Envelopes and encoding

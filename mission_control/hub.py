@@ -730,33 +730,26 @@ class Hub:
         subscribed = self._sessions[conn].channels
         if {channels.AGENTS, channels.SESSIONS} <= subscribed:
             if self._snapshot_cache is None or self._snapshot_cache[0] != self.store.last_seq:
-                payload = events.encode_json(self.snapshot()["payload"])
-                self._snapshot_cache = (self.store.last_seq, payload)
+                encoded = events.encode_json(self._snapshot_payload())
+                self._snapshot_cache = (self.store.last_seq, encoded)
             encoded = self._snapshot_cache[1]
         else:
-            encoded = events.encode_json({
-                "agents": [a for a in self.store.agents() if channels.covers(
-                    subscribed, channels.event_channels(events.AGENT_STATUS, a))],
-                "sessions": [s for s in self.store.sessions() if channels.covers(
-                    subscribed, channels.event_channels(events.SESSION_ACTIVITY, s))],
-                "lastSeq": self.store.last_seq,
-            })
+            encoded = events.encode_json(self._snapshot_payload(subscribed))
         data = (b'{"type":"snapshot","payload":' + encoded
                 + b',"ts":' + events.encode_json(self._now()) + b"}")
         conn.deliver(self._prepare(data))
 
     _snapshot_cache: tuple[int, bytes] | None = None
 
-    def snapshot(self, ts: str | None = None) -> dict:
-        return events.envelope(
-            "snapshot",
-            {
-                "agents": self.store.agents(),
-                "sessions": self.store.sessions(),
-                "lastSeq": self.store.last_seq,
-            },
-            ts or self._now(),
-        )
+    def _snapshot_payload(self, subscribed=None) -> dict:
+        """The latest state, all of it or (given C{subscribed}) what those channels carry."""
+        agents, sessions = self.store.agents(), self.store.sessions()
+        if subscribed is not None:
+            agents = [a for a in agents if channels.covers(
+                subscribed, channels.event_channels(events.AGENT_STATUS, a))]
+            sessions = [s for s in sessions if channels.covers(
+                subscribed, channels.event_channels(events.SESSION_ACTIVITY, s))]
+        return {"agents": agents, "sessions": sessions, "lastSeq": self.store.last_seq}
 
     # Client frames
 
