@@ -223,7 +223,6 @@ def session_activity(body: object, now: float, session_id: str | None = None) ->
 
 
 
-
 # Envelopes and encoding
 
 

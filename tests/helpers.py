@@ -177,10 +177,14 @@ def connect(testcase, server: RunningServer, token=None, query="", headers=None,
     return go()
 
 
-class _RawHTTP(Protocol):
+class RawExchange(Protocol):
+    """Writes one request, collects everything until the connection closes; C{done} fires with
+    the bytes, and C{reason} says how the connection ended."""
+
     def __init__(self, request: bytes):
         self.request = request
         self.data = b""
+        self.reason = None
         self.done = defer.Deferred()
 
     def connectionMade(self):
@@ -191,6 +195,7 @@ class _RawHTTP(Protocol):
         self.data += data
 
     def connectionLost(self, reason):
+        self.reason = reason
         self.done.callback(self.data)
 
 
@@ -223,7 +228,7 @@ def raw_request(port: int, request: bytes, close_after=True):
     """Send C{request} bytes over a fresh TCP connection; fires with the L{RawResponse}."""
     if close_after and b"connection:" not in request.lower():
         request = request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
-    proto = _RawHTTP(request)
+    proto = RawExchange(request)
     yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
     data = yield proto.done
     return parse_response(data)

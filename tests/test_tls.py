@@ -13,13 +13,13 @@ import json
 from OpenSSL import SSL
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 
 from mission_control.tap import urls_of
 from tests import certs
 from tests.helpers import (
+    RawExchange,
     connect,
     http_request,
     parse_response,
@@ -35,34 +35,16 @@ def client_tls(ca_pem: bytes):
     return optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(ca_pem))
 
 
-class _TLSExchange(Protocol):
-    """Writes one request, collects everything until the connection closes."""
-
-    def __init__(self, request: bytes):
-        self.request = request
-        self.data = b""
-        self.done = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.request)
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason):
-        self.done.callback((self.data, reason))
-
-
 @defer.inlineCallbacks
 def tls_exchange(port: int, request: bytes, tls_options):
     """
     Send C{request} over a new TLS connection to 127.0.0.1:C{port}; fires with the bytes received
     and the reason the connection ended.
     """
-    proto = _TLSExchange(request)
+    proto = RawExchange(request)
     yield connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port, tls_options), proto)
-    result = yield proto.done
-    return result
+    data = yield proto.done
+    return data, proto.reason
 
 
 def track_connections(testcase, server):
