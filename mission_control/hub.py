@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -178,11 +177,6 @@ class Hub:
         self._subscribers: dict[str, set] = {}  # channel -> live connections subscribed to it
         self._by_user: dict[str, set] = {}
         self._presence: dict[str, dict] = {}  # user -> who, since when
-        # session id -> the agent that publishes it (the first to), for agents' rights to it.
-        self._session_owners: OrderedDict[str, str] = OrderedDict()
-        for payload in store.sessions():
-            if payload.get("agentId"):
-                self._session_owners[payload["sessionId"]] = payload["agentId"]
         self._loops: list[LoopingCall] = []
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
@@ -415,21 +409,9 @@ class Hub:
 
     # Channels
 
-    #: Sessions whose owning agent is remembered (least recently published forgotten first).
-    max_session_owners = 100_000
-
     def _owns_session(self, principal: Principal) -> Callable[[str], bool]:
-        """Whether an agent publishes the session (one dictionary lookup, not a scan)."""
-        return lambda session_id: self._session_owners.get(session_id) == principal.sub
-
-    def _note_owner(self, payload: dict) -> None:
-        session_id, agent_id = payload["sessionId"], payload.get("agentId")
-        if agent_id is None:
-            return
-        self._session_owners.setdefault(session_id, agent_id)
-        self._session_owners.move_to_end(session_id)
-        while len(self._session_owners) > self.max_session_owners:
-            self._session_owners.popitem(last=False)
+        """Whether the session belongs to the agent C{principal} (the store keeps owners)."""
+        return lambda session_id: self.store.session_owner(session_id) == principal.sub
 
     def _add_channels(self, session: _Session, wanted) -> list[str]:
         """Subscribe to what is allowed of C{wanted}; return the names refused."""
@@ -499,10 +481,7 @@ class Hub:
         self._fan_out(events.envelope(event_type, payload, self._now()), (channels.PRESENCE,))
 
     def _latest_status(self, agent_id: str) -> dict | None:
-        for payload in self.store.agents():
-            if payload.get("agentId") == agent_id:
-                return payload
-        return None
+        return self.store.agent(agent_id)
 
     def _liveness(self, principal: Principal, status: str, message: str) -> None:
         body = {"status": status, "message": message, "metadata": {"source": "connection"}}
@@ -635,8 +614,6 @@ class Hub:
         )
         frame = event.envelope()
         if created:
-            if event_type == events.SESSION_ACTIVITY:
-                self._note_owner(payload)
             self._fan_out(frame, channels.event_channels(event_type, payload))
         return frame
 
@@ -676,7 +653,7 @@ class Hub:
             payload = events.session_activity(body, now, subject_id)
             if not auth.may_publish_session_activity(principal, payload.get("agentId")):
                 raise Refusal(403, "not allowed to publish for this agent")
-            owner = self._session_owners.get(payload["sessionId"])
+            owner = self.store.session_owner(payload["sessionId"])
             if principal.role == "agent" and owner is not None and owner != principal.sub:
                 # Another agent's session: joining it would also let this agent read it.
                 raise Refusal(403, "session belongs to another agent")

@@ -5,6 +5,8 @@ roles, and every kind of bad input getting the right 4xx with a JSON error.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import defer
 from twisted.trial import unittest
 
@@ -277,3 +279,43 @@ class PublishRateTests(unittest.TestCase):
             token=server.token("bob", role="operator")))
         self.assertEqual(bob.status, 200)
         self.assertEqual(server.hub.store.last_seq, 3)
+
+
+class SessionOwnershipTests(unittest.TestCase):
+    """A session belongs to its first agent for as long as its history lasts, restarts included."""
+
+    @defer.inlineCallbacks
+    def test_no_takeover_after_restart(self):
+        """
+        agent-a publishes into S and an admin adds a note naming no agent; after a restart
+        agent-b is still refused S (403) and sees none of S in GET /api/events or /api/sessions,
+        while agent-a still publishes into S and reads it.
+        """
+        data_dir = os.path.abspath(self.mktemp())
+        first = start_server(self, ["--data-dir", data_dir])
+
+        def post(server, token, body):
+            return raw_request(server.port, http_request(
+                "POST", "/api/sessions/S/activity", body, token=token))
+
+        response = yield post(first, first.token("agent-a", role="agent"), {"activity": "started"})
+        self.assertEqual(response.status, 200)
+        response = yield post(first, first.token("root", role="admin"),
+                              {"activity": "note", "summary": "looked at it"})
+        self.assertEqual(response.status, 200)
+        yield first.service.stopService()
+
+        second = start_server(self, ["--data-dir", data_dir])
+        thief, owner = second.token("agent-b", role="agent"), second.token("agent-a", role="agent")
+        response = yield post(second, thief, {"activity": "message"})
+        self.assertEqual((response.status, response.json()["error"]["code"]), (403, "forbidden"))
+        for path in ("/api/events?since=0", "/api/sessions"):
+            response = yield raw_request(second.port, http_request("GET", path, token=thief))
+            listed = response.json()["events" if "events" in path else "sessions"]
+            self.assertEqual(listed, [], path)
+        response = yield post(second, owner, {"activity": "completed"})
+        self.assertEqual(response.status, 200)
+        response = yield raw_request(second.port, http_request(
+            "GET", "/api/events?since=0", token=owner))
+        self.assertEqual([e["payload"]["activity"] for e in response.json()["events"]],
+                         ["started", "note", "completed"])

@@ -7,6 +7,7 @@ store promises: surviving a close, a reopen and a killed process, and refusing u
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -191,6 +192,90 @@ class StoreContractMixin:
         store.append("session:activity", activity("s2"), TS, T0)
         store.trim(T0)
         self.assertEqual(store.sessions(), [activity("s2")])
+
+    def test_state_entries_carry_their_encoding(self):
+        """state() gives each latest payload with its JSON encoding, in the order of agents()."""
+        store = self.make_store()
+        store.append("agent:status", status("a1", message="Résumé ✓"), TS, T0)
+        store.append("agent:status", status("a2"), TS, T0)
+        entries = store.state("agent:status")
+        self.assertEqual([entry.payload for entry in entries], store.agents())
+        self.assertEqual([json.loads(entry.encoded) for entry in entries], store.agents())
+        self.assertEqual(store.state("session:activity"), [])
+
+    def test_agent_lookup(self):
+        """agent() is the latest status of one agent, None for an unknown one."""
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0)
+        store.append("agent:status", status("a1", "busy"), TS, T0)
+        self.assertEqual(store.agent("a1"), status("a1", "busy"))
+        self.assertIsNone(store.agent("a2"))
+
+    def test_sessions_capped_per_agent(self):
+        """
+        Past max_sessions_per_agent, an agent's least recently updated session leaves the latest
+        state; other agents' sessions and sessions naming no agent are not touched.
+        """
+        store = self.make_store(Retention(max_sessions_per_agent=2))
+        store.append("session:activity", activity("x1", agentId="other"), TS, T0)
+        store.append("session:activity", activity("n1"), TS, T0)
+        for session in ("s1", "s2", "s1", "s3", "s4"):
+            store.append("session:activity", activity(session, agentId="flood"), TS, T0)
+        self.assertEqual([s["sessionId"] for s in store.sessions()], ["x1", "n1", "s3", "s4"])
+        store.trim(T0)
+        self.assertEqual([s["sessionId"] for s in store.sessions()], ["x1", "n1", "s3", "s4"])
+
+    def test_non_json_payload_consumes_no_seq(self):
+        """
+        A payload that is not JSON (a lone surrogate, NaN) raises ValueError before a seq is used,
+        and leaves no state behind that would break later reads.
+        """
+        store = self.make_store()
+        for bad in (status("a1", message="\ud800"), status("a1", metadata={"x": float("nan")})):
+            self.assertRaises(ValueError, store.append, "agent:status", bad, TS, T0)
+        self.assertEqual((store.last_seq, store.agents(), store.events_after(0, 10)), (0, [], []))
+        self.assertEqual(self.publish(store, 1), [1])
+
+    # Session owners
+
+    def test_session_owner_is_the_first_agent_named(self):
+        """
+        A session belongs to the first agent its activity names; later activity naming another
+        agent or none does not change that.  A session no activity named an agent has no owner.
+        """
+        store = self.make_store()
+        store.append("session:activity", activity("s1"), TS, T0)
+        self.assertIsNone(store.session_owner("s1"))
+        store.append("session:activity", activity("s1", agentId="a1"), TS, T0)
+        store.append("session:activity", activity("s1"), TS, T0)
+        store.append("session:activity", activity("s1", agentId="a2"), TS, T0)
+        self.assertEqual(store.session_owner("s1"), "a1")
+        self.assertIsNone(store.session_owner("s2"))
+
+    def test_session_owner_outlives_the_latest_state(self):
+        """
+        A session pushed out of the latest state keeps its owner while the history still holds
+        one of its events, and loses it once the history does not.
+        """
+        store = self.make_store(Retention(max_sessions=1, max_events=3))
+        store.append("session:activity", activity("s1", agentId="a1"), TS, T0)
+        store.append("session:activity", activity("s1"), TS, T0)
+        store.append("session:activity", activity("s2", agentId="a2"), TS, T0)
+        store.trim(T0)
+        self.assertEqual([s["sessionId"] for s in store.sessions()], ["s2"])
+        self.assertEqual(store.session_owner("s1"), "a1")
+        self.publish(store, 2)  # s1's events leave the history
+        store.trim(T0)
+        self.assertIsNone(store.session_owner("s1"))
+        self.assertEqual(store.session_owner("s2"), "a2")
+
+    def test_session_owner_outlives_the_history(self):
+        """A session whose events all aged out keeps its owner while its latest state is kept."""
+        store = self.make_store(Retention(max_age=10))
+        store.append("session:activity", activity("s1", agentId="a1"), TS, T0)
+        store.trim(T0 + 1000)
+        self.assertEqual(store.events_after(0, 10), [])
+        self.assertEqual(store.session_owner("s1"), "a1")
 
     # Retention
 
@@ -470,6 +555,70 @@ class SQLiteStoreTests(StoreContractMixin, SynchronousTestCase):
         self.addCleanup(reader.close)
         rows = reader.execute("SELECT key FROM latest WHERE kind = 'agent:status' ORDER BY seq")
         self.assertEqual([key for (key,) in rows], ["a1", "a3"])
+
+    def test_session_owner_survives_reopen(self):
+        """
+        The owner of a session is on disk: after a reopen it is still the first agent named, even
+        when the latest state of that session names no agent (an admin's note came last).
+        """
+        store = self.make_store()
+        store.append("session:activity", activity("s1", agentId="a1"), TS, T0)
+        store.append("session:activity", activity("s1", "message"), TS, T0)
+        store = self.reopen(store)
+        self.assertEqual(store.session_owner("s1"), "a1")
+        store.trim(T0)
+        self.assertEqual(store.session_owner("s1"), "a1")
+
+    def test_per_agent_cap_survives_reopen(self):
+        """Sessions an agent's cap pushed out of the latest state stay out after trim and reopen."""
+        retention = Retention(max_sessions_per_agent=1)
+        store = self.make_store(retention)
+        store.append("session:activity", activity("s1", agentId="a1"), TS, T0)
+        store.append("session:activity", activity("s2", agentId="a1"), TS, T0)
+        store = self.reopen(store, retention)
+        self.assertEqual([s["sessionId"] for s in store.sessions()], ["s2"])
+        store.trim(T0)
+        store = self.reopen(store, Retention())
+        self.assertEqual([s["sessionId"] for s in store.sessions()], ["s2"])
+
+    def test_version_1_database_upgraded(self):
+        """
+        A database of schema version 1 (no session owners) is upgraded when opened: each session's
+        owner is the first agent its history names, else the agent its latest state names, and
+        its history and epoch are kept.
+        """
+        from mission_control.store.sqlite import _SCHEMA
+
+        path = self.new_path()
+        os.makedirs(os.path.dirname(path))
+        db = sqlite3.connect(path, isolation_level=None)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO meta (name, value) VALUES ('epoch', 'old-epoch')")
+        rows = [
+            (1, activity("s1", agentId="a1")),
+            (2, activity("s1", "message")),
+            (3, activity("s2", agentId="a2")),
+        ]
+        for seq, payload in rows:
+            db.execute("INSERT INTO events (seq, type, payload, ts, created) VALUES (?, ?, ?, ?, ?)",
+                       (seq, "session:activity", json.dumps(payload), TS, T0))
+        latest = [("s1", activity("s1", "message"), 2), ("s2", activity("s2", agentId="a2"), 3),
+                  ("s3", activity("s3", agentId="a3"), 0)]
+        for key, payload, seq in latest:
+            db.execute("INSERT INTO latest (kind, key, payload, seq, updated) VALUES (?, ?, ?, ?, ?)",
+                       ("session:activity", key, json.dumps(payload), seq, T0))
+        db.execute("PRAGMA user_version = 1")
+        db.close()
+        store = self.make_store(path=path)
+        self.assertEqual((store.epoch, store.last_seq), ("old-epoch", 3))
+        self.assertEqual([store.session_owner(s) for s in ("s1", "s2", "s3", "s4")],
+                         ["a1", "a2", "a3", None])
+        store = self.reopen(store)
+        self.assertEqual(store.session_owner("s1"), "a1")
+        with sqlite3.connect(path) as check:
+            self.assertEqual(check.execute("PRAGMA user_version").fetchone()[0], SCHEMA_VERSION)
 
     def test_last_seq_survives_trimming_everything_and_reopen(self):
         """With every event trimmed, a reopened store still continues the sequence."""

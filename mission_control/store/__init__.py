@@ -13,6 +13,7 @@ from mission_control.store.interface import (
     IdempotencyConflict,
     IEventStore,
     Retention,
+    StateEntry,
     StoredEvent,
 )
 from mission_control.store.memory import MemoryStore
@@ -25,5 +26,6 @@ __all__ = [
     "MemoryStore",
     "Retention",
     "SQLiteStore",
+    "StateEntry",
     "StoredEvent",
 ]

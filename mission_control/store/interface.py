@@ -42,6 +42,20 @@ class Retention:
     max_age: float = 86_400.0
     max_agents: int = 10_000
     max_sessions: int = 10_000
+    #: Sessions of one agent (by the C{agentId} of their latest activity) kept in the latest
+    #: state: one agent token cannot fill every dashboard's snapshot with its sessions.
+    max_sessions_per_agent: int = 1_000
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """
+    One entry of the latest state: the payload, and its JSON encoding made once when it was
+    stored, so a snapshot is a join of ready bytes however many clients ask for it.
+    """
+
+    payload: dict
+    encoded: bytes
 
 
 #: How long an Idempotency-Key is remembered, in seconds.
@@ -68,7 +82,9 @@ class IEventStore(Interface):
         """
         Atomically assign the next seq, store the event, and make C{payload} the latest state of
         its agent (C{agent:status}, keyed by C{agentId}) or session (C{session:activity}, keyed by
-        C{sessionId}).  When this returns, the event is durable (for a durable store).
+        C{sessionId}); for a session's first activity that names an agent, record that agent as
+        the session's owner (L{session_owner}).  When this returns, the event is durable (for a
+        durable store).  A payload that cannot be encoded as JSON raises before a seq is used.
 
         @param ts: the envelope's C{ts} string.
         @param now: seconds since the epoch, for retention by age.
@@ -87,6 +103,23 @@ class IEventStore(Interface):
 
     def sessions():
         """The latest C{session:activity} payload per session, least recently updated first."""
+
+    def state(event_type):
+        """
+        The latest state of C{event_type} as L{StateEntry}s (payload and its encoding), least
+        recently updated first: a list the caller may keep while it streams it out.
+        """
+
+    def agent(agent_id):
+        """The latest C{agent:status} payload of one agent, or C{None}."""
+
+    def session_owner(session_id):
+        """
+        The agent a session belongs to, or C{None}: the first agent named (C{agentId}) by an
+        activity of that session.  Durable like the history, and kept as long as the session has
+        an event in the history or an entry in the latest state, so neither a restart nor
+        retention of other sessions lets another agent take it over.
+        """
 
     def trim(now):
         """Apply the retention limits and forget expired idempotency keys."""

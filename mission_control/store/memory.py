@@ -22,12 +22,13 @@ from typing import Optional, Tuple
 
 from zope.interface import implementer
 
-from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY
+from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import (
     IDEMPOTENCY_WINDOW,
     IdempotencyConflict,
     IEventStore,
     Retention,
+    StateEntry,
     StoredEvent,
 )
 
@@ -79,27 +80,69 @@ def is_live(created: float, now: float) -> bool:
 class LatestState:
     """
     The latest payload per agent and per session, least recently updated first, bounded by the
-    retention caps: past a cap the least recently updated entry is forgotten.
+    retention caps: past a cap the least recently updated entry is forgotten.  Sessions are also
+    capped per agent (by the C{agentId} of their latest payload), so that one agent's token cannot
+    fill the state every dashboard receives as its snapshot.
     """
 
     def __init__(self, retention: Retention) -> None:
         self._caps = {AGENT_STATUS: retention.max_agents, SESSION_ACTIVITY: retention.max_sessions}
-        self._latest: dict[str, OrderedDict[str, dict]] = {
+        self._per_agent = retention.max_sessions_per_agent
+        self._latest: dict[str, OrderedDict[str, StateEntry]] = {
             AGENT_STATUS: OrderedDict(),
             SESSION_ACTIVITY: OrderedDict(),
         }
+        # agent id -> the keys of its sessions in the state, least recently updated first.
+        self._sessions_of: dict[str, OrderedDict[str, None]] = {}
 
-    def set(self, event_type: str, key: str, payload: dict) -> None:
-        """Make C{payload} the most recent state of C{key}; forget the stalest past the cap."""
+    def set(self, event_type: str, key: str, payload: dict, encoded: bytes) -> list[str]:
+        """
+        Make C{payload} (encoded as C{encoded}) the most recent state of C{key}; forget the
+        stalest entries past the caps.
+
+        @return: the keys forgotten to make room.
+        """
         latest = self._latest[event_type]
-        latest.pop(key, None)
-        latest[key] = payload
+        previous = latest.pop(key, None)
+        latest[key] = StateEntry(payload, encoded)
+        forgotten = []
+        if event_type == SESSION_ACTIVITY:
+            if previous is not None:
+                self._unindex(key, previous.payload)
+            agent = payload.get("agentId")
+            if agent is not None:
+                mine = self._sessions_of.setdefault(agent, OrderedDict())
+                mine[key] = None
+                while len(mine) > self._per_agent:
+                    oldest = next(iter(mine))
+                    self._unindex(oldest, latest.pop(oldest).payload)
+                    forgotten.append(oldest)
         while len(latest) > self._caps[event_type]:
-            latest.popitem(last=False)
+            oldest, entry = latest.popitem(last=False)
+            if event_type == SESSION_ACTIVITY:
+                self._unindex(oldest, entry.payload)
+            forgotten.append(oldest)
+        return forgotten
+
+    def _unindex(self, key: str, payload: dict) -> None:
+        agent = payload.get("agentId")
+        mine = self._sessions_of.get(agent) if agent is not None else None
+        if mine is not None:
+            mine.pop(key, None)
+            if not mine:
+                del self._sessions_of[agent]
+
+    def get(self, event_type: str, key: str) -> Optional[StateEntry]:
+        """The entry of C{key}, or C{None}."""
+        return self._latest[event_type].get(key)
+
+    def entries(self, event_type: str) -> list[StateEntry]:
+        """The entries of C{event_type}, least recently updated first."""
+        return list(self._latest[event_type].values())
 
     def values(self, event_type: str) -> list[dict]:
         """The payloads of C{event_type}, least recently updated first."""
-        return list(self._latest[event_type].values())
+        return [entry.payload for entry in self._latest[event_type].values()]
 
 
 @dataclass(frozen=True)
@@ -141,6 +184,8 @@ class MemoryStore:
         self._events: list[_Entry] = []
         self._head = 0
         self._latest = LatestState(retention)
+        # session id -> [owning agent, seq of the session's newest event]
+        self._owners: dict[str, list] = {}
         self._positions: dict[tuple[str, str], tuple[int, float]] = {}
         # Insertion order is creation order, so expired keys are found at the front.
         self._keys: OrderedDict[tuple[str, str], _Key] = OrderedDict()
@@ -167,13 +212,20 @@ class MemoryStore:
         See L{IEventStore.append}.  Everything that can fail is checked before anything changes.
         """
         key = state_key(event_type, payload)
+        encoded = encode_json(payload)
         if idempotency is not None:
             repeat = self._repeat(idempotency, now)
             if repeat is not None:
                 return repeat, False
         event = StoredEvent(seq=self.last_seq + 1, type=event_type, payload=payload, ts=ts)
         self._keep(event, now)
-        self._latest.set(event_type, key, payload)
+        self._latest.set(event_type, key, payload, encoded)
+        if event_type == SESSION_ACTIVITY:
+            owner = self._owners.get(key)
+            if owner is not None:
+                owner[1] = event.seq
+            elif payload.get("agentId") is not None:
+                self._owners[key] = [payload["agentId"], event.seq]
         if idempotency is not None:
             user, idem_key, fingerprint = idempotency
             self._keys.pop((user, idem_key), None)
@@ -226,13 +278,28 @@ class MemoryStore:
         """The latest C{session:activity} payload of each session, least recently updated first."""
         return self._latest.values(SESSION_ACTIVITY)
 
+    def state(self, event_type: str) -> list[StateEntry]:
+        """The latest state of C{event_type}, payloads with their encodings."""
+        return self._latest.entries(event_type)
+
+    def agent(self, agent_id: str) -> Optional[dict]:
+        """The latest C{agent:status} payload of C{agent_id}, or C{None}."""
+        entry = self._latest.get(AGENT_STATUS, agent_id)
+        return None if entry is None else entry.payload
+
+    def session_owner(self, session_id: str) -> Optional[str]:
+        """The agent C{session_id} belongs to, or C{None} (see L{IEventStore.session_owner})."""
+        owner = self._owners.get(session_id)
+        return None if owner is None else owner[0]
+
     # Retention
 
     def trim(self, now: float) -> None:
         """
         Drop events older than C{max_age} from the front of the history (so what is retained stays
-        one unbroken range of seqs), expired idempotency keys, and client positions not updated
-        within C{max_age}: a position older than the history it points into cannot resume.
+        one unbroken range of seqs), expired idempotency keys, client positions not updated
+        within C{max_age} (a position older than the history it points into cannot resume), and
+        the owners of sessions left in neither the history nor the latest state.
         """
         cutoff = now - self.retention.max_age
         while self._head < len(self._events) and self._events[self._head].created < cutoff:
@@ -246,6 +313,11 @@ class MemoryStore:
         stale = [client for client, (_, updated) in self._positions.items() if updated < cutoff]
         for client in stale:
             del self._positions[client]
+        first = self.first_seq
+        gone = [session for session, (_, seq) in self._owners.items()
+                if seq < first and self._latest.get(SESSION_ACTIVITY, session) is None]
+        for session in gone:
+            del self._owners[session]
 
     # Client positions
 

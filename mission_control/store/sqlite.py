@@ -38,6 +38,7 @@ from mission_control.store.interface import (
     IdempotencyConflict,
     IEventStore,
     Retention,
+    StateEntry,
     StoredEvent,
 )
 from mission_control.store.memory import (
@@ -49,8 +50,9 @@ from mission_control.store.memory import (
     state_key,
 )
 
-#: The schema this code reads and writes, kept in C{PRAGMA user_version}.
-SCHEMA_VERSION = 1
+#: The schema this code reads and writes, kept in C{PRAGMA user_version}.  Version 2 added the
+#: owners of sessions (L{_SCHEMA_2}); a version 1 database is upgraded when it is opened.
+SCHEMA_VERSION = 2
 
 #: How long to wait for a lock another process holds, in milliseconds.
 BUSY_TIMEOUT_MS = 5000
@@ -105,6 +107,17 @@ CREATE TABLE idempotency (
 CREATE INDEX idempotency_by_created ON idempotency (created);
 """
 
+# Who owns each session, and the seq of its newest event: an owner is forgotten only once its
+# session is in neither the history nor the latest state (see SQLiteStore.trim).
+_SCHEMA_2 = """
+CREATE TABLE session_owners (
+    session TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX session_owners_by_seq ON session_owners (seq);
+"""
+
 # The statements of an append, prepared once by the connection's statement cache.
 _FIND_KEY = (
     "SELECT fingerprint, seq, type, payload, ts, created FROM idempotency "
@@ -116,6 +129,11 @@ _UPSERT_LATEST = (
     "ON CONFLICT (kind, key) DO UPDATE SET "
     "payload = excluded.payload, seq = excluded.seq, updated = excluded.updated"
 )
+_CLAIM_SESSION = (
+    "INSERT INTO session_owners (session, agent, seq) VALUES (?, ?, ?) "
+    "ON CONFLICT (session) DO UPDATE SET seq = excluded.seq"
+)
+_TOUCH_SESSION = "UPDATE session_owners SET seq = ? WHERE session = ?"
 _RECORD_KEY = (
     "INSERT OR REPLACE INTO idempotency (user, key, fingerprint, seq, created, type, payload, ts) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -148,6 +166,37 @@ def _create_private_file(path: str) -> None:
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+
+
+def _execute_script(db: sqlite3.Connection, script: str) -> None:
+    """Run each statement of C{script} inside the current transaction (executescript commits)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _record_owners(db: sqlite3.Connection) -> None:
+    """
+    Fill the session owners of a database made before they were stored: the first agent each
+    session's history names, else the agent its latest state names.
+    """
+    owners: dict[str, list] = {}
+    rows = db.execute("SELECT seq, payload FROM events WHERE type = ? ORDER BY seq",
+                      (SESSION_ACTIVITY,))
+    for seq, text in rows:
+        payload = json.loads(text)
+        owner = owners.get(payload.get("sessionId"))
+        if owner is not None:
+            owner[1] = seq
+        elif payload.get("agentId") is not None:
+            owners[payload["sessionId"]] = [payload["agentId"], seq]
+    for key, text, seq in db.execute("SELECT key, payload, seq FROM latest WHERE kind = ?",
+                                     (SESSION_ACTIVITY,)):
+        agent = json.loads(text).get("agentId")
+        if key not in owners and agent is not None:
+            owners[key] = [agent, seq]
+    db.executemany("INSERT INTO session_owners (session, agent, seq) VALUES (?, ?, ?)",
+                   [(session, agent, seq) for session, (agent, seq) in owners.items()])
 
 
 def read_boot_id() -> Optional[str]:
@@ -195,6 +244,8 @@ class SQLiteStore:
         self.retention = retention
         self._caps = {AGENT_STATUS: retention.max_agents, SESSION_ACTIVITY: retention.max_sessions}
         self._db: Optional[sqlite3.Connection] = None
+        # Latest-state keys forgotten in memory whose rows the next trim deletes.
+        self._forgotten: set[tuple[str, str]] = set()
         try:
             self._open()
         except sqlite3.DatabaseError as e:
@@ -236,7 +287,8 @@ class SQLiteStore:
         """The latest-state table, decoded once, in the order it was updated."""
         latest = LatestState(self.retention)
         for kind, key, payload in db.execute("SELECT kind, key, payload FROM latest ORDER BY seq"):
-            latest.set(kind, key, json.loads(payload))
+            for gone in latest.set(kind, key, json.loads(payload), payload.encode("utf-8")):
+                self._forgotten.add((kind, gone))
         return latest
 
     def _check_integrity(self, db: sqlite3.Connection) -> None:
@@ -249,7 +301,10 @@ class SQLiteStore:
             raise _unusable(self.path, "the database is corrupt")
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        """Create the schema in a new database; refuse one from elsewhere or from the future."""
+        """
+        Create the schema in a new database, or upgrade one of an older version in place; refuse
+        one from elsewhere or from the future.
+        """
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise _unusable(
@@ -259,13 +314,15 @@ class SQLiteStore:
             )
         if version == SCHEMA_VERSION:
             return
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        if tables:
-            raise _unusable(self.path, "it is a SQLite database of some other application")
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute("INSERT INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch(),))
+        if version == 0:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            if tables:
+                raise _unusable(self.path, "it is a SQLite database of some other application")
+            _execute_script(db, _SCHEMA)
+            db.execute("INSERT INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch(),))
+        if version < 2:
+            _execute_script(db, _SCHEMA_2)
+            _record_owners(db)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_last_run(self, db: sqlite3.Connection) -> None:
@@ -352,6 +409,12 @@ class SQLiteStore:
                     return repeat, False
             seq = db.execute(_INSERT_EVENT, (event_type, encoded, ts, now)).lastrowid
             db.execute(_UPSERT_LATEST, (event_type, key, encoded, seq, now))
+            if event_type == SESSION_ACTIVITY:
+                agent = payload.get("agentId")
+                if agent is not None:
+                    db.execute(_CLAIM_SESSION, (key, agent, seq))
+                else:
+                    db.execute(_TOUCH_SESSION, (seq, key))
             if idempotency is not None:
                 user, idem_key, fingerprint = idempotency
                 db.execute(
@@ -361,7 +424,8 @@ class SQLiteStore:
         self._last_seq = seq
         if self._first_stored is None:
             self._first_stored = seq
-        self._latest.set(event_type, key, payload)
+        for gone in self._latest.set(event_type, key, payload, encoded.encode("utf-8")):
+            self._forgotten.add((event_type, gone))
         return StoredEvent(seq=seq, type=event_type, payload=payload, ts=ts), True
 
     def _repeat(
@@ -404,6 +468,22 @@ class SQLiteStore:
         """The latest C{session:activity} payload of each session, least recently updated first."""
         return self._latest.values(SESSION_ACTIVITY)
 
+    def state(self, event_type: str) -> list[StateEntry]:
+        """The latest state of C{event_type}, payloads with their encodings (from memory)."""
+        return self._latest.entries(event_type)
+
+    def agent(self, agent_id: str) -> Optional[dict]:
+        """The latest C{agent:status} payload of C{agent_id}, or C{None} (from memory)."""
+        entry = self._latest.get(AGENT_STATUS, agent_id)
+        return None if entry is None else entry.payload
+
+    def session_owner(self, session_id: str) -> Optional[str]:
+        """The agent C{session_id} belongs to, or C{None} (see L{IEventStore.session_owner})."""
+        row = self._open_db().execute(
+            "SELECT agent FROM session_owners WHERE session = ?", (session_id,)
+        ).fetchone()
+        return None if row is None else row[0]
+
     # Retention
 
     def trim(self, now: float) -> None:
@@ -411,10 +491,13 @@ class SQLiteStore:
         In one transaction, delete: events past C{max_events}; events older than C{max_age} from
         the front of the history (so what is retained stays one unbroken range of seqs, even if
         the clock stepped back); latest-state rows past the caps; idempotency keys older than
-        L{IDEMPOTENCY_WINDOW}; and client positions not updated within C{max_age}, since a
-        position older than the history it points into cannot resume.
+        L{IDEMPOTENCY_WINDOW}; client positions not updated within C{max_age}, since a
+        position older than the history it points into cannot resume; and the owners of
+        sessions left in neither the history nor the latest state.
         """
         cutoff = now - self.retention.max_age
+        forgotten = [(kind, key) for kind, key in self._forgotten
+                     if self._latest.get(kind, key) is None]
         with self._transaction() as db:
             db.execute(
                 "DELETE FROM events WHERE seq <= ?", (self._last_seq - self.retention.max_events,)
@@ -426,10 +509,19 @@ class SQLiteStore:
             )
             for kind, cap in self._caps.items():
                 self._trim_latest(db, kind, cap)
+            db.executemany("DELETE FROM latest WHERE kind = ? AND key = ?", forgotten)
             db.execute("DELETE FROM idempotency WHERE created <= ?", (now - IDEMPOTENCY_WINDOW,))
             db.execute("DELETE FROM positions WHERE updated < ?", (cutoff,))
             first = self._min_stored_seq()
+            retained = max(self._last_seq + 1 if first is None else first,
+                           self._last_seq + 1 - self.retention.max_events)
+            db.execute(
+                "DELETE FROM session_owners WHERE seq < ? AND session NOT IN "
+                "(SELECT key FROM latest WHERE kind = ?)",
+                (retained, SESSION_ACTIVITY),
+            )
         self._first_stored = first
+        self._forgotten.clear()
 
     @staticmethod
     def _trim_latest(db: sqlite3.Connection, kind: str, cap: int) -> None:
