@@ -12,6 +12,7 @@ taken from the request (and never the token) may appear in them.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -26,6 +27,11 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from mission_control.channels import parse_claim
 from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
+from mission_control.text import (  # noqa: F401 (has_control_characters is re-exported)
+    decode_json,
+    has_control_characters,
+    is_display_text,
+)
 
 ROLES = ("admin", "operator", "viewer", "agent")
 DEFAULT_ROLE = "viewer"
@@ -49,7 +55,10 @@ _KEY_ALGORITHMS = {
 }
 PUBLIC_KEY_ALGORITHMS = tuple(a for algs in _KEY_ALGORITHMS.values() for a in algs)
 
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: Time claims past the year 9999 are refused: no real token needs one, and Python's datetime
+#: (and every client's) cannot show them.
+MAX_TIME_CLAIM = 253_402_300_799
+
 _BEARER_RE = re.compile(r"\s*bearer\s+(\S+)\s*\Z", re.IGNORECASE)
 
 SECRET_FILE_NAME = "jwt-secret"
@@ -84,8 +93,22 @@ _CODES = {
 }
 
 
-def has_control_characters(value: str) -> bool:
-    return _CONTROL_RE.search(value) is not None
+class _StrictJWT(jwt.PyJWT):
+    """
+    PyJWT, decoding the claims with our strict JSON decoder: a claim given twice, NaN or
+    Infinity, or a lone surrogate makes the token invalid, where C{json.loads} would let the last
+    duplicate win and pass C{exp: NaN} on as a number.  (C{_decode_payload} is PyJWT's documented
+    hook for subclasses that decode the payload differently.)
+    """
+
+    def _decode_payload(self, decoded: dict) -> dict:
+        try:
+            payload = decode_json(decoded["payload"])
+        except (ValueError, RecursionError):
+            raise jwt.DecodeError("invalid payload") from None
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("invalid payload")
+        return payload
 
 
 @dataclass(frozen=True)
@@ -129,12 +152,14 @@ class TokenVerifier:
     cache_size: int = 4096
     _options: dict = field(init=False, repr=False)
     _verified: OrderedDict = field(init=False, repr=False)
+    _jwt: _StrictJWT = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.algorithms:
             raise ValueError("at least one algorithm is required")
         self.algorithms = list(self.algorithms)
         self._verified = OrderedDict()
+        self._jwt = _StrictJWT()
         # Time claims are checked by us against the injected clock (PyJWT reads time.time()),
         # the rest by PyJWT.  Nothing is required by PyJWT's default: require what we need.
         self._options = {
@@ -180,7 +205,7 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> Mapping:
         try:
-            return jwt.decode(
+            return self._jwt.decode(
                 token,
                 self.key,
                 algorithms=self.algorithms,
@@ -219,7 +244,7 @@ class TokenVerifier:
             not isinstance(sub, str)
             or not sub
             or len(sub) > MAX_SUB_LENGTH
-            or has_control_characters(sub)
+            or not is_display_text(sub)
         ):
             raise Refusal(401, "invalid claims")
         role = claims.get("role", DEFAULT_ROLE)
@@ -231,7 +256,7 @@ class TokenVerifier:
         if name is not None and (
             not isinstance(name, str)
             or len(name) > MAX_NAME_LENGTH
-            or has_control_characters(name)
+            or not is_display_text(name)
         ):
             raise Refusal(401, "invalid claims")
         try:
@@ -242,9 +267,12 @@ class TokenVerifier:
 
 
 def _number(value: object) -> float | None:
+    """A time claim as seconds, or C{None} when it is not a finite number within L{MAX_TIME_CLAIM}."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    if isinstance(value, int):
+        return float(value) if abs(value) <= MAX_TIME_CLAIM else None
+    return value if math.isfinite(value) and abs(value) <= MAX_TIME_CLAIM else None
 
 
 def token_from_request(

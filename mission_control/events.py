@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from mission_control.auth import has_control_characters, is_valid_id
+from mission_control.ids import ID_RULE, is_valid_id
+from mission_control.text import NotText, decode_json, has_control_characters, is_display_text
 
 AGENT_STATUS = "agent:status"
 SESSION_ACTIVITY = "session:activity"
@@ -95,7 +96,7 @@ def _check_fields(body: Mapping, allowed: tuple[str, ...]) -> None:
 
 def _id(value: object, field: str) -> str:
     if not is_valid_id(value):
-        raise ValidationError(f"{field} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        raise ValidationError(f"{field} must be {ID_RULE}")
     return value  # type: ignore[return-value]
 
 
@@ -182,8 +183,8 @@ def agent_status(body: object, now: float, agent_id: str | None = None) -> dict:
     payload["timestamp"] = _timestamp(body, now)
     if body.get("name") is not None:
         name = _text(body["name"], "name", MAX_NAME_LENGTH)
-        if has_control_characters(name):
-            raise ValidationError("name must not contain control characters")
+        if not is_display_text(name):
+            raise ValidationError("name must not contain control or invisible characters")
         payload["name"] = name
     if body.get("message") is not None:
         payload["message"] = _text(body["message"], "message", MAX_TEXT_LENGTH)
@@ -253,15 +254,6 @@ def encode_json(value: object) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def decode_json(data: bytes | str) -> object:
-    """Strict JSON decoding for what clients send: NaN, Infinity and -Infinity are refused."""
-    return json.loads(data, parse_constant=_refuse_constant)
-
-
 # Client frames
 
 
@@ -285,7 +277,9 @@ def parse_client_frame(data: bytes, is_binary: bool) -> ClientFrame:
         raise ValidationError("binary frames are not accepted; send JSON text")
     try:
         value = decode_json(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except NotText as e:
+        raise ValidationError(f"malformed JSON: {e}") from None
+    except (ValueError, RecursionError):
         raise ValidationError("malformed JSON") from None
     if not isinstance(value, dict):
         raise ValidationError("a frame must be a JSON object")

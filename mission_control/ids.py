@@ -1,6 +1,7 @@
 """
-The id rule shared by agents, sessions, client names and channel names (CONTRACT section 3):
-1-128 characters of C{A-Z a-z 0-9 . _ : -}.
+The id rule shared by agents, sessions, client names and channel names: 1-128 characters of
+C{A-Z a-z 0-9 . _ : -}, and not C{.} or C{..} (a client that builds a URL path from an id must not
+be walked up a directory).
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ import re
 
 _ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 
+#: The rule in words, for error messages.
+ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : - (not . or ..)"
+
 
 def is_valid_id(value: object) -> bool:
     """Whether C{value} is a string that follows the id rule."""
-    return isinstance(value, str) and _ID_RE.match(value) is not None
+    return (isinstance(value, str) and _ID_RE.match(value) is not None
+            and value not in (".", ".."))

@@ -35,6 +35,13 @@ def forge_hs256(claims: dict, key: bytes, header: dict | None = None) -> str:
     return signing_input + "." + b64url(signature)
 
 
+def sign_raw(payload: bytes, key: bytes = SECRET) -> str:
+    """An HS256 token around C{payload} exactly as given: JSON no encoder would write."""
+    signing_input = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(payload)
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
 def claims(**overrides) -> dict:
     value = {"sub": "alice", "exp": int(NOW + 600), "iat": int(NOW)}
     value.update(overrides)
@@ -151,6 +158,44 @@ class TokenVerifierHMACTests(SynchronousTestCase):
         for name in ("exp", "nbf", "iat"):
             token = jwt.encode(claims(**{name: "tomorrow"}), SECRET, algorithm="HS256")
             self.assertIn(self.refused(token), ("invalid claims", "invalid token"), name)
+
+    def test_time_claims_must_be_finite_and_in_range(self):
+        """
+        exp, nbf or iat of NaN, Infinity, a float beyond the double range (1e400 reads as
+        infinity) or an integer past the year 9999 (10**400) is refused with 401, never accepted
+        as "never expires" and never a crash.
+        """
+        exp = int(NOW + 600)
+        for name, value in [("exp", "NaN"), ("exp", "Infinity"), ("exp", "1e400"),
+                            ("exp", "1" + "0" * 400), ("exp", "253402300800"),
+                            ("nbf", "NaN"), ("iat", "-Infinity"), ("iat", "1" + "0" * 400)]:
+            fields = {"sub": '"alice"', "exp": str(exp)}
+            fields[name] = value
+            payload = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+            self.assertIn(self.refused(sign_raw(payload.encode())),
+                          ("invalid claims", "invalid token"), (name, value))
+
+    def test_duplicate_claims_refused(self):
+        """A claim given twice is refused, whichever order: the last one does not win."""
+        for payload in (b'{"sub":"alice","sub":"root","exp":%d}',
+                        b'{"sub":"alice","exp":%d,"role":"viewer","role":"admin"}'):
+            token = sign_raw(payload % int(NOW + 600))
+            self.assertEqual(self.refused(token), "invalid token")
+
+    def test_sub_and_name_must_show_as_themselves(self):
+        """
+        sub and name holding a line or paragraph separator, a zero-width or right-to-left
+        formatting character, or a lone surrogate are refused: they forge log lines and pass for
+        other users.  Ordinary non-ASCII names are accepted.
+        """
+        for text in ("ali\u2028ce", "ali\u2029ce", "ali\u200bce", "\u202eecila", "ali\ufeffce",
+                     "ali\x85ce"):
+            self.assertEqual(self.refused(self.token(sub=text)), "invalid claims", repr(text))
+            self.assertEqual(self.refused(self.token(name=text)), "invalid claims", repr(text))
+        lone = sign_raw(b'{"sub":"\\ud800","exp":%d}' % int(NOW + 600))
+        self.assertEqual(self.refused(lone), "invalid token")
+        principal = self.verifier.verify(self.token(sub="zoë", name="Zoë Ødegård 日本"), NOW)
+        self.assertEqual((principal.sub, principal.name), ("zoë", "Zoë Ødegård 日本"))
 
     def test_oversized_token(self):
         """A token longer than MAX_TOKEN_LENGTH is refused without being parsed."""

@@ -31,13 +31,9 @@ from twisted.web import resource
 
 from mission_control import auth, channels
 from mission_control.auth import Principal, Refusal, TokenVerifier, token_from_request
-from mission_control.events import (
-    AGENT_STATUS,
-    SESSION_ACTIVITY,
-    ValidationError,
-    decode_json,
-    encode_json,
-)
+from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
+from mission_control.ids import ID_RULE
+from mission_control.text import NotText, decode_json
 from mission_control.hub import Hub
 from mission_control.limits import TokenBucket
 from mission_control.store import IdempotencyConflict
@@ -122,9 +118,12 @@ class Api(resource.Resource):
 
     def _authenticate(self, request) -> Principal:
         headers = {}
-        value = request.getHeader(b"authorization")
-        if value is not None:
-            headers["authorization"] = value.decode("latin-1")
+        values = request.requestHeaders.getRawHeaders(b"authorization") or []
+        if len(values) > 1:
+            # Which one would count differs between proxies and servers: refuse, never guess.
+            raise ApiError(400, "bad_request", "more than one Authorization header")
+        if values:
+            headers["authorization"] = values[0].decode("latin-1")
         try:
             token = token_from_request(headers)
             return self.verifier.verify(token, self.hub.clock.seconds())
@@ -153,7 +152,9 @@ class Api(resource.Resource):
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY_SIZE} bytes")
         try:
             return decode_json(raw)
-        except (UnicodeDecodeError, ValueError, RecursionError):
+        except NotText as e:
+            raise ApiError(400, "bad_request", f"malformed JSON: {e}") from None
+        except (ValueError, RecursionError):
             raise ApiError(400, "bad_request", "malformed JSON") from None
 
     def _charge(self, principal) -> None:
@@ -220,7 +221,7 @@ class Api(resource.Resource):
 
     def _subject_id(self, value: str, field: str) -> str:
         if not auth.is_valid_id(value):
-            raise ApiError(400, "bad_request", f"{field} must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+            raise ApiError(400, "bad_request", f"{field} must be {ID_RULE}")
         return value
 
     # Handlers: (request, principal, *ids) -> (status, body)
