@@ -35,7 +35,7 @@ from zope.interface import Attribute, Interface
 from mission_control import auth, channels, events
 from mission_control.auth import Principal, Refusal, TokenVerifier
 from mission_control.events import ValidationError
-from mission_control.limits import TokenBucket
+from mission_control.limits import RateLimits, TokenBucket
 from mission_control.store import IdempotencyConflict
 
 
@@ -130,6 +130,18 @@ class _Session:
     timed_out: bool = False
 
 
+@dataclass(eq=False)
+class _Liveness:
+    """The hub's liveness bookkeeping of one agent (see L{Hub._liveness_changed})."""
+
+    principal: Principal
+    #: When the hub last published this agent's online or offline.
+    published_at: float = float("-inf")
+    #: The pending check, while one is due.
+    call: Any = None
+    timed_out: bool = False
+
+
 class Hub:
     """
     @ivar store: an L{IEventStore}: seq, history, latest state, client positions.
@@ -150,6 +162,10 @@ class Hub:
     #: Seconds after start before agents that were online by their connection, and have not
     #: reconnected, are marked offline (see L{sweep_absent_agents}).
     reconnect_grace = 60.0
+    #: Least seconds between two online/offline events the hub publishes for one agent: an agent
+    #: that connects and disconnects in a loop costs the store and the audience one event per
+    #: interval at most, and the last one always says where it ended.
+    liveness_interval = 1.0
 
     def __init__(
         self,
@@ -162,6 +178,8 @@ class Hub:
         verifier: TokenVerifier | None = None,
         message_rate: float = 20.0,
         message_burst: int = 40,
+        handshake_rate: float = 5.0,
+        handshake_burst: int | None = None,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -172,6 +190,11 @@ class Hub:
         self.message_rate = message_rate
         self.message_burst = message_burst
         self._prepare = prepare
+        # Handshakes per user: a burst of a whole per-user allowance (a restart reconnects them
+        # all at once), then handshake_rate a second.
+        burst = handshake_burst or max(max_connections_per_user, int(handshake_rate * 2), 1)
+        self._handshakes = RateLimits(handshake_rate, burst)
+        self._agents_live: dict[str, _Liveness] = {}
         self._sessions: dict[Any, _Session] = {}
         self._live: set = set()
         self._subscribers: dict[str, set] = {}  # channel -> live connections subscribed to it
@@ -215,6 +238,10 @@ class Hub:
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
+        for entry in self._agents_live.values():
+            if entry.call is not None and entry.call.active():
+                entry.call.cancel()
+        self._agents_live.clear()
 
     _sweep_call = None
 
@@ -272,10 +299,13 @@ class Hub:
         """
         Check that C{principal} may open one more connection.
 
-        @raise Refusal: 503 when the hub is stopping or full, 429 when the user is at their cap.
+        @raise Refusal: 503 when the hub is stopping or full, 429 when the user is at their cap or
+            opens connections faster than the handshake rate.
         """
         if not self.accepting:
             raise Refusal(503, "shutting down")
+        if not self._handshakes.take(principal.sub, self.clock.seconds()):
+            raise Refusal(429, "too many handshakes", code="rate_limited")
         if len(self._sessions) >= self.max_connections:
             raise Refusal(503, "too many connections")
         if len(self._by_user.get(principal.sub, ())) >= self.max_connections_per_user:
@@ -459,20 +489,14 @@ class Hub:
         }
         self._presence_event("presence:join", principal.sub)
         if principal.role == "agent":
-            latest = self._latest_status(principal.sub)
-            if latest is None or latest.get("status") == "offline":
-                self._liveness(principal, "online", "connected")
+            self._liveness_changed(principal)
 
     def _user_left(self, principal: Principal, session: _Session) -> None:
         """A user's last connection closed: presence:leave, and an agent is offline."""
         self._presence_event("presence:leave", principal.sub)
         del self._presence[principal.sub]
-        if principal.role == "agent" and self.accepting:
-            latest = self._latest_status(principal.sub)
-            if latest is None or latest.get("status") != "offline":
-                why = ("connection timed out (no answer to pings)" if session.timed_out
-                       else "connection closed")
-                self._liveness(principal, "offline", why)
+        if principal.role == "agent":
+            self._liveness_changed(principal, session.timed_out)
 
     def _presence_event(self, event_type: str, user: str) -> None:
         info = self._presence[user]
@@ -483,7 +507,57 @@ class Hub:
     def _latest_status(self, agent_id: str) -> dict | None:
         return self.store.agent(agent_id)
 
-    def _liveness(self, principal: Principal, status: str, message: str) -> None:
+    def _liveness_changed(self, principal: Principal, timed_out: bool = False) -> None:
+        """
+        An agent's first connection opened or its last one closed: check its liveness now, or,
+        when the hub published its online or offline less than L{liveness_interval} ago, once
+        that interval is over.  A check publishes where the agent is then, so flapping costs one
+        event per interval, never one per connection.
+        """
+        entry = self._agents_live.get(principal.sub)
+        if entry is None:
+            entry = self._agents_live[principal.sub] = _Liveness(principal)
+        entry.principal, entry.timed_out = principal, timed_out
+        if entry.call is not None and entry.call.active():
+            return  # the pending check will see the state as it is then
+        wait = entry.published_at + self.liveness_interval - self.clock.seconds()
+        if wait > 0:
+            entry.call = self.clock.callLater(wait, self._check_liveness, principal.sub)
+        else:
+            self._check_liveness(principal.sub)
+
+    def _check_liveness(self, agent_id: str) -> None:
+        """
+        Publish C{online} for a connected agent the state shows offline (or not at all), and
+        C{offline} for an agent with no connection the state does not show offline.  An agent that
+        set its own status keeps it while connected.  Nothing is published while stopping: a
+        restart does not mark every agent offline.
+        """
+        entry = self._agents_live[agent_id]
+        entry.call = None
+        connected = agent_id in self._by_user
+        status = (self._latest_status(agent_id) or {}).get("status")
+        now = self.clock.seconds()
+        try:
+            if self.accepting and connected and status in (None, "offline"):
+                self._publish_liveness(entry.principal, "online", "connected")
+                entry.published_at = now
+            elif self.accepting and not connected and status != "offline":
+                why = ("connection timed out (no answer to pings)" if entry.timed_out
+                       else "connection closed")
+                self._publish_liveness(entry.principal, "offline", why)
+                entry.published_at = now
+        except Exception:
+            self.log.failure("publishing the liveness of agent {agent} failed", agent=agent_id)
+        if not connected:
+            if entry.published_at == now:
+                # Kept for one interval, so that a quick reconnect is coalesced too.
+                entry.call = self.clock.callLater(self.liveness_interval,
+                                                  self._check_liveness, agent_id)
+            else:
+                del self._agents_live[agent_id]
+
+    def _publish_liveness(self, principal: Principal, status: str, message: str) -> None:
         body = {"status": status, "message": message, "metadata": {"source": "connection"}}
         latest = self._latest_status(principal.sub) or {}
         name = principal.name or latest.get("name")  # keep the name the agent published

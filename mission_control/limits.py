@@ -5,6 +5,8 @@ Rate limits, as pure objects that take the time as a parameter.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 
 class TokenBucket:
     """
@@ -35,3 +37,33 @@ class TokenBucket:
             return True
         self.strikes += 1
         return False
+
+
+class RateLimits:
+    """
+    One L{TokenBucket} per key (a user id): C{rate} a second, bursts of C{burst}.  Only the
+    C{max_keys} most recently seen keys are tracked, so the limiter's memory is bounded whoever
+    calls it; a forgotten key starts again with a full bucket.
+    """
+
+    def __init__(self, rate: float, burst: float, max_keys: int = 10_000) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be >= 1")
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        TokenBucket(rate, burst, 0.0)  # refuse a bad rate or burst now, not at the first call
+
+    def take(self, key: str, now: float) -> bool:
+        """Take one token from C{key}'s bucket at time C{now}; C{False} when there is none."""
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self.burst, now)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)

@@ -8,7 +8,15 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from tests.helpers import connect, http_request, raw_request, start_server, upgrade_request, wait_until
+from tests.helpers import (
+    connect,
+    http_request,
+    raw_handshake,
+    raw_request,
+    start_server,
+    upgrade_request,
+    wait_until,
+)
 from tests.test_websocket import _SilentPeer
 
 
@@ -175,3 +183,33 @@ class LivenessE2ETests(unittest.TestCase):
         self.assertEqual(offline["payload"]["status"], "offline")
         self.assertIn("timed out", offline["payload"]["message"])
         yield frozen.lost
+
+
+class ChurnTests(unittest.TestCase):
+    """Connection churn cannot flood the store and the audience with liveness events."""
+
+    @defer.inlineCallbacks
+    def test_connect_close_loop(self):
+        """
+        An agent token opening and dropping connections in a loop gets 429 past its handshake
+        burst, and the whole loop stores a couple of liveness events, ending offline.
+        """
+        server = start_server(self)
+        watcher = yield connect(self, server, server.token("v"))
+        yield watcher.next_of("snapshot")
+        request = upgrade_request(headers=bearer(server.token("flapper", role="agent")))
+        statuses = []
+        for _ in range(60):
+            response = yield raw_handshake(server.port, request)
+            statuses.append(response.status)
+        self.assertIn(429, statuses)
+        self.assertLessEqual(statuses.count(101), 25)
+        yield wait_until(lambda: server.hub.connection_count == 1)
+
+        def seen():
+            return [f["payload"]["status"] for f in watcher.received
+                    if f["type"] == "agent:status"]
+
+        yield wait_until(lambda: seen()[-1:] == ["offline"], timeout=5)
+        self.assertLessEqual(server.hub.store.last_seq, 3)
+        self.assertEqual(seen()[0], "online")

@@ -835,6 +835,7 @@ class LivenessTests(HubTestCase):
         self.assertEqual(self.statuses(), [("a1", "online", "connected")])
         self.hub.unregister(first)
         self.assertEqual(self.statuses()[0][1], "online")
+        self.clock.advance(self.hub.liveness_interval)
         self.hub.unregister(second)
         self.assertEqual(self.statuses(), [("a1", "offline", "connection closed")])
         self.assertEqual(self.hub.store.last_seq, 2)
@@ -844,7 +845,59 @@ class LivenessTests(HubTestCase):
         conn = self.connect("a1", role="agent")
         self.hub.timed_out(conn)
         self.hub.unregister(conn)
+        self.clock.advance(self.hub.liveness_interval)
         self.assertEqual(self.statuses()[0][2], "connection timed out (no answer to pings)")
+
+    def test_flapping_is_coalesced(self):
+        """
+        An agent that connects and disconnects in a loop costs at most one liveness event per
+        liveness_interval, and the last one says where it ended; nothing is left behind.
+        """
+        interval = self.hub.liveness_interval
+        for _ in range(50):
+            self.hub.unregister(self.connect("a1", role="agent"))
+            self.clock.advance(interval / 10)
+        self.clock.advance(interval)
+        self.assertLessEqual(self.hub.store.last_seq, 50 / 10 + 2)
+        self.assertEqual(self.statuses()[0][1], "offline")
+        seq = self.hub.store.last_seq
+        for _ in range(7):
+            self.hub.unregister(self.connect("a1", role="agent"))
+        self.connect("a1", role="agent")
+        self.clock.advance(interval * 3)
+        self.assertEqual(self.statuses()[0][1], "online")
+        self.assertEqual(self.hub.store.last_seq, seq + 1)
+        self.assertEqual(list(self.hub._agents_live), ["a1"])
+        self.hub.stop()
+        self.assertEqual(self.hub._agents_live, {})
+
+    def test_quick_reconnect_publishes_nothing(self):
+        """An agent that reconnects within the interval after its online is not flickered offline."""
+        self.connect("a1", role="agent")
+        seq = self.hub.store.last_seq
+        self.hub.unregister(self.hub.connections_of("a1").__iter__().__next__())
+        self.connect("a1", role="agent")
+        self.clock.advance(self.hub.liveness_interval * 2)
+        self.assertEqual((self.hub.store.last_seq, self.statuses()[0][1]), (seq, "online"))
+
+    def test_handshakes_rate_limited_per_user(self):
+        """
+        Past its burst, a user's handshakes are refused with 429 (rate_limited) until the rate
+        refills the bucket; another user is not affected.
+        """
+        hub = Hub(self.clock, MemoryStore(), handshake_rate=2, handshake_burst=3)
+        alice = self.principal("alice")
+        results = []
+        for _ in range(4):
+            try:
+                hub.admit(alice)
+                results.append(200)
+            except Refusal as refusal:
+                results.append((refusal.status, refusal.code))
+        self.assertEqual(results, [200, 200, 200, (429, "rate_limited")])
+        hub.admit(self.principal("bob"))
+        self.clock.advance(0.5)
+        hub.admit(alice)
 
     def test_agent_that_said_offline(self):
         """An agent that reported offline itself is not reported offline again."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections import OrderedDict
 
 from twisted.logger import Logger
 from twisted.web import resource
@@ -35,7 +34,7 @@ from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationErr
 from mission_control.ids import ID_RULE
 from mission_control.text import NotText, decode_json
 from mission_control.hub import Hub
-from mission_control.limits import TokenBucket
+from mission_control.limits import RateLimits
 from mission_control.store import IdempotencyConflict
 from mission_control.web.site import MAX_BODY_SIZE, error_body
 
@@ -61,7 +60,8 @@ class Api(resource.Resource):
         self.hub = hub
         self.verifier = verifier
         self.publish_rate = publish_rate
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._publishes = RateLimits(publish_rate, max(1, int(publish_rate * 2)),
+                                     self.max_tracked_publishers)
         # (path shape) -> {method: handler}; "*" in a shape matches one id segment.
         self._routes = [
             (("agents",), {b"GET": self._list_agents}),
@@ -162,14 +162,7 @@ class Api(resource.Resource):
         One publish against the user's rate (C{publish_rate} a second, bursts of twice that),
         shared by all their HTTP clients: one token must not flood everyone's history.
         """
-        now = self.hub.clock.seconds()
-        bucket = self._buckets.pop(principal.sub, None)
-        if bucket is None:
-            bucket = TokenBucket(self.publish_rate, max(1, int(self.publish_rate * 2)), now)
-        self._buckets[principal.sub] = bucket
-        while len(self._buckets) > self.max_tracked_publishers:
-            self._buckets.popitem(last=False)
-        if not bucket.take(now):
+        if not self._publishes.take(principal.sub, self.hub.clock.seconds()):
             raise ApiError(429, "rate_limited", "too many publishes; slow down",
                            {b"Retry-After": b"1"})
 
