@@ -21,8 +21,9 @@ import sys
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor, threads
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.python import usage
@@ -39,6 +40,7 @@ from tests.helpers import (
     free_port,
     spawn_twistd,
     http_request,
+    parse_response,
     raw_request,
     start_server,
     upgrade_request,
@@ -638,6 +640,33 @@ class ListeningTests(OptionsMixin, TestCase):
             self.assertRaises(ConnectionRefusedError, s.connect, ("127.0.0.1", port))
 
     @defer.inlineCallbacks
+    def test_stopping_answers_connections_already_queued(self):
+        """
+        A connection the kernel completed but the reactor had not accepted yet when stopping
+        began is accepted and answered (its WebSocket handshake gets 503 shutting down), not
+        reset when the listening socket closes; one made after that is refused.
+        """
+        server = start_server(self)
+        queued = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(queued.close)
+        queued.sendall(upgrade_request(headers=bearer(server.token("late"))))
+        # The reactor has not run since: the connection waits in the listening socket's queue.
+        stopped = server.service.stopService()
+        with socket.socket() as late:
+            self.assertRaises(ConnectionRefusedError, late.connect, ("127.0.0.1", server.port))
+
+        def read_all():
+            queued.settimeout(10)
+            data = b""
+            while chunk := queued.recv(65536):
+                data += chunk
+            return data
+
+        answer = parse_response((yield threads.deferToThread(read_all)))
+        self.assertEqual((answer.status, answer.reason), (503, "shutting down"), answer.raw)
+        yield stopped
+
+    @defer.inlineCallbacks
     def test_port_in_use(self):
         """
         A port that is taken stops the start with one "cannot listen" line, and the listeners
@@ -839,4 +868,85 @@ class TwistdCommandTests(TestCase):
         self.assertIsInstance(reason, error.ProcessTerminated)
         self.assertNotEqual(reason.exitCode, 0)
         self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", proto.output)
+        self.assertNotIn("Traceback", proto.output)
+
+
+class _Collector(protocol.Protocol):
+    """Collects what the server sends; C{lost} fires with it once the connection ends."""
+
+    def __init__(self):
+        self.data = b""
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.lost.callback(self.data)
+
+    def close_frame_code(self) -> int | None:
+        """The code of the first close frame after the handshake's head, if one arrived."""
+        _, _, frames = self.data.partition(b"\r\n\r\n")
+        while len(frames) >= 2:
+            opcode, length = frames[0] & 0x0F, frames[1] & 0x7F
+            start = 2 + {126: 2, 127: 8}.get(length, 0)
+            if length >= 126:
+                length = int.from_bytes(frames[2:start], "big")
+            if len(frames) < start + length:
+                return None
+            if opcode == 0x8:
+                return int.from_bytes(frames[start:start + 2], "big")
+            frames = frames[start + length:]
+        return None
+
+
+class TwistdShutdownTests(TestCase):
+    """What clients see while a real C{twistd mission-control} process stops on SIGTERM."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_clients_connecting_during_sigterm_get_a_clear_answer(self):
+        """
+        On SIGTERM the hub stops listening before anything else: a client connecting from then on
+        is refused at once, never accepted and left without an answer.  A connection accepted
+        before the signal still has its answer: its WebSocket handshake, sent after the hub has
+        closed every WebSocket, gets 503 shutting down instead of being dropped when the
+        process exits.  Then the process exits cleanly.
+        """
+        port = free_port()
+        data_dir = os.path.abspath(self.mktemp())
+        proto = spawn_twistd(self, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                             "--data-dir", data_dir)
+        yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in proto.output
+                         or proto.ended.called, timeout=15)
+        self.assertFalse(proto.ended.called, proto.output)
+        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = auth.mint_token(secret, "alice", reactor.seconds(), ttl=600)
+
+        def endpoint():
+            return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+
+        # The hub accepts in arrival order: once the later WebSocket is answered, it holds this one.
+        in_flight = yield connectProtocol(endpoint(), _Collector())
+        watcher = yield connectProtocol(endpoint(), _Collector())
+        watcher.transport.write(upgrade_request(headers=bearer(token)))
+        yield wait_until(lambda: b'"welcome"' in watcher.data, timeout=10)
+
+        proto.process.signalProcess("TERM")
+        # The watcher hears 1001 and does not answer: the hub keeps waiting for it.
+        yield wait_until(lambda: watcher.close_frame_code() is not None, timeout=10)
+        self.assertEqual(watcher.close_frame_code(), 1001)
+        yield self.assertFailure(connectProtocol(endpoint(), _Collector()),
+                                 error.ConnectionRefusedError)
+
+        watcher.transport.abortConnection()
+        yield wait_until(lambda: "of alice closed" in proto.output, timeout=10)
+        in_flight.transport.write(upgrade_request(headers=bearer(token)))
+        answer = parse_response((yield in_flight.lost))
+        self.assertEqual((answer.status, answer.reason), (503, "shutting down"), answer.raw)
+
+        reason = yield proto.ended.addTimeout(15, reactor)
+        self.assertIn((reason.exitCode, reason.signal), [(0, None), (None, signal.SIGTERM)])
+        self.assertIn("Server Shut Down", proto.output)
         self.assertNotIn("Traceback", proto.output)
