@@ -146,6 +146,7 @@ class Options(usage.Options):
             self["demo"] = 1 if flag in ("1", "true", "yes", "on") else 0
 
     def postOptions(self):
+        self._twistd_files()
         self._from_environment()
         for name, value in self.DEFAULTS.items():
             if self[name] is None:
@@ -170,6 +171,52 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--listen {description!r} is not a usable endpoint: {_describe(e)}"
                 ) from None
+
+    def _twistd_files(self):
+        """
+        Under twistd, check the files it is about to write for us, and make the log file private.
+
+        twistd opens its log file before it daemonizes and writes the pidfile after: a directory
+        that is missing or not writable ends either in a traceback.  And the umask it applies
+        to daemons (0077, or C{--umask}) takes effect only after the log file exists, so the first
+        log file would be readable by everyone.  Both are settled here, before anything starts:
+        a usage error naming the option, and the log file created with that umask.
+        """
+        parent = self.parent
+        if parent is None:
+            return
+        daemon = not parent.get("nodaemon")
+        files = [("--logfile", _twistd_log_file(parent, daemon)),
+                 ("--pidfile", parent.get("pidfile"))]
+        for option, path in files:
+            if not path:
+                continue
+            path = os.path.abspath(path)
+            directory = os.path.dirname(path)
+            if not os.path.isdir(directory):
+                raise usage.UsageError(f"{option} {path}: the directory {directory} does not exist "
+                                       f"(create it first, writable by the hub's user)")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise usage.UsageError(f"{option} {path}: cannot write in {directory}")
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                raise usage.UsageError(f"{option} {path}: the file is not writable")
+        umask = parent.get("umask")
+        if umask is None and daemon:
+            umask = 0o077  # what twistd applies to daemons, after opening the log file
+        log_file = files[0][1]
+        if log_file and umask is not None and not os.path.exists(log_file):
+            try:
+                fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+                             0o666 & ~umask)
+            except FileExistsError:
+                return
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--logfile {os.path.abspath(log_file)}: {e.strerror}") from None
+            try:
+                os.fchmod(fd, 0o666 & ~umask)
+            finally:
+                os.close(fd)
 
     def _numbers(self):
         floats = {
@@ -248,6 +295,18 @@ class Options(usage.Options):
             audience=self["jwt-audience"],
             leeway=self["jwt-leeway"],
         )
+
+
+def _twistd_log_file(parent, daemon: bool) -> str | None:
+    """The file twistd will log to, as its options say (C{None}: stdout, syslog, a logger)."""
+    if parent.get("logger") or parent.get("syslog"):
+        return None
+    name = parent.get("logfile")
+    if name == "-":
+        return None
+    if not name:
+        return "twistd.log" if daemon else None
+    return name
 
 
 def _describe(error: Exception) -> str:

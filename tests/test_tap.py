@@ -950,3 +950,96 @@ class TwistdShutdownTests(TestCase):
         self.assertIn((reason.exitCode, reason.signal), [(0, None), (None, signal.SIGTERM)])
         self.assertIn("Server Shut Down", proto.output)
         self.assertNotIn("Traceback", proto.output)
+
+
+class _Twistd(protocol.ProcessProtocol):
+    """A C{twistd} run as given (daemon or not): its output, and C{ended} with its exit code."""
+
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class TwistdFilesTests(TestCase):
+    """The files twistd writes for the hub: its log file and pidfile, as deployment.md runs it."""
+
+    timeout = 60
+
+    def twistd(self, *args, cwd):
+        """Run C{twistd ARGS} (twistd's options and the plugin's) in C{cwd}; fires at its exit."""
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            raise SkipTest(f"no twistd next to {sys.executable}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MISSION_CONTROL_")}
+        proto = _Twistd()
+        reactor.spawnProcess(proto, twistd, [twistd, *args], env=env, path=cwd)
+        return proto
+
+    def workdir(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+    @defer.inlineCallbacks
+    def test_missing_log_and_pid_directories(self):
+        """
+        A --logfile or --pidfile in a directory that does not exist stops the start with one line
+        on stderr that names the option and the directory, exit status 1, no traceback, and
+        nothing created.
+        """
+        cwd = self.workdir()
+        for option, path in [("--logfile", "logs/hub.log"), ("--pidfile", "run/hub.pid")]:
+            args = ["--pidfile", os.path.join(cwd, "hub.pid"), "--logfile",
+                    os.path.join(cwd, "hub.log")]
+            args[args.index(option) + 1] = os.path.join(cwd, path)
+            proto = self.twistd(*args, "mission-control", "--data-dir",
+                                os.path.join(cwd, "data"), "--listen", "tcp:0", cwd=cwd)
+            code = yield proto.ended
+            lines = proto.err.decode().strip().splitlines()
+            self.assertEqual((code, len(lines)), (1, 1), proto.err)
+            directory = os.path.dirname(os.path.join(cwd, path))
+            self.assertIn(f"twistd mission-control: {option} {os.path.join(cwd, path)}: "
+                          f"the directory {directory} does not exist", lines[0])
+            self.assertNotIn(b"Traceback", proto.out + proto.err)
+            self.assertEqual(os.listdir(cwd), [])
+
+    @defer.inlineCallbacks
+    def test_daemon_log_file_is_private_from_the_start(self):
+        """
+        Daemonized with deployment.md's command, the first log file is created with the umask
+        twistd documents for daemons, 0077: mode 0600, like every file rotated after it; and the
+        daemon stops on SIGTERM to the pid in its pidfile, which it removes.
+        """
+        cwd = self.workdir()
+        os.makedirs(os.path.join(cwd, "log"))
+        os.makedirs(os.path.join(cwd, "run"))
+        pidfile, logfile = os.path.join(cwd, "run", "hub.pid"), os.path.join(cwd, "log", "hub.log")
+        port = free_port()
+        proto = self.twistd("--pidfile", pidfile, "--logfile", logfile, "mission-control",
+                            "--data-dir", os.path.join(cwd, "data"),
+                            "--listen", f"tcp:{port}:interface=127.0.0.1", cwd=cwd)
+        code = yield proto.ended
+        self.assertEqual(code, 0, proto.err)
+        with open(pidfile) as f:
+            pid = int(f.read())
+
+        def stop():
+            if os.path.exists(pidfile):
+                os.kill(pid, signal.SIGTERM)
+                return wait_until(lambda: not os.path.exists(pidfile), timeout=15)
+
+        self.addCleanup(stop)
+        yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in open(logfile).read(), timeout=15)
+        self.assertEqual(oct(os.stat(logfile).st_mode & 0o777), oct(0o600))
+        yield stop()
+        self.assertIn("Server Shut Down", open(logfile).read())
