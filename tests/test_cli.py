@@ -37,6 +37,7 @@ from twisted.web import server as web_server
 from twisted.web.util import Redirect
 
 from mission_control import auth, cli, events
+from tests import certs
 from tests.helpers import start_server, tmp_path, wait_until
 
 FAST_RETRY = backoffPolicy(initialDelay=0.05, maxDelay=0.2, factor=2.0, jitter=lambda: 0.0)
@@ -1421,6 +1422,73 @@ class WatchTests(TestCase):
         code, out, err = yield run_in_thread(base)
         self.assertEqual((code, out), (1, ""))
         self.assertIn("certificate is not trusted", err)
+
+
+class WatchCertificateTests(TestCase):
+    """
+    C{mission-control watch} against a TLS hub whose certificate it cannot verify: retrying cannot
+    change the certificate, so it says what to do, once, and ends with exit code 1.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def watch_tls(self, interface="127.0.0.1", *args):
+        """Start a TLS hub on C{interface}, watch it with C{args}; fires with the exit code."""
+        self.files = certs.write_certificates(self)
+        listen = certs.ssl_listen(self.files).replace("127.0.0.1", interface)
+        server = start_server(self, ["--listen", listen])
+        self.url = f"wss://{interface}:{server.port}/ws"
+        options = cli.parse_command_line(
+            ["watch", "--url", self.url, "--token", server.token("alice"), *args], {}).subOptions
+        self.out, self.err = io.StringIO(), io.StringIO()
+        watcher = cli.build_watcher(reactor, options, self.out, self.err, retry_policy=FAST_RETRY)
+        result = watcher.run()
+        self.addCleanup(watcher.stop)
+        yield wait_until(lambda: self.err.getvalue() or result.called)
+        self.assertTrue(result.called, self.err.getvalue())
+        self.assertEqual(server.hub.connection_count, 0)
+        self.assertEqual(self.out.getvalue(), "")
+        return (yield result)
+
+    def assertOneLine(self, *fragments):
+        """stderr holds one line, with each of C{fragments}, and no retry."""
+        lines = self.err.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertNotIn("reconnecting", lines[0])
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+    @defer.inlineCallbacks
+    def test_certificate_of_an_unknown_ca(self):
+        """
+        Without --cafile a hub whose certificate comes from a private CA is not trusted: one line
+        that says so and names --cafile, exit code 1, no second attempt.
+        """
+        code = yield self.watch_tls()
+        self.assertEqual(code, 1)
+        self.assertOneLine("mission-control watch: cannot connect to " + self.url,
+                           "certificate is not trusted", "certificate verify failed",
+                           "--cafile")
+
+    @defer.inlineCallbacks
+    def test_cafile_of_another_ca(self):
+        """With --cafile of another CA the certificate is not trusted either, and the line names
+        the CA file that did not vouch for it."""
+        other = tmp_path(self, "other-ca.pem")
+        with open(other, "wb") as f:
+            f.write(certs.other_certificate_authority().pem)
+        code = yield self.watch_tls("127.0.0.1", "--cafile", other)
+        self.assertEqual(code, 1)
+        self.assertOneLine("certificate is not trusted", f"--cafile {other}")
+
+    @defer.inlineCallbacks
+    def test_certificate_for_another_host(self):
+        """A certificate from the trusted CA but for other names (localhost, 127.0.0.1 here, the
+        hub reached as 127.0.0.2) ends the watch too, saying whose names are wrong."""
+        code = yield self.watch_tls("127.0.0.2", "--cafile", certs.write_certificates(self).ca)
+        self.assertEqual(code, 1)
+        self.assertOneLine("certificate is not valid for 127.0.0.2")
 
 
 class WatchProcessTests(TestCase):

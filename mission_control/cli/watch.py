@@ -35,6 +35,7 @@ from mission_control.cli.common import (
     _read_cafile,
     _ServerOptions,
     _token_help,
+    certificate_problem,
     describe_error,
     display_url,
     printable,
@@ -326,10 +327,16 @@ class WatchProtocol(WebSocketClientProtocol):
 
     refusal: tuple[int, str] | None = None
     opened = False
+    #: Why the connection ended, as the transport said (a TLS failure, say).
+    lost_reason: Failure | None = None
 
     def failHandshake(self, reason: str) -> None:
         self.refusal = _handshake_status(getattr(self, "http_status_line", None))
         super().failHandshake(reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost_reason = reason
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.opened = True
@@ -442,8 +449,9 @@ class Watcher:
     retried with a fresh token, or ends the watch with a fixed one.
 
     L{run} fires with the exit code: 1 when the hub refuses the handshake with a final status
-    (L{refusal_is_final}: 401, 403, 404, ...), closes with 4003 (token no longer accepted), or
-    with 4001 when the token is a fixed one; 0 after L{stop}.
+    (L{refusal_is_final}: 401, 403, 404, ...), when its TLS certificate cannot be verified (not
+    trusted, or issued for another name: the same next time), closes with 4003 (token no longer
+    accepted), or with 4001 when the token is a fixed one; 0 after L{stop}.
     """
 
     def __init__(
@@ -461,6 +469,7 @@ class Watcher:
         endpoint: Any = None,
         client: str | None = None,
         ack_interval: float = 1.0,
+        cafile: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.url = url
@@ -474,6 +483,7 @@ class Watcher:
         self.handshake_timeout = handshake_timeout
         self.client = client
         self.ack_interval = ack_interval
+        self.cafile = cafile
         self.position = StreamPosition()
         self._endpoint = endpoint
         self.failures = 0
@@ -608,6 +618,12 @@ class Watcher:
                 return
             self._retry(f"the hub refused the connection: {status} {phrase}")
             return
+        problem = None if protocol.opened else certificate_problem(
+            protocol.lost_reason, urlsplit(self.url).hostname, self.cafile)
+        if problem is not None:
+            self._say(f"{prefix}: cannot connect to {display_url(self.url)}: {problem}")
+            self._finish(1)
+            return
         if code == 4003:
             self._say(f"{prefix}: the hub no longer accepts this token (4003); not reconnecting")
             self._finish(1)
@@ -704,7 +720,8 @@ def build_watcher(reactor: Any, options: WatchOptions, stdout: TextIO, stderr: T
     printer = FramePrinter(stdout, stderr, json_mode=bool(options["json"]),
                            verbose=bool(options["verbose"]), tz=tz)
     return Watcher(reactor, options["url"], options["credentials"], printer, stderr,
-                   tls=options["tls"], client=options["client"], **settings)
+                   tls=options["tls"], client=options["client"], cafile=options["cafile"],
+                   **settings)
 
 
 def watch_main(reactor: Any, options: WatchOptions, stdout: TextIO,
