@@ -38,6 +38,9 @@ ENV_PREFIX = "MISSION_CONTROL_"
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 STORE_FILE_NAME = "mission-control.sqlite3"
 MAX_MESSAGE_SIZE_CEILING = 16 * 1024 * 1024
+#: What a flag in the environment (C{MISSION_CONTROL_DEMO}) may say, in any case.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def _positive_float(name):
@@ -142,8 +145,17 @@ class Options(usage.Options):
             elif self[name] is None:
                 self[name] = value
         if not self["demo"]:
-            flag = self.environ.get(ENV_PREFIX + "DEMO", "").strip().lower()
-            self["demo"] = 1 if flag in ("1", "true", "yes", "on") else 0
+            value = self.environ.get(ENV_PREFIX + "DEMO", "")
+            flag = value.strip().lower()
+            if flag in TRUE_WORDS:
+                self["demo"] = 1
+            elif flag in FALSE_WORDS or flag == "":
+                self["demo"] = 0
+            else:
+                raise usage.UsageError(
+                    f"{ENV_PREFIX}DEMO must be one of {', '.join(TRUE_WORDS)} (on) or "
+                    f"{', '.join(FALSE_WORDS)} (off), not {value!r}"
+                )
 
     def postOptions(self):
         self._twistd_files()

@@ -253,11 +253,25 @@ class EnvironmentTests(OptionsMixin, SynchronousTestCase):
         self.assertEqual(options["listen"], [DEFAULT_LISTEN])
 
     def test_demo_flag_values(self):
-        """MISSION_CONTROL_DEMO turns the demo on with 1/true/yes/on and off with anything else."""
-        for value, expected in [("1", True), ("yes", True), ("ON", True), ("0", False),
-                                ("false", False), ("", False)]:
+        """
+        MISSION_CONTROL_DEMO turns the demo on with 1/true/yes/on and off with 0/false/no/off,
+        in any case and with surrounding spaces; empty is unset (off).
+        """
+        for value, expected in [("1", True), ("yes", True), ("ON", True), (" true ", True),
+                                ("0", False), ("false", False), ("No", False), ("off", False),
+                                ("", False)]:
             options = self.parse(environ={"MISSION_CONTROL_DEMO": value})
             self.assertEqual(bool(options["demo"]), expected, value)
+
+    def test_demo_flag_other_values_are_usage_errors(self):
+        """
+        Any other value of MISSION_CONTROL_DEMO is a usage error that names the variable and the
+        values it accepts, rather than a demo silently left off.
+        """
+        for value in ("banana", "2", "enabled"):
+            self.assertUsageError([], "MISSION_CONTROL_DEMO", repr(value),
+                                  "1, true, yes, on", "0, false, no, off",
+                                  environ={"MISSION_CONTROL_DEMO": value})
 
     def test_environment_errors_are_usage_errors(self):
         """A bad value from the environment is a usage error naming the option."""
