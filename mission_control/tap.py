@@ -488,9 +488,10 @@ class MissionControlService(service.MultiService):
             data_dir = self.options["data-dir"]
             self.log.info(
                 "development secret {how} {path}; mint a token with: "
-                "mission-control token --data-dir {data_dir} --sub alice --role admin",
+                "{command} token --data-dir {data_dir} --sub alice --role admin",
                 how="generated in" if self.options["generated-secret"] else "read from",
                 path=self.options["secret-path"],
+                command=shlex.quote(console_script()),
                 data_dir=shlex.quote(data_dir),
             )
 
@@ -534,6 +535,19 @@ class MissionControlService(service.MultiService):
         """Fires once the hub has no WebSocket and the network no accepted connection."""
         yield self.hub.when_empty()
         yield self.connections.closed(self.reactor)
+
+
+def console_script() -> str:
+    """
+    How to run the C{mission-control} command from where the hub was started: the one installed
+    next to the running Python (a virtual environment's, not on C{PATH} unless activated), by a
+    path relative to the working directory when it is below it; else the bare name.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "mission-control")
+    if not os.path.exists(beside):
+        return "mission-control"
+    relative = os.path.relpath(beside)
+    return relative if not relative.startswith(os.pardir) else os.path.abspath(beside)
 
 
 def urls_of(description: str, port) -> list[str]:

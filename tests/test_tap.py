@@ -21,7 +21,7 @@ import sys
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet import defer, error, protocol, reactor, threads
+from twisted.internet import defer, error, protocol, reactor, threads, utils
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.testing import MemoryReactorClock
@@ -599,19 +599,21 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
 
     def test_start_log_names_command_without_secret(self):
         """
-        With a generated secret the start-up log gives the command that mints a token, with the
-        data dir quoted for a shell, and never the secret itself.
+        With a generated secret the start-up log gives the command that mints a token: the
+        console script installed next to the running Python, named by its path, with the data
+        dir quoted for a shell; never the secret itself.
         """
         data_dir = os.path.join(self.data_dir(), "my data")
         options, service = self.build("--data-dir", data_dir)
         service.startService()
         self.addCleanup(service.stopService)
         [hint] = [m for m in self.messages() if "mission-control token" in m]
-        command = hint[hint.index("mission-control token"):]
+        words = shlex.split(hint.split("mint a token with: ", 1)[1])
         self.assertEqual(
-            shlex.split(command),
-            ["mission-control", "token", "--data-dir", data_dir, "--sub", "alice", "--role", "admin"],
-        )
+            words[1:], ["token", "--data-dir", data_dir, "--sub", "alice", "--role", "admin"])
+        # The console script next to the running Python (a venv's), which a shell may not find.
+        self.assertTrue(os.path.samefile(
+            words[0], os.path.join(os.path.dirname(sys.executable), "mission-control")), words[0])
         secret = options["verifier"].key.decode()
         for message in self.messages():
             self.assertNotIn(secret, message)
@@ -844,6 +846,16 @@ class TwistdCommandTests(TestCase):
         response = yield raw_request(port, http_request("GET", "/healthz"))
         self.assertEqual(response.status, 200)
         self.assertEqual(response.json(), {"status": "ok"})
+
+        # The command works as printed, in a shell whose PATH does not hold the hub's venv.
+        [command] = [line.split("mint a token with: ", 1)[1]
+                     for line in proto.output.splitlines() if "mint a token with: " in line]
+        minted = yield utils.getProcessOutputAndValue(
+            "/bin/sh", ["-c", command], env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(minted[2], 0, minted)
+        token = minted[0].decode().strip()
+        response = yield raw_request(port, http_request("GET", "/api/agents", token=token))
+        self.assertEqual(response.status, 200, response.raw)
 
         proto.process.signalProcess("TERM")
         reason = yield self.ended(proto)
