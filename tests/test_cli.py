@@ -402,6 +402,22 @@ class CommandLineTests(UsageAssertions, SynchronousTestCase):
         _, out, _ = run(["watch", "--help"])
         self.assertIn("at-least-once delivery across restarts of watch", " ".join(out.split()))
 
+    def test_sub_option(self):
+        """
+        --sub sets the user of the tokens watch mints, checked like the hub checks a sub; with a
+        given token it is a usage error, since that token names its own user.
+        """
+        data_dir, secret = secret_dir(self)
+        options = cli.parse_command_line(["watch", "--data-dir", data_dir, "--sub", "carol"],
+                                         {}).subOptions
+        principal = verify(options["credentials"].token(time.time()), secret)
+        self.assertEqual((principal.sub, principal.role, principal.name),
+                         ("carol", "viewer", None))
+        self.assertUsageError(["watch", "--data-dir", data_dir, "--sub", ""], "--sub must be")
+        token = auth.mint_token(secret, "dave", time.time(), ttl=60)
+        self.assertUsageError(["watch", "--token", token, "--sub", "carol"],
+                              "--sub is for the token watch mints")
+
     def test_malformed_token_not_echoed(self):
         """A --token that cannot be a JWT (spaces, a line break) is refused without echoing it."""
         for token in ["abc def-secret", "abc\r\nX-Injected: 1"]:
@@ -1353,6 +1369,35 @@ class WatchTests(TestCase):
         self.assertEqual((yield watcher.stop()), 0)
         self.assertEqual(store.position(user, "wall-1"), 5)
         self.assertEqual(self.err.getvalue(), "")
+
+    @defer.inlineCallbacks
+    def test_sub_makes_another_user_whose_comings_and_goings_show(self):
+        """
+        --sub mints the watcher's tokens for that user: a watch subscribed to presence as carol
+        prints a presence:join line, with who, name, role and count, when the default watch
+        (another user) connects, and a presence:leave line when it stops.
+        """
+        data_dir, _ = secret_dir(self)
+        server = start_server(self, ["--data-dir", data_dir])
+        carol = self.watch(server.url(query="channels=presence"), "--data-dir", data_dir,
+                           "--sub", "carol")
+        yield wait_until(lambda: server.hub.connections_of("carol"))
+        carol_out = self.out
+        other = cli.build_watcher(
+            reactor, cli.parse_command_line(
+                ["watch", "--url", server.url(), "--data-dir", data_dir], {}).subOptions,
+            io.StringIO(), io.StringIO(), retry_policy=FAST_RETRY)
+        other.run()
+        self.addCleanup(other.stop)
+        yield wait_until(lambda: "presence:join" in carol_out.getvalue())
+        yield other.stop()
+        yield wait_until(lambda: "presence:leave" in carol_out.getvalue())
+        lines = carol_out.getvalue().splitlines()
+        self.assertRegex(lines[0], r"^\d\d:\d\d:\d\d connected as carol \(viewer\), 0 agents")
+        self.assertRegex(lines[1], r'^\d\d:\d\d:\d\d presence:join  mission-control-cli  '
+                                   r'"mission-control CLI"  \(viewer\)  connections=1$')
+        self.assertRegex(lines[2], r'^\d\d:\d\d:\d\d presence:leave  mission-control-cli  '
+                                   r'"mission-control CLI"  \(viewer\)  connections=0$')
 
     @defer.inlineCallbacks
     def test_minted_token_renewed_over_the_connection(self):

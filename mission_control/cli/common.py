@@ -199,13 +199,15 @@ class SigningKey:
 class Credentials:
     """
     The bearer token a client command sends: the one given, or a fresh one minted for each
-    request or connection from the local secret (C{key}), with C{role}, valid for C{ttl} seconds.
+    request or connection from the local secret (C{key}), for the user C{sub}, with C{role},
+    valid for C{ttl} seconds.
     """
 
     given: str | None = field(default=None, repr=False)
     key: SigningKey | None = None
     role: str = auth.DEFAULT_ROLE
     ttl: float = LOCAL_TOKEN_TTL
+    sub: str = LOCAL_TOKEN_SUBJECT
 
     @property
     def mints(self) -> bool:
@@ -216,8 +218,8 @@ class Credentials:
         if self.given is not None:
             return self.given
         assert self.key is not None
-        return self.key.mint(LOCAL_TOKEN_SUBJECT, now, self.ttl, role=self.role,
-                             name=f"{PROGRAM} CLI")
+        name = f"{PROGRAM} CLI" if self.sub == LOCAL_TOKEN_SUBJECT else None
+        return self.key.mint(self.sub, now, self.ttl, role=self.role, name=name)
 
     def refusal_hint(self) -> str:
         """What to suggest when the hub answers 401 to these credentials."""
