@@ -20,13 +20,15 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.helpers import PROJECT_ROOT, free_port, wait_until
+from mission_control import events
+from tests.helpers import PROJECT_ROOT, free_port, start_server, wait_until
 
 _MARKER = re.compile(r"<!--\s*example:\s*([\w.-]+)\s*-->")
 
@@ -207,3 +209,81 @@ class ReadmeTourTests(TestCase):
         for proto in (first, carol):
             proto.transport.signalProcess("INT")
             self.assertEqual((yield proto.ended), 0, proto.describe())
+
+
+def node_command(testcase) -> list[str]:
+    """
+    How docs/delivery.md says to run its Node.js example on this machine's C{node}: plain on
+    Node.js 22 or newer, with C{--experimental-websocket} on 20.10 or newer; else skip.
+    """
+    node = shutil.which("node")
+    if node is None:
+        raise SkipTest("node is not installed (.ci/run installs it)")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
+    match = re.match(r"v(\d+)\.(\d+)", version.strip())
+    if match is None:
+        raise SkipTest(f"cannot tell the version of {node}: {version!r}")
+    major, minor = int(match.group(1)), int(match.group(2))
+    if major >= 22:
+        return [node]
+    if (major, minor) >= (20, 10):
+        return [node, "--experimental-websocket"]
+    raise SkipTest(f"the example needs Node.js 22, or 20.10 with a flag; this is {version.strip()}")
+
+
+def publish_status(server, agent_id, status="online"):
+    """Publish an agent:status through C{server}'s hub; return its seq."""
+    payload = events.agent_status({"status": status}, reactor.seconds(), agent_id)
+    return server.hub.publish(events.AGENT_STATUS, payload)["seq"]
+
+
+class NodeNotifierTests(TestCase):
+    """docs/delivery.md's notifier.js, the at-least-once consumer for Node.js."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_notifier_handles_every_event_across_a_hub_restart(self):
+        """
+        notifier.js handles each event once and in order; when the hub restarts it keeps
+        trying while connections are refused (Node.js fires only "error" then, never "close"),
+        and once the hub is back it resumes: the events published meanwhile, then live ones.
+        """
+        node = node_command(self)
+        data_dir = os.path.abspath(self.mktemp())
+        server = start_server(self, ["--data-dir", data_dir])
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        with open(os.path.join(folder, "notifier.js"), "w") as f:
+            f.write(examples("docs/delivery.md")["notifier"])
+        env = child_environment(MC_URL=server.url(),
+                                MC_TOKEN=server.token("notifier-service", ttl=600))
+        notifier = spawn(self, "notifier.js", [*node, "notifier.js"], env, folder)
+
+        def handled():
+            return [int(line.split()[0]) for line in notifier.text.splitlines()]
+
+        yield wait_until(lambda: server.hub.connections_of("notifier-service")
+                         or notifier.ended.called, timeout=20)
+        self.assertFalse(notifier.ended.called, notifier.describe())
+        for agent in ("agent-1", "agent-2", "agent-3"):
+            publish_status(server, agent)
+        yield wait_until(lambda: handled() == [1, 2, 3], timeout=10)
+        self.assertIn("1 agent:status agent-1", notifier.text)
+
+        ports = [port for _, port in server.service.ports]
+        yield server.service.stopService()
+        yield wait_until(lambda: not any(port.connected for port in ports))
+        # The 1001 close, then at least one attempt refused while nothing listens.
+        yield wait_until(lambda: "disconnected (no connection)" in notifier.err.decode(),
+                         timeout=15)
+        self.assertIn("disconnected (1001)", notifier.err.decode())
+        server = start_server(self, ["--data-dir", data_dir,
+                                     "--listen", f"tcp:{server.port}:interface=127.0.0.1"])
+        for agent in ("agent-4", "agent-5"):
+            publish_status(server, agent)  # before the notifier can be back: it must resume
+        yield wait_until(lambda: server.hub.connections_of("notifier-service"), timeout=20)
+        publish_status(server, "agent-live")
+        yield wait_until(lambda: handled()[-1:] == [6], timeout=10)
+        self.assertEqual(handled(), [1, 2, 3, 4, 5, 6], notifier.describe())
+        self.assertFalse(notifier.ended.called, notifier.describe())
