@@ -16,19 +16,23 @@ missing; C{.ci/run} installs them, so CI runs every one.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
+from twisted.web import resource
+from twisted.web import server as web_server
 
 from mission_control import events
-from tests.helpers import PROJECT_ROOT, free_port, start_server, wait_until
+from tests.helpers import PROJECT_ROOT, connect, free_port, start_server, wait_until
 
 _MARKER = re.compile(r"<!--\s*example:\s*([\w.-]+)\s*-->")
 
@@ -287,3 +291,406 @@ class NodeNotifierTests(TestCase):
         yield wait_until(lambda: handled()[-1:] == [6], timeout=10)
         self.assertEqual(handled(), [1, 2, 3, 4, 5, 6], notifier.describe())
         self.assertFalse(notifier.ended.called, notifier.describe())
+
+
+# The browser: docs/websocket-api.md's client, its "Use it" code and the React hook, in Chromium.
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+#: A stand-in for React's useState and useEffect, enough to run a hook without a build step:
+#: one component, rendered again (in a microtask) after each state change; effects run after the
+#: render whose dependencies changed, the previous one's clean-up first; unmount cleans up.
+REACT_STAND_IN = """
+let slots = [];
+let component = null;
+let cursor = 0;
+let pending = [];
+let scheduled = false;
+export function useState(initial) {
+  const i = cursor++;
+  if (!slots[i]) slots[i] = { value: initial };
+  const slot = slots[i];
+  return [slot.value, (value) => { slot.value = value; schedule(); }];
+}
+export function useEffect(effect, deps) {
+  const i = cursor++;
+  const slot = slots[i];
+  if (slot && deps && deps.every((d, k) => Object.is(d, slot.deps[k]))) return;
+  pending.push(() => { slot?.cleanup?.(); slots[i] = { deps, cleanup: effect() }; });
+}
+function schedule() {
+  if (!scheduled) { scheduled = true; queueMicrotask(run); }
+}
+function run() {
+  scheduled = false;
+  if (!component) return;
+  cursor = 0;
+  component();
+  const effects = pending;
+  pending = [];
+  effects.forEach((effect) => effect());
+}
+export function render(c) { component = c; schedule(); }
+export function unmount() {
+  component = null;
+  slots.forEach((slot) => slot?.cleanup?.());
+  slots = [];
+}
+"""
+
+#: What every test page runs first: report(kind, data) posts to the test, numbered, so that
+#: the order of the page's reports survives concurrent requests.
+REPORTER = """
+let reportCount = 0;
+window.report = (kind, data) => fetch("/report", {
+  method: "POST", body: JSON.stringify({ n: reportCount++, kind, ...data }),
+});
+window.addEventListener("error", (e) => report("page-error", { message: String(e.message) }));
+window.addEventListener("unhandledrejection", (e) => report("page-error", { message: String(e.reason) }));
+"""
+
+
+class _Text(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body: str, content_type: bytes):
+        super().__init__()
+        self.body, self.content_type = body.encode("utf-8"), content_type
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", self.content_type)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.body
+
+
+class _TokenEndpoint(resource.Resource):
+    """C{GET /api/mc-token} of "your backend": a fresh short-lived hub token for the page."""
+
+    isLeaf = True
+
+    def __init__(self, mint):
+        super().__init__()
+        self.mint, self.issued = mint, 0
+
+    def render_GET(self, request):
+        self.issued += 1
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps({"token": self.mint()}).encode()
+
+
+class _Reports(resource.Resource):
+    """C{POST /report}: what the page tells the test, kept in the order the page sent it."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.received: list[dict] = []
+
+    def render_POST(self, request):
+        self.received.append(json.loads(request.content.read()))
+        self.received.sort(key=lambda report: report["n"])
+        return b""
+
+    def of(self, kind) -> list[dict]:
+        return [report for report in self.received if report["kind"] == kind]
+
+
+class BrowserTests(TestCase):
+    """
+    The browser client of docs/websocket-api.md, in headless Chromium, against a real hub: the
+    page is served by a small site of the test's own, which plays the dashboard's backend (the
+    token endpoint) and hears what the page reports.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+        if self.chromium is None:
+            raise SkipTest("chromium is not installed (.ci/run installs it: "
+                           "apt-get install -y chromium)")
+        self.doc = examples("docs/websocket-api.md")
+        self.data_dir = os.path.abspath(self.mktemp())
+        self.hub = start_server(self, ["--data-dir", self.data_dir])
+
+    def serve(self, page_script: str, files: dict | None = None, sub="dana") -> None:
+        """Serve a page that runs C{page_script} (a module), and open it in Chromium."""
+        root = resource.Resource()
+        html = ('<!doctype html><meta charset="utf-8"><title>test</title>'
+                '<script type="importmap">{"imports": {"react": "/react.js"}}</script>'
+                '<pre id="status"></pre><pre id="agents"></pre>'
+                f"<script>{REPORTER}</script>"
+                f'<script type="module">{page_script}</script>')
+        root.putChild(b"", _Text(html, b"text/html; charset=utf-8"))
+        scripts = {"mission-control-client.js": self.doc["browser-client"],
+                   "react.js": REACT_STAND_IN, **(files or {})}
+        for name, body in scripts.items():
+            root.putChild(name.encode(), _Text(body, b"text/javascript; charset=utf-8"))
+        self.tokens = _TokenEndpoint(lambda: self.hub.token(sub, ttl=300))
+        api = resource.Resource()
+        api.putChild(b"mc-token", self.tokens)
+        root.putChild(b"api", api)
+        self.reports = _Reports()
+        root.putChild(b"report", self.reports)
+        site = web_server.Site(root)
+        site.noisy = False
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        profile = os.path.abspath(self.mktemp())
+        os.makedirs(profile)
+        self.browser = spawn(
+            self, "chromium",
+            [self.chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+             f"http://127.0.0.1:{port.getHost().port}/"],
+            child_environment(), profile)
+
+    def hub_url(self) -> str:
+        return f"ws://127.0.0.1:{self.hub.port}/ws"
+
+    def wait_for(self, predicate, timeout=20):
+        """Wait until C{predicate()}; a page error or a browser that died fails at once."""
+        def check():
+            errors = self.reports.of("page-error")
+            if errors or self.browser.ended.called:
+                raise AssertionError(f"page errors {errors}; {self.browser.describe()[-2000:]}")
+            return predicate()
+
+        return wait_until(check, timeout=timeout)
+
+    @defer.inlineCallbacks
+    def restart_hub(self):
+        """Stop the hub (1001 to its clients) and start it again on its port and data dir."""
+        ports = [port for _, port in self.hub.service.ports]
+        yield self.hub.service.stopService()
+        yield wait_until(lambda: not any(port.connected for port in ports))
+        self.hub = start_server(self, ["--data-dir", self.data_dir,
+                                       "--listen", f"tcp:{self.hub.port}:interface=127.0.0.1"])
+
+    @defer.inlineCallbacks
+    def test_use_it_shows_the_fleet_and_survives_a_restart(self):
+        """
+        The "Use it" code, as written (the hub's URL aside), on a page with #status and #agents:
+        it shows "open" and the agents of the snapshot, each new status as it is published,
+        and after the hub restarts it shows what was published while it was away.
+        """
+        publish_status(self.hub, "agent-1", "idle")
+        use_it = self.doc["browser-client-use"].replace("wss://mc.example.com/ws", self.hub_url())
+        self.serve("""
+            import "/use-it.js";
+            let last = "";
+            setInterval(() => {
+              const status = document.querySelector("#status").textContent;
+              const agents = document.querySelector("#agents").textContent;
+              if (status + agents !== last) { last = status + agents; report("dom", { status, agents }); }
+            }, 20);
+        """, {"use-it.js": use_it.replace('"./mission-control-client.js"',
+                                           '"/mission-control-client.js"')})
+
+        def shown():
+            dom = self.reports.of("dom")
+            return dom[-1] if dom else {"status": "", "agents": ""}
+
+        yield self.wait_for(lambda: (shown()["status"], shown()["agents"])
+                            == ("open", "agent-1: idle"))
+        publish_status(self.hub, "agent-2", "busy")
+        yield self.wait_for(lambda: shown()["agents"] == "agent-1: idle\nagent-2: busy")
+
+        yield self.restart_hub()
+        publish_status(self.hub, "agent-3", "error")  # before the page can be back
+        yield self.wait_for(lambda: shown()["status"] == "open"
+                            and "agent-3: error" in shown()["agents"])
+        self.assertIn("retrying", [report["status"] for report in self.reports.of("dom")])
+        self.assertGreaterEqual(self.tokens.issued, 2)  # a fresh token for each connection
+
+    def states(self, kind="state") -> list:
+        return self.reports.of(kind)
+
+    @defer.inlineCallbacks
+    def test_client_resumes_and_keeps_agents_in_update_order(self):
+        """
+        connectMissionControl: the snapshot's agents in their order (least recently updated
+        first), an updated agent moved to the end, each event applied once; after the hub
+        restarts it resumes with since and epoch, so what was published meanwhile arrives as
+        events (not in a snapshot), then live events.
+        """
+        publish_status(self.hub, "agent-1")
+        publish_status(self.hub, "agent-2")
+        self.serve(f"""
+            import {{ connectMissionControl }} from "/mission-control-client.js";
+            connectMissionControl({{
+              url: "{self.hub_url()}",
+              onStatus: (status) => report("status", {{ status }}),
+              onEvent: (frame) => report("event", {{ seq: frame.seq }}),
+              onChange: (state) => report("state", {{
+                agents: [...state.agents.keys()], lastSeq: state.lastSeq, epoch: state.epoch,
+              }}),
+            }});
+        """)
+        yield self.wait_for(lambda: self.states() and self.states()[-1]["lastSeq"] == 2)
+        self.assertEqual(self.states()[-1]["agents"], ["agent-1", "agent-2"])
+        self.assertEqual(self.states()[-1]["epoch"], self.hub.hub.store.epoch)
+        publish_status(self.hub, "agent-1", "busy")
+        yield self.wait_for(lambda: self.states()[-1]["lastSeq"] == 3)
+        self.assertEqual(self.states()[-1]["agents"], ["agent-2", "agent-1"])
+
+        yield self.restart_hub()
+        publish_status(self.hub, "agent-3")  # seq 4, before the page can be back
+        yield self.wait_for(lambda: self.states()[-1]["lastSeq"] == 4)
+        publish_status(self.hub, "agent-1", "idle")  # seq 5, live
+        yield self.wait_for(lambda: self.states()[-1]["lastSeq"] == 5)
+        self.assertEqual([e["seq"] for e in self.reports.of("event")], [3, 4, 5])
+        self.assertEqual(self.states()[-1]["agents"], ["agent-2", "agent-3", "agent-1"])
+        statuses = [r["status"] for r in self.reports.of("status")]
+        self.assertEqual(statuses[:2], ["connecting", "open"])
+        self.assertIn("retrying", statuses)
+        self.assertEqual(statuses[-1], "open")
+
+    @defer.inlineCallbacks
+    def test_client_with_channels(self):
+        """
+        The channels example: a client on agents:agent-7, agents:agent-8 and sessions gets those
+        agents in its snapshot and as events, and nothing of the other agents.
+        """
+        for agent in ("agent-1", "agent-7"):
+            publish_status(self.hub, agent)
+        example = self.doc["browser-client-channels"].replace("wss://mc.example.com/ws",
+                                                              self.hub_url())
+        self.serve(f"""
+            import {{ connectMissionControl }} from "/mission-control-client.js";
+            const showTeam = (state) => report("team", {{
+              agents: [...state.agents.keys()], lastSeq: state.lastSeq,
+            }});
+            {example}
+        """)
+        yield self.wait_for(lambda: self.states("team"))
+        self.assertEqual(self.states("team")[-1]["agents"], ["agent-7"])
+        self.assertEqual(self.states("team")[-1]["lastSeq"], 2)
+        publish_status(self.hub, "agent-1", "busy")
+        publish_status(self.hub, "agent-8", "busy")
+        yield self.wait_for(lambda: self.states("team")[-1]["lastSeq"] == 4)
+        self.assertEqual(self.states("team")[-1]["agents"], ["agent-7", "agent-8"])
+
+    @defer.inlineCallbacks
+    def test_react_hook(self):
+        """
+        useMissionControl, run with a stand-in for React's useState and useEffect (React itself
+        needs a build step): its view goes from connecting to open with the user and the
+        agents least recently updated first, follows each update, and unmounting closes the
+        connection.
+        """
+        publish_status(self.hub, "agent-1")
+        publish_status(self.hub, "agent-2")
+        self.serve(f"""
+            import {{ render, unmount }} from "react";
+            import {{ useMissionControl }} from "/use-mission-control.js";
+            render(() => {{
+              const view = useMissionControl("{self.hub_url()}");
+              const agents = view.agents.map((a) => a.agentId);
+              report("view", {{ status: view.status, user: view.user?.id ?? null, agents,
+                               lastSeq: view.lastSeq }});
+              if (view.lastSeq === 3) setTimeout(unmount, 0);
+            }});
+        """, {"use-mission-control.js": self.doc["react-hook"]})
+        yield self.wait_for(lambda: self.states("view")
+                            and self.states("view")[-1]["status"] == "open"
+                            and self.states("view")[-1]["lastSeq"] == 2)
+        self.assertEqual(self.states("view")[0]["status"], "connecting")
+        self.assertEqual(self.states("view")[-1]["user"], "dana")
+        self.assertEqual(self.states("view")[-1]["agents"], ["agent-1", "agent-2"])
+        self.assertEqual(len(self.hub.hub.connections_of("dana")), 1)
+        publish_status(self.hub, "agent-1", "busy")
+        yield self.wait_for(lambda: self.states("view")[-1]["lastSeq"] == 3)
+        self.assertEqual(self.states("view")[-1]["agents"], ["agent-2", "agent-1"])
+        yield self.wait_for(lambda: not self.hub.hub.connections_of("dana"))
+
+
+class PythonExampleTests(TestCase):
+    """The Python functions of the docs, run in this process against a real hub."""
+
+    def example(self, document: str, name: str) -> dict:
+        """Run the example's code; return the names it defines."""
+        namespace: dict = {"__name__": f"example_{name.replace('-', '_')}"}
+        exec(compile(examples(document)[name], f"{document}:{name}", "exec"), namespace)
+        return namespace
+
+    @defer.inlineCallbacks
+    def test_token_endpoint_mints_tokens_the_hub_accepts(self):
+        """websocket-api.md's mission_control_token: its token opens a WebSocket as that viewer,
+        with the display name."""
+        server = start_server(self)
+        mint = self.example("docs/websocket-api.md", "token-endpoint-python")
+        token = mint["mission_control_token"]("erin", "Erin Park", server.secret)
+        client = yield connect(self, server, token=token)
+        welcome = yield client.next_of("welcome")
+        self.assertEqual(welcome["payload"]["user"],
+                         {"id": "erin", "name": "Erin Park", "role": "viewer"})
+
+    @defer.inlineCallbacks
+    def test_publish_status_stores_the_event_and_refuses_at_once(self):
+        """
+        http-api.md's publish_status: it returns the stored event; a 4xx (a viewer may not
+        publish) is raised at once, without retrying.
+        """
+        server = start_server(self)
+        publish = self.example("docs/http-api.md", "publish-status-python")["publish_status"]
+        hub = f"http://127.0.0.1:{server.port}"
+        event = yield threads.deferToThread(publish, hub, server.token("ops", role="operator"),
+                                            "agent-7", "busy", "compiling")
+        self.assertEqual((event["seq"], event["payload"]["message"]), (1, "compiling"))
+        self.assertEqual(server.hub.store.last_seq, 1)
+        failure = yield self.assertFailure(
+            threads.deferToThread(publish, hub, server.token("viewer"), "agent-7", "idle"),
+            urllib.error.HTTPError)
+        self.assertEqual(failure.code, 403)
+        failure.close()
+        self.assertEqual(server.hub.store.last_seq, 1)
+
+
+def nginx_location(config: str, uri: str) -> str | None:
+    """
+    The body of the C{location} block nginx chooses for C{uri} in C{config}: an exact match
+    (C{=}), else the longest prefix if it is C{^~}, else the first matching regular expression
+    (C{~}, C{~*}) in order, else the longest prefix.  Only the forms the docs use.
+    """
+    blocks = re.findall(r"location\s+(=|\^~|~\*|~)?\s*(\S+)\s*\{(.*?)\n\s*\}", config, re.DOTALL)
+    prefixes = []
+    for modifier, pattern, body in blocks:
+        if modifier == "=" and uri == pattern:
+            return body
+        if modifier in ("", "^~") and uri.startswith(pattern):
+            prefixes.append((len(pattern), modifier, body))
+    longest = max(prefixes, default=None)
+    if longest and longest[1] == "^~":
+        return longest[2]
+    for modifier, pattern, body in blocks:
+        if modifier in ("~", "~*") and re.search(pattern, uri, re.I if modifier == "~*" else 0):
+            return body
+    return longest[2] if longest else None
+
+
+class NginxExampleTests(TestCase):
+    """deployment.md's nginx configuration sends every path the hub serves to the hub."""
+
+    def test_every_hub_path_is_proxied(self):
+        """
+        /ws and /ws/ (both WebSocket paths of the hub) reach it with the upgrade headers, and
+        the API and the health check reach it; the paths are chosen as nginx chooses locations.
+        """
+        config = examples("docs/deployment.md")["nginx"]
+        for uri in ("/ws", "/ws/"):
+            body = nginx_location(config, uri)
+            self.assertIsNotNone(body, uri)
+            self.assertIn("proxy_pass http://127.0.0.1:8080;", body, uri)
+            self.assertIn("proxy_set_header Upgrade $http_upgrade;", body, uri)
+            self.assertIn("proxy_set_header Connection $connection_upgrade;", body, uri)
+        for uri in ("/api/agents", "/api/events", "/healthz"):
+            body = nginx_location(config, uri)
+            self.assertIsNotNone(body, uri)
+            self.assertIn("proxy_pass http://127.0.0.1:8080;", body, uri)
+        for uri in ("/wsx", "/ws/x", "/secret"):
+            self.assertIsNone(nginx_location(config, uri), uri)
