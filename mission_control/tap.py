@@ -126,7 +126,10 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_jwt_algorithm(self, algorithm):
-        """Accepted JWT algorithm (repeatable). [HS256 with a secret, RS256 with a public key]"""
+        """
+        Accepted JWT algorithm (repeatable). [HS256 with a secret; with a public key, the key's
+        own: RS256 for RSA, ES256/ES384/ES512 for EC by curve, EdDSA for Ed25519/Ed448]
+        """
         self["jwt-algorithm"].append(algorithm)
 
     def opt_allowed_origin(self, origin):

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import urllib.error
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, threads, utils
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource
@@ -694,3 +694,109 @@ class NginxExampleTests(TestCase):
             self.assertIn("proxy_pass http://127.0.0.1:8080;", body, uri)
         for uri in ("/wsx", "/ws/x", "/secret"):
             self.assertIsNone(nginx_location(config, uri), uri)
+
+
+def console_session(block: str) -> list[tuple[str, str]]:
+    """
+    The C{(command, expected output)} pairs of a C{console} example: each C{$ } line (with its
+    backslash-continued lines) and the lines printed after it, up to the next command.
+    """
+    pairs: list[list[str]] = []
+    continued = False
+    for line in block.splitlines():
+        if line.startswith("$ ") and not continued:
+            pairs.append([line[2:], ""])
+        elif continued:
+            pairs[-1][0] += "\n" + line
+        elif line.strip():
+            pairs[-1][1] += line + "\n"
+        continued = line.endswith("\\")
+    return [(command, output.strip()) for command, output in pairs]
+
+
+def shape(value, volatile=("timestamp", "ts", "seq", "epoch", "connectionId", "expiresAt")):
+    """C{value} with the values that differ from run to run (times, seqs, ids) blanked."""
+    if isinstance(value, dict):
+        return {k: ("..." if k in volatile else shape(v, volatile)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shape(v, volatile) for v in value]
+    return value
+
+
+class CurlExampleTests(TestCase):
+    """The curl sessions of http-api.md, run with /bin/sh and curl against a real hub."""
+
+    timeout = 30
+
+    def setUp(self):
+        if shutil.which("curl") is None:
+            raise SkipTest("curl is not installed (.ci/run installs it)")
+        self.server = start_server(self)
+        self.env = child_environment(TOKEN=self.server.token("alice", role="admin"))
+
+    @defer.inlineCallbacks
+    def shell(self, command: str) -> str:
+        """C{command} in a shell, on this test's hub; fires with what it printed."""
+        command = command.replace("127.0.0.1:8080", f"127.0.0.1:{self.server.port}")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            "/bin/sh", ["-c", command], env=self.env)
+        self.assertEqual((code, err), (0, b""), command)
+        return out.decode("utf-8").strip()
+
+    @defer.inlineCallbacks
+    def test_idempotency_key_session(self):
+        """
+        The Idempotency-Key session prints what the doc shows, times and seqs aside: the first
+        publish and its repeats (the same bytes, then the same JSON with other spacing and
+        order) answer the one event stored; a body with a null field and another body get 409.
+        """
+        session = console_session(examples("docs/http-api.md")["idempotency-curl"])
+        self.assertEqual(len(session), 5)
+        printed = []
+        for command, expected in session:
+            printed.append((yield self.shell(command)))
+            self.assertEqual(shape(json.loads(printed[-1])), shape(json.loads(expected)), command)
+        self.assertEqual(printed[0], printed[1])
+        self.assertEqual(printed[0], printed[2])
+        self.assertEqual(self.server.hub.store.last_seq, 1)
+
+    @defer.inlineCallbacks
+    def test_event_history_page(self):
+        """GET /api/events answers with the fields the doc's example shows, and no others."""
+        for agent in ("agent-1", "agent-7", "agent-7", "agent-7", "agent-9"):
+            publish_status(self.server, agent)
+        [(command, expected)] = console_session(examples("docs/http-api.md")["events-curl"])
+        answer, documented = json.loads((yield self.shell(command))), json.loads(expected)
+        self.assertEqual(sorted(answer), sorted(documented))
+        self.assertEqual({k: v for k, v in answer.items() if k not in ("events", "epoch")},
+                         {k: v for k, v in documented.items() if k not in ("events", "epoch")})
+
+
+class DocumentedFrameTests(TestCase):
+    """The frames the docs show have the fields the hub sends."""
+
+    timeout = 30
+
+    def documented(self, frame_type: str) -> list[dict]:
+        """Every C{frame_type} frame written out in docs/*.md (a trailing C{,...} closed)."""
+        found = []
+        for name in sorted(os.listdir(os.path.join(PROJECT_ROOT, "docs"))):
+            with open(os.path.join(PROJECT_ROOT, "docs", name), encoding="utf-8") as f:
+                text = f.read()
+            for match in re.finditer(r'\{"type":"%s".*?\}(?=`|\n)' % re.escape(frame_type), text):
+                found.append((name, json.loads(match.group(0).replace(",...}", "}"))))
+        self.assertTrue(found, frame_type)
+        return found
+
+    @defer.inlineCallbacks
+    def test_welcome_and_auth_ok(self):
+        """Each welcome and auth:ok frame in the docs has the payload fields of the hub's own."""
+        server = start_server(self)
+        client = yield connect(self, server, token=server.token("bob"))
+        welcome = yield client.next_of("welcome")
+        client.send_json({"type": "auth", "id": "t1", "token": server.token("bob")})
+        auth_ok = yield client.next_of("auth:ok")
+        for sent in (welcome, auth_ok):
+            for name, frame in self.documented(sent["type"]):
+                self.assertEqual(sorted(frame["payload"]), sorted(sent["payload"]),
+                                 f"{name}: {frame}")

@@ -465,6 +465,16 @@ class UsageErrorTests(OptionsMixin, SynchronousTestCase):
         for origin in ("mc.example.com", "https://mc.example.com/app", "ftp://mc.example.com"):
             self.assertUsageError(["--allowed-origin", origin], "--allowed-origin", origin)
 
+    def test_help_names_the_default_algorithms(self):
+        """
+        The --help text of --jwt-algorithm gives the defaults as they are: HS256 with a secret,
+        and with a public key the key's own algorithm (not RS256 for every key).
+        """
+        text = " ".join(str(Options(environ={})).split())
+        self.assertIn("[HS256 with a secret; with a public key, the key's own: RS256 for RSA, "
+                      "ES256/ES384/ES512 for EC by curve, EdDSA for Ed25519/Ed448]", text)
+        self.assertNotIn("RS256 with a public key", text)
+
     def test_unknown_option(self):
         """An option that does not exist is a usage error."""
         self.assertUsageError(["--no-such-option"], "--no-such-option")
