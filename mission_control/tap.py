@@ -415,7 +415,7 @@ def stop_listening(port, connections: AcceptedConnections) -> defer.Deferred:
     """
     if isinstance(port, tcp.Port) and port.connected and not port.disconnecting:
         port.stopReading()
-        while True:
+        for _ in range(100):  # bounded: a flood of new connections must not hold the stop
             before = connections.accepted
             port.doRead()
             if connections.accepted == before:
