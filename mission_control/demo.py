@@ -10,6 +10,7 @@ sees is exactly what real agents would produce.
 from __future__ import annotations
 
 import random
+import uuid
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -36,6 +37,9 @@ class DemoFleet(Service):
     """
     Publishes a plausible stream of C{agent:status} and C{session:activity} events every
     C{interval} seconds of C{clock}, until stopped.
+
+    Session ids carry C{run}, a short id of this fleet (random by default): the history outlives
+    a restart of the hub, and a new run's C{sess-...-00001} must not continue an old one's.
     """
 
     def __init__(
@@ -45,11 +49,13 @@ class DemoFleet(Service):
         interval: float = 0.5,
         agents: int = 12,
         rng: random.Random | None = None,
+        run: str | None = None,
     ) -> None:
         self.hub = hub
         self.clock = clock
         self.interval = interval
         self.rng = rng or random.Random()
+        self.run = run if run is not None else uuid.uuid4().hex[:6]
         self.agents = [
             (f"agent-{name.lower()}", name) for name in AGENT_NAMES[:agents]
         ] + [(f"agent-{i}", f"Agent {i}") for i in range(len(AGENT_NAMES), agents)]
@@ -79,7 +85,7 @@ class DemoFleet(Service):
             roll = self.rng.random()
             if roll < 0.55:
                 self._counter += 1
-                session_id = f"sess-{self._counter:05d}"
+                session_id = f"sess-{self.run}-{self._counter:05d}"
                 self._sessions[agent_id] = (session_id, self.rng.randint(2, 6))
                 self._status(agent_id, name, "busy")
                 self._activity(session_id, agent_id, "started", "new task accepted")

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import sys
+import weakref
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import usage
 
 from mission_control import auth
@@ -34,6 +38,9 @@ ENV_PREFIX = "MISSION_CONTROL_"
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 STORE_FILE_NAME = "mission-control.sqlite3"
 MAX_MESSAGE_SIZE_CEILING = 16 * 1024 * 1024
+#: What a flag in the environment (C{MISSION_CONTROL_DEMO}) may say, in any case.
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 
 def _positive_float(name):
@@ -119,7 +126,10 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_jwt_algorithm(self, algorithm):
-        """Accepted JWT algorithm (repeatable). [HS256 with a secret, RS256 with a public key]"""
+        """
+        Accepted JWT algorithm (repeatable). [HS256 with a secret; with a public key, the key's
+        own: RS256 for RSA, ES256/ES384/ES512 for EC by curve, EdDSA for Ed25519/Ed448]
+        """
         self["jwt-algorithm"].append(algorithm)
 
     def opt_allowed_origin(self, origin):
@@ -138,10 +148,20 @@ class Options(usage.Options):
             elif self[name] is None:
                 self[name] = value
         if not self["demo"]:
-            flag = self.environ.get(ENV_PREFIX + "DEMO", "").strip().lower()
-            self["demo"] = 1 if flag in ("1", "true", "yes", "on") else 0
+            value = self.environ.get(ENV_PREFIX + "DEMO", "")
+            flag = value.strip().lower()
+            if flag in TRUE_WORDS:
+                self["demo"] = 1
+            elif flag in FALSE_WORDS or flag == "":
+                self["demo"] = 0
+            else:
+                raise usage.UsageError(
+                    f"{ENV_PREFIX}DEMO must be one of {', '.join(TRUE_WORDS)} (on) or "
+                    f"{', '.join(FALSE_WORDS)} (off), not {value!r}"
+                )
 
     def postOptions(self):
+        self._twistd_files()
         self._from_environment()
         for name, value in self.DEFAULTS.items():
             if self[name] is None:
@@ -166,6 +186,52 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     f"--listen {description!r} is not a usable endpoint: {_describe(e)}"
                 ) from None
+
+    def _twistd_files(self):
+        """
+        Under twistd, check the files it is about to write for us, and make the log file private.
+
+        twistd opens its log file before it daemonizes and writes the pidfile after: a directory
+        that is missing or not writable ends either in a traceback.  And the umask it applies
+        to daemons (0077, or C{--umask}) takes effect only after the log file exists, so the first
+        log file would be readable by everyone.  Both are settled here, before anything starts:
+        a usage error naming the option, and the log file created with that umask.
+        """
+        parent = self.parent
+        if parent is None:
+            return
+        daemon = not parent.get("nodaemon")
+        files = [("--logfile", _twistd_log_file(parent, daemon)),
+                 ("--pidfile", parent.get("pidfile"))]
+        for option, path in files:
+            if not path:
+                continue
+            path = os.path.abspath(path)
+            directory = os.path.dirname(path)
+            if not os.path.isdir(directory):
+                raise usage.UsageError(f"{option} {path}: the directory {directory} does not exist "
+                                       f"(create it first, writable by the hub's user)")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise usage.UsageError(f"{option} {path}: cannot write in {directory}")
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                raise usage.UsageError(f"{option} {path}: the file is not writable")
+        umask = parent.get("umask")
+        if umask is None and daemon:
+            umask = 0o077  # what twistd applies to daemons, after opening the log file
+        log_file = files[0][1]
+        if log_file and umask is not None and not os.path.exists(log_file):
+            try:
+                fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
+                             0o666 & ~umask)
+            except FileExistsError:
+                return
+            except OSError as e:
+                raise usage.UsageError(
+                    f"--logfile {os.path.abspath(log_file)}: {e.strerror}") from None
+            try:
+                os.fchmod(fd, 0o666 & ~umask)
+            finally:
+                os.close(fd)
 
     def _numbers(self):
         floats = {
@@ -246,9 +312,126 @@ class Options(usage.Options):
         )
 
 
+def _twistd_log_file(parent, daemon: bool) -> str | None:
+    """The file twistd will log to, as its options say (C{None}: stdout, syslog, a logger)."""
+    if parent.get("logger") or parent.get("syslog"):
+        return None
+    name = parent.get("logfile")
+    if name == "-":
+        return None
+    if not name:
+        return "twistd.log" if daemon else None
+    return name
+
+
 def _describe(error: Exception) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:200]
+
+
+class AcceptedConnections:
+    """
+    Every connection a site accepted, until it is closed, so that stopping can give each one its
+    answer instead of leaving it to the reactor's shutdown, which drops it without a word.
+
+    L{track} makes the site's HTTP channels report here.  Once L{drain} is called, a request that
+    arrives is answered as usual (a WebSocket handshake with 503, since the hub no longer admits
+    any) and then the connection is closed (C{Connection: close}); a kept-alive connection that
+    waits between requests is closed at once, as HTTP allows.  L{closed} fires once the network
+    has let go of all of them: WebSockets included, which the hub closes itself.
+    """
+
+    #: Seconds between two looks at the transports while waiting for them to close.
+    poll_interval = 0.05
+
+    def __init__(self) -> None:
+        # A channel that became a WebSocket is no longer referenced by its transport: weak.
+        self._channels: weakref.WeakSet = weakref.WeakSet()
+        self._transports: weakref.WeakSet = weakref.WeakSet()
+        self.draining = False
+        #: How many connections were accepted, ever.
+        self.accepted = 0
+
+    def track(self, site) -> None:
+        """Make C{site}'s channels (a subclass of its own C{protocol}) report to this."""
+        tracker = self
+
+        class TrackedChannel(site.protocol):
+            _answered = False
+
+            def connectionMade(self):
+                tracker.accepted += 1
+                tracker._channels.add(self)
+                tracker._transports.add(_lowest_transport(self.transport))
+                super().connectionMade()
+
+            def checkPersistence(self, request, version):
+                if tracker.draining:
+                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                    return False
+                return super().checkPersistence(request, version)
+
+            def requestDone(self, request):
+                self._answered = True
+                super().requestDone(request)
+                if tracker.draining and self.transport is not None and not self.requests:
+                    self.loseConnection()
+
+        TrackedChannel.__name__ = TrackedChannel.__qualname__ = f"Tracked{site.protocol.__name__}"
+        site.protocol = TrackedChannel
+
+    def drain(self) -> None:
+        """Answer what is asked from now on with C{Connection: close}; close idle connections."""
+        self.draining = True
+        for channel in list(self._channels):
+            # A channel without a transport became a WebSocket; one with requests is answering.
+            if channel.transport is not None and channel._answered and not channel.requests:
+                channel.loseConnection()
+
+    def open_count(self) -> int:
+        """How many accepted connections the network has not closed yet."""
+        return sum(1 for transport in list(self._transports) if not transport.disconnected)
+
+    def closed(self, clock) -> defer.Deferred:
+        """A Deferred that fires once every accepted connection is closed; cancel it to stop."""
+        loop = LoopingCall(lambda: self.open_count() == 0 and loop.stop())
+        loop.clock = clock
+        done = defer.Deferred(lambda _: loop.running and loop.stop())
+        loop.start(self.poll_interval, now=True).addCallback(
+            lambda _: done.called or done.callback(None))
+        return done
+
+
+def stop_listening(port, connections: AcceptedConnections) -> defer.Deferred:
+    """
+    Stop listening at once, after accepting every connection the kernel has already queued, so
+    that each of those gets an answer and every later one is refused.
+
+    C{stopListening} alone stops accepting now and closes the socket later (on the next turn of
+    the reactor, after logging): a client whose connection completes in between is queued, then
+    reset when the socket closes, having been told nothing.  Here the last accepts and the end of
+    listening (C{shutdown} of the listening socket, which Linux turns into "not listening") come
+    in one go.  Ports other than Twisted's TCP and Unix ones just get C{stopListening}.
+    """
+    if isinstance(port, tcp.Port) and port.connected and not port.disconnecting:
+        port.stopReading()
+        for _ in range(100):  # bounded: a flood of new connections must not hold the stop
+            before = connections.accepted
+            port.doRead()
+            if connections.accepted == before:
+                break
+        try:
+            port.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not every system lets a listening socket be shut down; closing it follows
+    return defer.maybeDeferred(port.stopListening)
+
+
+def _lowest_transport(transport):
+    """The TCP (or Unix) transport under any wrapper (TLS), which knows when it is closed."""
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
 
 
 class MissionControlService(service.MultiService):
@@ -269,6 +452,8 @@ class MissionControlService(service.MultiService):
         self.reactor = reactor
         self.options = options or {}
         self.ports: list = []
+        self.connections = AcceptedConnections()
+        self.connections.track(site)
 
     def privilegedStartService(self):
         for description in self.listen:
@@ -306,9 +491,10 @@ class MissionControlService(service.MultiService):
             data_dir = self.options["data-dir"]
             self.log.info(
                 "development secret {how} {path}; mint a token with: "
-                "mission-control token --data-dir {data_dir} --sub alice --role admin",
+                "{command} token --data-dir {data_dir} --sub alice --role admin",
                 how="generated in" if self.options["generated-secret"] else "read from",
                 path=self.options["secret-path"],
+                command=shlex.quote(console_script()),
                 data_dir=shlex.quote(data_dir),
             )
 
@@ -318,27 +504,53 @@ class MissionControlService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         """
-        Refuse new connections, close every client with 1001, wait (at most C{close_timeout}
-        seconds) for the close handshakes, then stop the children and close the ports.
+        Stop listening, so that a client connecting from now on is refused at once; answer the
+        connections already accepted (a WebSocket handshake gets 503 shutting down) and close
+        every WebSocket with 1001; wait (at most C{close_timeout} seconds) until all of them are
+        closed; then stop the children and close the store.
+
+        Listening stops first because the other order leaves a window in which a client is
+        accepted, then dropped with no answer when the process exits; a refused connection is a
+        plain signal to back off and retry.
         """
         self.hub.stop()
+        ports, self.ports = self.ports, []
+        unlistened = [stop_listening(port, self.connections) for _, port in ports]
+        self.connections.drain()
         self.hub.close_all()
-        empty = self.hub.when_empty()
-        timer = self.reactor.callLater(self.close_timeout, empty.cancel)
+        everyone = self._everyone_gone()
+        timer = self.reactor.callLater(self.close_timeout, everyone.cancel)
         try:
-            yield empty
+            yield everyone
         except defer.CancelledError:
-            self.log.warn("{count} clients did not close in time", count=self.hub.connection_count)
+            self.log.warn("{count} clients did not close in time",
+                          count=max(self.hub.connection_count, self.connections.open_count()))
         else:
             timer.cancel()
-        ports, self.ports = self.ports, []
         yield super().stopService()
         # Return only once the ports are closed, so a new listener can take them at once.
-        yield defer.gatherResults(
-            [defer.maybeDeferred(port.stopListening) for _, port in ports], consumeErrors=True
-        )
+        yield defer.gatherResults(unlistened, consumeErrors=True)
         # Every write went through the store synchronously; closing checkpoints and releases it.
         self.hub.store.close()
+
+    @defer.inlineCallbacks
+    def _everyone_gone(self):
+        """Fires once the hub has no WebSocket and the network no accepted connection."""
+        yield self.hub.when_empty()
+        yield self.connections.closed(self.reactor)
+
+
+def console_script() -> str:
+    """
+    How to run the C{mission-control} command from where the hub was started: the one installed
+    next to the running Python (a virtual environment's, not on C{PATH} unless activated), by a
+    path relative to the working directory when it is below it; else the bare name.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "mission-control")
+    if not os.path.exists(beside):
+        return "mission-control"
+    relative = os.path.relpath(beside)
+    return relative if not relative.startswith(os.pardir) else os.path.abspath(beside)
 
 
 def urls_of(description: str, port) -> list[str]:

@@ -37,6 +37,7 @@ from twisted.web import server as web_server
 from twisted.web.util import Redirect
 
 from mission_control import auth, cli, events
+from tests import certs
 from tests.helpers import start_server, tmp_path, wait_until
 
 FAST_RETRY = backoffPolicy(initialDelay=0.05, maxDelay=0.2, factor=2.0, jitter=lambda: 0.0)
@@ -400,6 +401,22 @@ class CommandLineTests(UsageAssertions, SynchronousTestCase):
                                   "--client must be")
         _, out, _ = run(["watch", "--help"])
         self.assertIn("at-least-once delivery across restarts of watch", " ".join(out.split()))
+
+    def test_sub_option(self):
+        """
+        --sub sets the user of the tokens watch mints, checked like the hub checks a sub; with a
+        given token it is a usage error, since that token names its own user.
+        """
+        data_dir, secret = secret_dir(self)
+        options = cli.parse_command_line(["watch", "--data-dir", data_dir, "--sub", "carol"],
+                                         {}).subOptions
+        principal = verify(options["credentials"].token(time.time()), secret)
+        self.assertEqual((principal.sub, principal.role, principal.name),
+                         ("carol", "viewer", None))
+        self.assertUsageError(["watch", "--data-dir", data_dir, "--sub", ""], "--sub must be")
+        token = auth.mint_token(secret, "dave", time.time(), ttl=60)
+        self.assertUsageError(["watch", "--token", token, "--sub", "carol"],
+                              "--sub is for the token watch mints")
 
     def test_malformed_token_not_echoed(self):
         """A --token that cannot be a JWT (spaces, a line break) is refused without echoing it."""
@@ -1354,6 +1371,35 @@ class WatchTests(TestCase):
         self.assertEqual(self.err.getvalue(), "")
 
     @defer.inlineCallbacks
+    def test_sub_makes_another_user_whose_comings_and_goings_show(self):
+        """
+        --sub mints the watcher's tokens for that user: a watch subscribed to presence as carol
+        prints a presence:join line, with who, name, role and count, when the default watch
+        (another user) connects, and a presence:leave line when it stops.
+        """
+        data_dir, _ = secret_dir(self)
+        server = start_server(self, ["--data-dir", data_dir])
+        carol = self.watch(server.url(query="channels=presence"), "--data-dir", data_dir,
+                           "--sub", "carol")
+        yield wait_until(lambda: server.hub.connections_of("carol"))
+        carol_out = self.out
+        other = cli.build_watcher(
+            reactor, cli.parse_command_line(
+                ["watch", "--url", server.url(), "--data-dir", data_dir], {}).subOptions,
+            io.StringIO(), io.StringIO(), retry_policy=FAST_RETRY)
+        other.run()
+        self.addCleanup(other.stop)
+        yield wait_until(lambda: "presence:join" in carol_out.getvalue())
+        yield other.stop()
+        yield wait_until(lambda: "presence:leave" in carol_out.getvalue())
+        lines = carol_out.getvalue().splitlines()
+        self.assertRegex(lines[0], r"^\d\d:\d\d:\d\d connected as carol \(viewer\), 0 agents")
+        self.assertRegex(lines[1], r'^\d\d:\d\d:\d\d presence:join  mission-control-cli  '
+                                   r'"mission-control CLI"  \(viewer\)  connections=1$')
+        self.assertRegex(lines[2], r'^\d\d:\d\d:\d\d presence:leave  mission-control-cli  '
+                                   r'"mission-control CLI"  \(viewer\)  connections=0$')
+
+    @defer.inlineCallbacks
     def test_minted_token_renewed_over_the_connection(self):
         """
         A watcher minting short-lived tokens answers auth:expiring with a fresh one, and the same
@@ -1421,6 +1467,73 @@ class WatchTests(TestCase):
         code, out, err = yield run_in_thread(base)
         self.assertEqual((code, out), (1, ""))
         self.assertIn("certificate is not trusted", err)
+
+
+class WatchCertificateTests(TestCase):
+    """
+    C{mission-control watch} against a TLS hub whose certificate it cannot verify: retrying cannot
+    change the certificate, so it says what to do, once, and ends with exit code 1.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def watch_tls(self, interface="127.0.0.1", *args):
+        """Start a TLS hub on C{interface}, watch it with C{args}; fires with the exit code."""
+        self.files = certs.write_certificates(self)
+        listen = certs.ssl_listen(self.files).replace("127.0.0.1", interface)
+        server = start_server(self, ["--listen", listen])
+        self.url = f"wss://{interface}:{server.port}/ws"
+        options = cli.parse_command_line(
+            ["watch", "--url", self.url, "--token", server.token("alice"), *args], {}).subOptions
+        self.out, self.err = io.StringIO(), io.StringIO()
+        watcher = cli.build_watcher(reactor, options, self.out, self.err, retry_policy=FAST_RETRY)
+        result = watcher.run()
+        self.addCleanup(watcher.stop)
+        yield wait_until(lambda: self.err.getvalue() or result.called)
+        self.assertTrue(result.called, self.err.getvalue())
+        self.assertEqual(server.hub.connection_count, 0)
+        self.assertEqual(self.out.getvalue(), "")
+        return (yield result)
+
+    def assertOneLine(self, *fragments):
+        """stderr holds one line, with each of C{fragments}, and no retry."""
+        lines = self.err.getvalue().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertNotIn("reconnecting", lines[0])
+        for fragment in fragments:
+            self.assertIn(fragment, lines[0])
+
+    @defer.inlineCallbacks
+    def test_certificate_of_an_unknown_ca(self):
+        """
+        Without --cafile a hub whose certificate comes from a private CA is not trusted: one line
+        that says so and names --cafile, exit code 1, no second attempt.
+        """
+        code = yield self.watch_tls()
+        self.assertEqual(code, 1)
+        self.assertOneLine("mission-control watch: cannot connect to " + self.url,
+                           "certificate is not trusted", "certificate verify failed",
+                           "--cafile")
+
+    @defer.inlineCallbacks
+    def test_cafile_of_another_ca(self):
+        """With --cafile of another CA the certificate is not trusted either, and the line names
+        the CA file that did not vouch for it."""
+        other = tmp_path(self, "other-ca.pem")
+        with open(other, "wb") as f:
+            f.write(certs.other_certificate_authority().pem)
+        code = yield self.watch_tls("127.0.0.1", "--cafile", other)
+        self.assertEqual(code, 1)
+        self.assertOneLine("certificate is not trusted", f"--cafile {other}")
+
+    @defer.inlineCallbacks
+    def test_certificate_for_another_host(self):
+        """A certificate from the trusted CA but for other names (localhost, 127.0.0.1 here, the
+        hub reached as 127.0.0.2) ends the watch too, saying whose names are wrong."""
+        code = yield self.watch_tls("127.0.0.2", "--cafile", certs.write_certificates(self).ca)
+        self.assertEqual(code, 1)
+        self.assertOneLine("certificate is not valid for 127.0.0.2")
 
 
 class WatchProcessTests(TestCase):

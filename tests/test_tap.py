@@ -21,8 +21,9 @@ import sys
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from twisted.internet import defer, error, protocol, reactor
+from twisted.internet import defer, error, protocol, reactor, threads, utils
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.python import usage
@@ -39,6 +40,7 @@ from tests.helpers import (
     free_port,
     spawn_twistd,
     http_request,
+    parse_response,
     raw_request,
     start_server,
     upgrade_request,
@@ -251,11 +253,25 @@ class EnvironmentTests(OptionsMixin, SynchronousTestCase):
         self.assertEqual(options["listen"], [DEFAULT_LISTEN])
 
     def test_demo_flag_values(self):
-        """MISSION_CONTROL_DEMO turns the demo on with 1/true/yes/on and off with anything else."""
-        for value, expected in [("1", True), ("yes", True), ("ON", True), ("0", False),
-                                ("false", False), ("", False)]:
+        """
+        MISSION_CONTROL_DEMO turns the demo on with 1/true/yes/on and off with 0/false/no/off,
+        in any case and with surrounding spaces; empty is unset (off).
+        """
+        for value, expected in [("1", True), ("yes", True), ("ON", True), (" true ", True),
+                                ("0", False), ("false", False), ("No", False), ("off", False),
+                                ("", False)]:
             options = self.parse(environ={"MISSION_CONTROL_DEMO": value})
             self.assertEqual(bool(options["demo"]), expected, value)
+
+    def test_demo_flag_other_values_are_usage_errors(self):
+        """
+        Any other value of MISSION_CONTROL_DEMO is a usage error that names the variable and the
+        values it accepts, rather than a demo silently left off.
+        """
+        for value in ("banana", "2", "enabled"):
+            self.assertUsageError([], "MISSION_CONTROL_DEMO", repr(value),
+                                  "1, true, yes, on", "0, false, no, off",
+                                  environ={"MISSION_CONTROL_DEMO": value})
 
     def test_environment_errors_are_usage_errors(self):
         """A bad value from the environment is a usage error naming the option."""
@@ -449,6 +465,16 @@ class UsageErrorTests(OptionsMixin, SynchronousTestCase):
         for origin in ("mc.example.com", "https://mc.example.com/app", "ftp://mc.example.com"):
             self.assertUsageError(["--allowed-origin", origin], "--allowed-origin", origin)
 
+    def test_help_names_the_default_algorithms(self):
+        """
+        The --help text of --jwt-algorithm gives the defaults as they are: HS256 with a secret,
+        and with a public key the key's own algorithm (not RS256 for every key).
+        """
+        text = " ".join(str(Options(environ={})).split())
+        self.assertIn("[HS256 with a secret; with a public key, the key's own: RS256 for RSA, "
+                      "ES256/ES384/ES512 for EC by curve, EdDSA for Ed25519/Ed448]", text)
+        self.assertNotIn("RS256 with a public key", text)
+
     def test_unknown_option(self):
         """An option that does not exist is a usage error."""
         self.assertUsageError(["--no-such-option"], "--no-such-option")
@@ -583,19 +609,21 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
 
     def test_start_log_names_command_without_secret(self):
         """
-        With a generated secret the start-up log gives the command that mints a token, with the
-        data dir quoted for a shell, and never the secret itself.
+        With a generated secret the start-up log gives the command that mints a token: the
+        console script installed next to the running Python, named by its path, with the data
+        dir quoted for a shell; never the secret itself.
         """
         data_dir = os.path.join(self.data_dir(), "my data")
         options, service = self.build("--data-dir", data_dir)
         service.startService()
         self.addCleanup(service.stopService)
         [hint] = [m for m in self.messages() if "mission-control token" in m]
-        command = hint[hint.index("mission-control token"):]
+        words = shlex.split(hint.split("mint a token with: ", 1)[1])
         self.assertEqual(
-            shlex.split(command),
-            ["mission-control", "token", "--data-dir", data_dir, "--sub", "alice", "--role", "admin"],
-        )
+            words[1:], ["token", "--data-dir", data_dir, "--sub", "alice", "--role", "admin"])
+        # The console script next to the running Python (a venv's), which a shell may not find.
+        self.assertTrue(os.path.samefile(
+            words[0], os.path.join(os.path.dirname(sys.executable), "mission-control")), words[0])
         secret = options["verifier"].key.decode()
         for message in self.messages():
             self.assertNotIn(secret, message)
@@ -636,6 +664,33 @@ class ListeningTests(OptionsMixin, TestCase):
         yield service.stopService()
         with socket.socket() as s:
             self.assertRaises(ConnectionRefusedError, s.connect, ("127.0.0.1", port))
+
+    @defer.inlineCallbacks
+    def test_stopping_answers_connections_already_queued(self):
+        """
+        A connection the kernel completed but the reactor had not accepted yet when stopping
+        began is accepted and answered (its WebSocket handshake gets 503 shutting down), not
+        reset when the listening socket closes; one made after that is refused.
+        """
+        server = start_server(self)
+        queued = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(queued.close)
+        queued.sendall(upgrade_request(headers=bearer(server.token("late"))))
+        # The reactor has not run since: the connection waits in the listening socket's queue.
+        stopped = server.service.stopService()
+        with socket.socket() as late:
+            self.assertRaises(ConnectionRefusedError, late.connect, ("127.0.0.1", server.port))
+
+        def read_all():
+            queued.settimeout(10)
+            data = b""
+            while chunk := queued.recv(65536):
+                data += chunk
+            return data
+
+        answer = parse_response((yield threads.deferToThread(read_all)))
+        self.assertEqual((answer.status, answer.reason), (503, "shutting down"), answer.raw)
+        yield stopped
 
     @defer.inlineCallbacks
     def test_port_in_use(self):
@@ -802,6 +857,16 @@ class TwistdCommandTests(TestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(response.json(), {"status": "ok"})
 
+        # The command works as printed, in a shell whose PATH does not hold the hub's venv.
+        [command] = [line.split("mint a token with: ", 1)[1]
+                     for line in proto.output.splitlines() if "mint a token with: " in line]
+        minted = yield utils.getProcessOutputAndValue(
+            "/bin/sh", ["-c", command], env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(minted[2], 0, minted)
+        token = minted[0].decode().strip()
+        response = yield raw_request(port, http_request("GET", "/api/agents", token=token))
+        self.assertEqual(response.status, 200, response.raw)
+
         proto.process.signalProcess("TERM")
         reason = yield self.ended(proto)
         self.assertIn((reason.exitCode, reason.signal), [(0, None), (None, signal.SIGTERM)])
@@ -840,3 +905,177 @@ class TwistdCommandTests(TestCase):
         self.assertNotEqual(reason.exitCode, 0)
         self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", proto.output)
         self.assertNotIn("Traceback", proto.output)
+
+
+class _Collector(protocol.Protocol):
+    """Collects what the server sends; C{lost} fires with it once the connection ends."""
+
+    def __init__(self):
+        self.data = b""
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.lost.callback(self.data)
+
+    def close_frame_code(self) -> int | None:
+        """The code of the first close frame after the handshake's head, if one arrived."""
+        _, _, frames = self.data.partition(b"\r\n\r\n")
+        while len(frames) >= 2:
+            opcode, length = frames[0] & 0x0F, frames[1] & 0x7F
+            start = 2 + {126: 2, 127: 8}.get(length, 0)
+            if length >= 126:
+                length = int.from_bytes(frames[2:start], "big")
+            if len(frames) < start + length:
+                return None
+            if opcode == 0x8:
+                return int.from_bytes(frames[start:start + 2], "big")
+            frames = frames[start + length:]
+        return None
+
+
+class TwistdShutdownTests(TestCase):
+    """What clients see while a real C{twistd mission-control} process stops on SIGTERM."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_clients_connecting_during_sigterm_get_a_clear_answer(self):
+        """
+        On SIGTERM the hub stops listening before anything else: a client connecting from then on
+        is refused at once, never accepted and left without an answer.  A connection accepted
+        before the signal still has its answer: its WebSocket handshake, sent after the hub has
+        closed every WebSocket, gets 503 shutting down instead of being dropped when the
+        process exits.  Then the process exits cleanly.
+        """
+        port = free_port()
+        data_dir = os.path.abspath(self.mktemp())
+        proto = spawn_twistd(self, "--listen", f"tcp:{port}:interface=127.0.0.1",
+                             "--data-dir", data_dir)
+        yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in proto.output
+                         or proto.ended.called, timeout=15)
+        self.assertFalse(proto.ended.called, proto.output)
+        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = auth.mint_token(secret, "alice", reactor.seconds(), ttl=600)
+
+        def endpoint():
+            return TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+
+        # The hub accepts in arrival order: once the later WebSocket is answered, it holds this one.
+        in_flight = yield connectProtocol(endpoint(), _Collector())
+        watcher = yield connectProtocol(endpoint(), _Collector())
+        watcher.transport.write(upgrade_request(headers=bearer(token)))
+        yield wait_until(lambda: b'"welcome"' in watcher.data, timeout=10)
+
+        proto.process.signalProcess("TERM")
+        # The watcher hears 1001 and does not answer: the hub keeps waiting for it.
+        yield wait_until(lambda: watcher.close_frame_code() is not None, timeout=10)
+        self.assertEqual(watcher.close_frame_code(), 1001)
+        yield self.assertFailure(connectProtocol(endpoint(), _Collector()),
+                                 error.ConnectionRefusedError)
+
+        watcher.transport.abortConnection()
+        yield wait_until(lambda: "of alice closed" in proto.output, timeout=10)
+        in_flight.transport.write(upgrade_request(headers=bearer(token)))
+        answer = parse_response((yield in_flight.lost))
+        self.assertEqual((answer.status, answer.reason), (503, "shutting down"), answer.raw)
+
+        reason = yield proto.ended.addTimeout(15, reactor)
+        self.assertIn((reason.exitCode, reason.signal), [(0, None), (None, signal.SIGTERM)])
+        self.assertIn("Server Shut Down", proto.output)
+        self.assertNotIn("Traceback", proto.output)
+
+
+class _Twistd(protocol.ProcessProtocol):
+    """A C{twistd} run as given (daemon or not): its output, and C{ended} with its exit code."""
+
+    def __init__(self):
+        self.out = b""
+        self.err = b""
+        self.ended = defer.Deferred()
+
+    def outReceived(self, data):
+        self.out += data
+
+    def errReceived(self, data):
+        self.err += data
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class TwistdFilesTests(TestCase):
+    """The files twistd writes for the hub: its log file and pidfile, as deployment.md runs it."""
+
+    timeout = 60
+
+    def twistd(self, *args, cwd):
+        """Run C{twistd ARGS} (twistd's options and the plugin's) in C{cwd}; fires at its exit."""
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        if not os.path.exists(twistd):
+            raise SkipTest(f"no twistd next to {sys.executable}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MISSION_CONTROL_")}
+        proto = _Twistd()
+        reactor.spawnProcess(proto, twistd, [twistd, *args], env=env, path=cwd)
+        return proto
+
+    def workdir(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+    @defer.inlineCallbacks
+    def test_missing_log_and_pid_directories(self):
+        """
+        A --logfile or --pidfile in a directory that does not exist stops the start with one line
+        on stderr that names the option and the directory, exit status 1, no traceback, and
+        nothing created.
+        """
+        cwd = self.workdir()
+        for option, path in [("--logfile", "logs/hub.log"), ("--pidfile", "run/hub.pid")]:
+            args = ["--pidfile", os.path.join(cwd, "hub.pid"), "--logfile",
+                    os.path.join(cwd, "hub.log")]
+            args[args.index(option) + 1] = os.path.join(cwd, path)
+            proto = self.twistd(*args, "mission-control", "--data-dir",
+                                os.path.join(cwd, "data"), "--listen", "tcp:0", cwd=cwd)
+            code = yield proto.ended
+            lines = proto.err.decode().strip().splitlines()
+            self.assertEqual((code, len(lines)), (1, 1), proto.err)
+            directory = os.path.dirname(os.path.join(cwd, path))
+            self.assertIn(f"twistd mission-control: {option} {os.path.join(cwd, path)}: "
+                          f"the directory {directory} does not exist", lines[0])
+            self.assertNotIn(b"Traceback", proto.out + proto.err)
+            self.assertEqual(os.listdir(cwd), [])
+
+    @defer.inlineCallbacks
+    def test_daemon_log_file_is_private_from_the_start(self):
+        """
+        Daemonized with deployment.md's command, the first log file is created with the umask
+        twistd documents for daemons, 0077: mode 0600, like every file rotated after it; and the
+        daemon stops on SIGTERM to the pid in its pidfile, which it removes.
+        """
+        cwd = self.workdir()
+        os.makedirs(os.path.join(cwd, "log"))
+        os.makedirs(os.path.join(cwd, "run"))
+        pidfile, logfile = os.path.join(cwd, "run", "hub.pid"), os.path.join(cwd, "log", "hub.log")
+        port = free_port()
+        proto = self.twistd("--pidfile", pidfile, "--logfile", logfile, "mission-control",
+                            "--data-dir", os.path.join(cwd, "data"),
+                            "--listen", f"tcp:{port}:interface=127.0.0.1", cwd=cwd)
+        code = yield proto.ended
+        self.assertEqual(code, 0, proto.err)
+        with open(pidfile) as f:
+            pid = int(f.read())
+
+        def stop():
+            if os.path.exists(pidfile):
+                os.kill(pid, signal.SIGTERM)
+                return wait_until(lambda: not os.path.exists(pidfile), timeout=15)
+
+        self.addCleanup(stop)
+        yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in open(logfile).read(), timeout=15)
+        self.assertEqual(oct(os.stat(logfile).st_mode & 0o777), oct(0o600))
+        yield stop()
+        self.assertIn("Server Shut Down", open(logfile).read())

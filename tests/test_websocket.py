@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 import json
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, error, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent, globalLogPublisher
@@ -463,16 +463,19 @@ class LifecycleTests(unittest.TestCase):
     def test_shutdown_closes_with_1001(self):
         """
         Stopping the service closes every client with 1001 (going away), and waits for their
-        close handshakes before it reports itself stopped; new handshakes meanwhile get 503.
+        close handshakes before it reports itself stopped; it stops listening first, so a new
+        connection meanwhile is refused at once.
         """
         server = start_server(self)
         clients = []
         for name in ("a", "b", "c"):
             clients.append((yield connect(self, server, server.token(name))))
         stopped = server.service.stopService()
-        response = yield raw_request(server.port,
-                                     upgrade_request(headers=bearer(server.token("late"))))
-        self.assertEqual((response.status, response.reason), (503, "shutting down"))
+        yield self.assertFailure(
+            raw_request(server.port, upgrade_request(headers=bearer(server.token("late")))),
+            error.ConnectionRefusedError,
+        )
+        self.assertFalse(stopped.called)
         yield stopped
         self.assertEqual(server.hub.connection_count, 0)
         for client in clients:

@@ -6,7 +6,8 @@ The C{mission-control} console script: mint tokens, publish events, watch the st
                           [--data-dir DIR | --jwt-secret-file FILE] [--issuer I] [--audience A]
     mission-control publish status AGENT_ID STATUS [--message M] [--name N] [--metadata JSON]
     mission-control publish activity SESSION_ID ACTIVITY [--agent A] [--summary S] [--detail JSON]
-    mission-control watch [--url ws://127.0.0.1:8080/ws] [--client NAME] [--json] [--verbose]
+    mission-control watch [--url ws://127.0.0.1:8080/ws] [--sub ID] [--client NAME] [--json]
+                          [--verbose]
 
 C{publish} and C{watch} also take C{--url}, C{--token} and C{--cafile}.  Without a token they mint a
 five-minute one from the local development secret (the C{jwt-secret} that the server generates in

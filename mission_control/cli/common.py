@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, NoReturn, Sequence
 from urllib.parse import quote, unquote_plus, urlsplit, urlunsplit
 
+from OpenSSL.SSL import Error as OpenSSLError
+from service_identity import VerificationError as ServiceIdentityError
 from twisted.internet.error import ConnectionRefusedError as TwistedConnectionRefused
 from twisted.internet.error import DNSLookupError, TimeoutError as TwistedTimeoutError
 from twisted.python import usage
@@ -197,13 +199,15 @@ class SigningKey:
 class Credentials:
     """
     The bearer token a client command sends: the one given, or a fresh one minted for each
-    request or connection from the local secret (C{key}), with C{role}, valid for C{ttl} seconds.
+    request or connection from the local secret (C{key}), for the user C{sub}, with C{role},
+    valid for C{ttl} seconds.
     """
 
     given: str | None = field(default=None, repr=False)
     key: SigningKey | None = None
     role: str = auth.DEFAULT_ROLE
     ttl: float = LOCAL_TOKEN_TTL
+    sub: str = LOCAL_TOKEN_SUBJECT
 
     @property
     def mints(self) -> bool:
@@ -214,8 +218,8 @@ class Credentials:
         if self.given is not None:
             return self.given
         assert self.key is not None
-        return self.key.mint(LOCAL_TOKEN_SUBJECT, now, self.ttl, role=self.role,
-                             name=f"{PROGRAM} CLI")
+        name = f"{PROGRAM} CLI" if self.sub == LOCAL_TOKEN_SUBJECT else None
+        return self.key.mint(self.sub, now, self.ttl, role=self.role, name=name)
 
     def refusal_hint(self) -> str:
         """What to suggest when the hub answers 401 to these credentials."""
@@ -508,8 +512,47 @@ def _escape(c: str) -> str:
     return f"\\U{code:08x}"
 
 
-def describe_error(error: object) -> str:
-    """One short, plain line for a network error, whichever library raised it."""
+def certificate_problem(error: object, host: str | None, cafile: str | None) -> str | None:
+    """
+    What is wrong with the server's certificate, when C{error} (a failed TLS connection) says
+    it could not be verified; C{None} for any other error.
+
+    Such a failure is not worth retrying: the certificate will be the same next time.  The text
+    says what to do about it, naming C{--cafile}.
+    """
+    if isinstance(error, Failure):
+        error = error.value
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if error.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return _wrong_host(host)
+        return _untrusted(printable(str(error.verify_message or "certificate verify failed")),
+                          cafile)
+    if isinstance(error, OpenSSLError) and "certificate verify failed" in str(error):
+        return _untrusted("certificate verify failed", cafile)
+    if isinstance(error, ServiceIdentityError):
+        return _wrong_host(host)
+    return None
+
+
+def _untrusted(detail: str, cafile: str | None) -> str:
+    if cafile:
+        return (f"the hub's certificate is not trusted by --cafile {printable(cafile)} ({detail}); "
+                f"is that the certificate of the CA that signed the hub's?")
+    return (f"the hub's certificate is not trusted ({detail}); pass --cafile with the "
+            f"certificate of the CA that signed it")
+
+
+def _wrong_host(host: str | None) -> str:
+    where = f"for {printable(host)}" if host else "for this host name"
+    return (f"the hub's certificate is not valid {where}; use a host name the certificate was "
+            f"issued for")
+
+
+def describe_error(error: object, host: str | None = None, cafile: str | None = None) -> str:
+    """
+    One short, plain line for a network error, whichever library raised it; C{host} and
+    C{cafile} (the C{--cafile} given, if any) make a certificate failure's line precise.
+    """
     if isinstance(error, Failure):
         error = error.value
     if isinstance(error, (ConnectionRefusedError, TwistedConnectionRefused)):
@@ -519,8 +562,7 @@ def describe_error(error: object) -> str:
     if isinstance(error, (TimeoutError, socket.timeout, TwistedTimeoutError)):
         return "timed out"
     if isinstance(error, ssl.SSLCertVerificationError):
-        return (f"the server's certificate is not trusted ({error.verify_message}); "
-                f"pass --cafile with the CA certificate")
+        return certificate_problem(error, host, cafile) or "certificate verify failed"
     if isinstance(error, ConnectionResetError):
         return "the connection was reset"
     text = str(error).strip() or type(error).__name__

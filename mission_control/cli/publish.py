@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from twisted.python import usage
 
@@ -190,7 +190,8 @@ def publish_command(options: _PublishEventOptions, stdout: TextIO, stderr: TextI
         stderr.write(f"{prefix}: {e.code} {printable(str(e.reason))}{message}{hint}\n")
         return 1
     except urllib.error.URLError as e:
-        stderr.write(f"{prefix}: cannot reach {display_url(url)}: {describe_error(e.reason)}\n")
+        why = describe_error(e.reason, urlsplit(url).hostname, options["cafile"])
+        stderr.write(f"{prefix}: cannot reach {display_url(url)}: {why}\n")
         return 1
     except (OSError, http.client.HTTPException) as e:
         stderr.write(f"{prefix}: request to {display_url(url)} failed: {describe_error(e)}\n")

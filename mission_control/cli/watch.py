@@ -8,6 +8,7 @@ from its L{StreamPosition}.  L{watch_main} runs it for L{task.react}.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -28,6 +29,7 @@ from mission_control import auth, events
 from mission_control.cli.common import (
     DEFAULT_WS_URL,
     ENV_PREFIX,
+    LOCAL_TOKEN_SUBJECT,
     LOCAL_TOKEN_TTL,
     PROGRAM,
     USER_AGENT,
@@ -35,6 +37,8 @@ from mission_control.cli.common import (
     _read_cafile,
     _ServerOptions,
     _token_help,
+    certificate_problem,
+    check_subject,
     describe_error,
     display_url,
     printable,
@@ -47,8 +51,8 @@ from mission_control.cli.common import (
 
 
 class WatchOptions(_ServerOptions):
-    synopsis = ("[--url ws://127.0.0.1:8080/ws] [--token JWT] [--cafile PEM] [--client NAME] "
-                "[--json] [--verbose]")
+    synopsis = ("[--url ws://127.0.0.1:8080/ws] [--token JWT | --sub ID] [--cafile PEM] "
+                "[--client NAME] [--json] [--verbose]")
     longdesc = (
         "Follow the hub's event stream: one line per event, or the raw JSON frames with --json. "
         "Reconnects with exponential backoff when the hub goes away, and resumes where it left "
@@ -75,6 +79,9 @@ class WatchOptions(_ServerOptions):
          "Name this watcher (1-128 of A-Z a-z 0-9 . _ : -): it acknowledges what it printed, "
          "and a later watch with the same user and name resumes after it (at-least-once "
          "delivery across restarts of watch)."],
+        ["sub", None, None,
+         f"The user the minted token is for (without --token), so that two watches are two "
+         f"users, as in presence lines. [{LOCAL_TOKEN_SUBJECT}]"],
     ]
     local_role = "viewer"
     default_url = DEFAULT_WS_URL
@@ -94,6 +101,12 @@ class WatchOptions(_ServerOptions):
         if self["client"] is not None and not auth.is_valid_id(self["client"]):
             raise usage.UsageError("--client must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         self.resolve_connection()
+        if self["sub"] is not None:
+            if not self["credentials"].mints:
+                raise usage.UsageError("--sub is for the token watch mints; a token given with "
+                                       "--token (or MISSION_CONTROL_TOKEN) names its own user")
+            check_subject(self["sub"], self.local_role)
+            self["credentials"] = dataclasses.replace(self["credentials"], sub=self["sub"])
 
 
 def _quoted(text: object) -> str:
@@ -135,6 +148,7 @@ def describe_frame(frame: Mapping, tz: tzinfo | None = None) -> str:
         16:04:06 session:activity  sess-1  tool_call  agent=agent-atlas  "web.search"  seq=13
         16:04:07 resumed: replayed seq 41-57
         16:04:07 history lost (epoch): showing a fresh snapshot
+        16:04:08 presence:join  bob  "Bob Stone"  (viewer)  connections=1
 
     Every value from the frame is shown with control characters escaped: a frame cannot move the
     cursor or recolour the terminal.
@@ -157,6 +171,12 @@ def describe_frame(frame: Mapping, tz: tzinfo | None = None) -> str:
             fields.append(f"agent={_field(payload['agentId'])}")
         if payload.get("summary"):
             fields.append(_quoted(payload["summary"]))
+    elif kind in ("presence:join", "presence:leave"):
+        fields.append(_field(payload.get("userId")))
+        if payload.get("name"):
+            fields.append(_quoted(payload["name"]))
+        fields += [f"({_field(payload.get('role'))})",
+                   f"connections={_field(payload.get('connections'))}"]
     elif kind == "heartbeat":
         fields.append(f"lastSeq={_field(payload.get('lastSeq'))}")
     elif kind == "error":
@@ -326,10 +346,16 @@ class WatchProtocol(WebSocketClientProtocol):
 
     refusal: tuple[int, str] | None = None
     opened = False
+    #: Why the connection ended, as the transport said (a TLS failure, say).
+    lost_reason: Failure | None = None
 
     def failHandshake(self, reason: str) -> None:
         self.refusal = _handshake_status(getattr(self, "http_status_line", None))
         super().failHandshake(reason)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost_reason = reason
+        super().connectionLost(reason)
 
     def onOpen(self) -> None:
         self.opened = True
@@ -442,8 +468,9 @@ class Watcher:
     retried with a fresh token, or ends the watch with a fixed one.
 
     L{run} fires with the exit code: 1 when the hub refuses the handshake with a final status
-    (L{refusal_is_final}: 401, 403, 404, ...), closes with 4003 (token no longer accepted), or
-    with 4001 when the token is a fixed one; 0 after L{stop}.
+    (L{refusal_is_final}: 401, 403, 404, ...), when its TLS certificate cannot be verified (not
+    trusted, or issued for another name: the same next time), closes with 4003 (token no longer
+    accepted), or with 4001 when the token is a fixed one; 0 after L{stop}.
     """
 
     def __init__(
@@ -461,6 +488,7 @@ class Watcher:
         endpoint: Any = None,
         client: str | None = None,
         ack_interval: float = 1.0,
+        cafile: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.url = url
@@ -474,6 +502,7 @@ class Watcher:
         self.handshake_timeout = handshake_timeout
         self.client = client
         self.ack_interval = ack_interval
+        self.cafile = cafile
         self.position = StreamPosition()
         self._endpoint = endpoint
         self.failures = 0
@@ -608,6 +637,12 @@ class Watcher:
                 return
             self._retry(f"the hub refused the connection: {status} {phrase}")
             return
+        problem = None if protocol.opened else certificate_problem(
+            protocol.lost_reason, urlsplit(self.url).hostname, self.cafile)
+        if problem is not None:
+            self._say(f"{prefix}: cannot connect to {display_url(self.url)}: {problem}")
+            self._finish(1)
+            return
         if code == 4003:
             self._say(f"{prefix}: the hub no longer accepts this token (4003); not reconnecting")
             self._finish(1)
@@ -704,7 +739,8 @@ def build_watcher(reactor: Any, options: WatchOptions, stdout: TextIO, stderr: T
     printer = FramePrinter(stdout, stderr, json_mode=bool(options["json"]),
                            verbose=bool(options["verbose"]), tz=tz)
     return Watcher(reactor, options["url"], options["credentials"], printer, stderr,
-                   tls=options["tls"], client=options["client"], **settings)
+                   tls=options["tls"], client=options["client"], cafile=options["cafile"],
+                   **settings)
 
 
 def watch_main(reactor: Any, options: WatchOptions, stdout: TextIO,
