@@ -24,7 +24,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -568,8 +568,12 @@ class Hub:
 
     def presence(self) -> list[dict]:
         """Who is connected now: one entry per user, with their connection count."""
-        return [dict(info, connections=len(self._by_user.get(user, ())))
-                for user, info in sorted(self._presence.items())]
+        return list(self.iter_presence())
+
+    def iter_presence(self) -> Iterator[dict]:
+        """L{presence}, one entry at a time, each made when it is reached (for streaming)."""
+        for user, info in sorted(self._presence.items()):
+            yield dict(info, connections=len(self._by_user.get(user, ())))
 
     def timed_out(self, conn) -> None:
         """The connection is being dropped because it stopped answering pings."""
@@ -620,22 +624,24 @@ class Hub:
 
     def connection_details(self) -> list[dict]:
         """One entry per connection, for operators: who, from where, since when, how far."""
-        details = []
-        for conn, session in self._sessions.items():
-            details.append(
-                {
-                    "id": conn.connection_id,
-                    "user": conn.principal.sub,
-                    "role": conn.principal.role,
-                    "client": session.request.client,
-                    "peer": session.request.peer,
-                    "connectedAt": events.format_timestamp(session.connected_at),
-                    "ackedSeq": session.acked_seq,
-                    "bytesWaiting": conn.bytes_waiting(),
-                    "replaying": not session.live,
-                }
-            )
-        return sorted(details, key=lambda d: (d["connectedAt"], d["id"]))
+        return list(self.iter_connection_details())
+
+    def iter_connection_details(self) -> Iterator[dict]:
+        """L{connection_details}, one entry at a time, each made when it is reached."""
+        ordered = sorted(self._sessions.items(),
+                         key=lambda item: (item[1].connected_at, item[0].connection_id))
+        for conn, session in ordered:
+            yield {
+                "id": conn.connection_id,
+                "user": conn.principal.sub,
+                "role": conn.principal.role,
+                "client": session.request.client,
+                "peer": session.request.peer,
+                "connectedAt": events.format_timestamp(session.connected_at),
+                "ackedSeq": session.acked_seq,
+                "bytesWaiting": conn.bytes_waiting(),
+                "replaying": not session.live,
+            }
 
     # Token lifecycle
 

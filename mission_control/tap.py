@@ -81,6 +81,8 @@ class Options(usage.Options):
         ["max-outbound-bytes", None, None, "Bytes queued for one slow client before it is closed with 4008. [1048576]"],
         ["max-messages-per-second", None, None, "Messages one connection may send per second (twice that in a burst); past it error frames, then close 4029. [20]"],
         ["max-publishes-per-second", None, None, "HTTP publishes one user may make per second (twice that in a burst); past it 429. [200]"],
+        ["max-reads-per-second", None, None, "HTTP reads (GET) one user may make per second (twice that in a burst); past it 429. [20]"],
+        ["max-handshakes-per-second", None, None, "WebSocket handshakes one user may make per second (bursts of --max-connections-per-user); past it 429. [5]"],
         ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
@@ -100,6 +102,8 @@ class Options(usage.Options):
         "max-outbound-bytes": "1048576",
         "max-messages-per-second": "20",
         "max-publishes-per-second": "200",
+        "max-reads-per-second": "20",
+        "max-handshakes-per-second": "5",
         "store": "sqlite",
         "history-size": "100000",
         "history-age": "86400",
@@ -242,6 +246,8 @@ class Options(usage.Options):
             "history-age": _positive_float("--history-age"),
             "max-messages-per-second": _positive_float("--max-messages-per-second"),
             "max-publishes-per-second": _positive_float("--max-publishes-per-second"),
+            "max-reads-per-second": _positive_float("--max-reads-per-second"),
+            "max-handshakes-per-second": _positive_float("--max-handshakes-per-second"),
         }
         for name, convert in floats.items():
             try:
@@ -249,7 +255,8 @@ class Options(usage.Options):
             except ValueError:
                 raise usage.UsageError(f"--{name} must be a number >= 0, not {self[name]!r}") from None
         for name in ("ping-interval", "ping-timeout", "history-age", "max-messages-per-second",
-                     "max-publishes-per-second"):
+                     "max-publishes-per-second", "max-reads-per-second",
+                     "max-handshakes-per-second"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be greater than 0")
         limits = {
@@ -597,6 +604,7 @@ def makeService(options, reactor=None) -> MissionControlService:
         verifier=verifier,
         message_rate=rate,
         message_burst=max(1, int(rate * 2)),
+        handshake_rate=options["max-handshakes-per-second"],
     )
     factory = HubServerFactory(
         hub,
@@ -608,7 +616,8 @@ def makeService(options, reactor=None) -> MissionControlService:
         ping_interval=options["ping-interval"],
         ping_timeout=options["ping-timeout"],
     )
-    api = Api(hub, verifier, publish_rate=options["max-publishes-per-second"])
+    api = Api(hub, verifier, publish_rate=options["max-publishes-per-second"],
+              read_rate=options["max-reads-per-second"])
     site = build_site(factory, api, reactor=reactor)
     root = MissionControlService(hub, site, options["listen"], reactor, options)
     if options["demo"]:

@@ -219,8 +219,25 @@ def parse_response(data: bytes) -> RawResponse:
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
     return RawResponse(int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0,
                        parts[2] if len(parts) > 2 else "", headers, body, data)
+
+
+def _dechunk(body: bytes) -> bytes:
+    """The payload of a chunked body (as far as it arrived)."""
+    out, rest = [], body
+    while rest:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        rest = rest[size + 2:]
+    return b"".join(out)
 
 
 @defer.inlineCallbacks

@@ -5,12 +5,18 @@ roles, and every kind of bad input getting the right 4xx with a JSON error.
 
 from __future__ import annotations
 
+import gc
 import os
+import socket
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from tests.helpers import connect, http_request, raw_request, start_server
+from mission_control import events
+from mission_control.web import api
+from mission_control.web.site import HubHTTPChannel
+from tests.helpers import connect, http_request, raw_request, start_server, wait_until
 
 
 class ApiTestCase(unittest.TestCase):
@@ -319,3 +325,115 @@ class SessionOwnershipTests(unittest.TestCase):
             "GET", "/api/events?since=0", token=owner))
         self.assertEqual([e["payload"]["activity"] for e in response.json()["events"]],
                          ["started", "note", "completed"])
+
+
+def _big_detail(size=8000):
+    """A detail object of about C{size} bytes of JSON."""
+    return {"blob": "x" * size}
+
+
+class LargeReadTests(unittest.TestCase):
+    """Large reads are streamed as the client reads them, complete, and paged by size."""
+
+    def fill_sessions(self, server, count, size=8000):
+        """C{count} sessions (no agent) of about C{size} bytes each, straight through the hub."""
+        now = server.hub.clock.seconds()
+        for i in range(count):
+            payload = events.session_activity(
+                {"activity": "tool_call", "detail": _big_detail(size)}, now, f"s{i}")
+            server.hub.publish(events.SESSION_ACTIVITY, payload)
+
+    @defer.inlineCallbacks
+    def test_large_listing_streamed_and_complete(self):
+        """
+        GET /api/sessions of several MB comes chunked and holds exactly the latest state; HEAD
+        gives the headers and no body.
+        """
+        server = start_server(self)
+        self.fill_sessions(server, 400)
+        token = server.token("root", role="admin")
+        response = yield raw_request(server.port, http_request("GET", "/api/sessions",
+                                                               token=token))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.headers.get("transfer-encoding"), "chunked")
+        body = response.json()
+        self.assertEqual(body["sessions"], server.hub.store.sessions())
+        self.assertEqual((body["lastSeq"], body["epoch"]),
+                         (server.hub.store.last_seq, server.hub.store.epoch))
+        head = yield raw_request(server.port, http_request("HEAD", "/api/sessions", token=token))
+        self.assertEqual((head.status, head.body), (200, b""))
+
+    @defer.inlineCallbacks
+    def test_client_that_does_not_read_holds_little(self):
+        """
+        A client that asks for 10 MB of sessions and never reads costs the hub about one
+        transport buffer, not the response: the body is written as the client takes it.
+        """
+        server = start_server(self)
+        self.fill_sessions(server, 1200)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        self.addCleanup(sock.close)
+        sock.sendall(http_request("GET", "/api/sessions",
+                                  token=server.token("root", role="admin")))
+
+        def channels():
+            return [c for c in gc.get_objects() if isinstance(c, HubHTTPChannel)
+                    and c.transport is not None and c.transport.connected]
+
+        yield wait_until(lambda: any(_buffered(c.transport) for c in channels()))
+        yield deferLater(reactor, 0.3, lambda: None)  # let it write whatever it would
+        waiting = max(_buffered(c.transport) for c in channels())
+        self.assertLess(waiting, 256 * 1024)
+        sock.close()
+        yield wait_until(lambda: not channels())
+
+    @defer.inlineCallbacks
+    def test_events_paged_by_size(self):
+        """
+        GET /api/events stops a page once it passes about 1 MiB, says there is more, and
+        following `next` gives every event once, in order.
+        """
+        server = start_server(self)
+        self.fill_sessions(server, 300)
+        token = server.token("root", role="admin")
+        seqs, since, pages = [], 0, 0
+        while True:
+            response = yield raw_request(server.port, http_request(
+                "GET", f"/api/events?since={since}&limit=1000", token=token))
+            self.assertLess(len(response.body), api.MAX_PAGE_BYTES + 10_000)
+            body = response.json()
+            seqs.extend(e["seq"] for e in body["events"])
+            since, pages = body["next"], pages + 1
+            if not body["more"]:
+                break
+        self.assertGreater(pages, 2)
+        self.assertEqual(seqs, list(range(1, 301)))
+
+
+def _buffered(transport) -> int:
+    """Bytes a server transport holds that the kernel has not taken."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class ReadRateTests(unittest.TestCase):
+    """HTTP reads are limited per user."""
+
+    @defer.inlineCallbacks
+    def test_429_past_the_read_rate(self):
+        """Past --max-reads-per-second (and its burst) a user's GETs get 429 with Retry-After;
+        another user's do not."""
+        server = start_server(self, ["--max-reads-per-second", "1"])
+        alice = server.token("alice")
+        statuses = []
+        for _ in range(4):
+            response = yield raw_request(server.port, http_request("GET", "/api/agents",
+                                                                   token=alice))
+            statuses.append(response.status)
+        self.assertEqual(statuses, [200, 200, 429, 429])
+        self.assertEqual((response.json()["error"]["code"], response.headers["retry-after"]),
+                         ("rate_limited", "1"))
+        bob = yield raw_request(server.port, http_request("GET", "/api/agents",
+                                                          token=server.token("bob")))
+        self.assertEqual(bob.status, 200)

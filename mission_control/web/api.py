@@ -37,6 +37,7 @@ from mission_control.hub import Hub
 from mission_control.limits import RateLimits
 from mission_control.store import IdempotencyConflict
 from mission_control.web.site import MAX_BODY_SIZE, error_body
+from mission_control.web.streaming import StreamedBody
 
 
 class ApiError(Exception):
@@ -55,13 +56,16 @@ class Api(resource.Resource):
     #: Users whose publish rate is tracked at once (least recently seen forgotten first).
     max_tracked_publishers = 10_000
 
-    def __init__(self, hub: Hub, verifier: TokenVerifier, publish_rate: float = 200.0) -> None:
+    def __init__(self, hub: Hub, verifier: TokenVerifier, publish_rate: float = 200.0,
+                 read_rate: float = 20.0) -> None:
         super().__init__()
         self.hub = hub
         self.verifier = verifier
         self.publish_rate = publish_rate
         self._publishes = RateLimits(publish_rate, max(1, int(publish_rate * 2)),
                                      self.max_tracked_publishers)
+        self._reads = RateLimits(read_rate, max(1, int(read_rate * 2)),
+                                 self.max_tracked_publishers)
         # (path shape) -> {method: handler}; "*" in a shape matches one id segment.
         self._routes = [
             (("agents",), {b"GET": self._list_agents}),
@@ -83,6 +87,8 @@ class Api(resource.Resource):
             for name, value in e.headers.items():
                 request.setHeader(name, value)
         request.setResponseCode(status)
+        if isinstance(body, StreamedBody):
+            return body.write_to(request)
         return encode_json(body) if not isinstance(body, bytes) else body
 
     def _dispatch(self, request):
@@ -103,6 +109,8 @@ class Api(resource.Resource):
                         )
                 ids = [seg for s, seg in zip(shape, segments) if s == "*"]
                 principal = self._authenticate(request)
+                if request.method in (b"GET", b"HEAD"):
+                    self._charge_read(principal)
                 return handler(request, principal, *ids)
         raise ApiError(404, "not_found", "no such resource")
 
@@ -164,6 +172,12 @@ class Api(resource.Resource):
         """
         if not self._publishes.take(principal.sub, self.hub.clock.seconds()):
             raise ApiError(429, "rate_limited", "too many publishes; slow down",
+                           {b"Retry-After": b"1"})
+
+    def _charge_read(self, principal) -> None:
+        """One read against the user's read rate: reads cost the hub as much as publishes."""
+        if not self._reads.take(principal.sub, self.hub.clock.seconds()):
+            raise ApiError(429, "rate_limited", "too many reads; slow down",
                            {b"Retry-After": b"1"})
 
     def _publish(self, request, principal, event_type, subject_id):
@@ -232,30 +246,46 @@ class Api(resource.Resource):
     # Reads show what the caller could receive over the WebSocket: their role and channels claim.
 
     def _list_agents(self, request, principal):
-        store = self.hub.store
-        agents = [a for a in store.agents() if self.hub.may_see(principal, AGENT_STATUS, a)]
-        return 200, {"agents": agents, "lastSeq": store.last_seq, "epoch": store.epoch}
+        return 200, self._latest(principal, AGENT_STATUS, b"agents")
 
     def _list_sessions(self, request, principal):
+        return 200, self._latest(principal, SESSION_ACTIVITY, b"sessions")
+
+    def _latest(self, principal, event_type: str, name: bytes) -> StreamedBody:
+        """
+        The latest state the caller may see, from the store's ready encodings, streamed: what a
+        client that does not read holds in the hub is a list of references, not a copy.
+        """
         store = self.hub.store
-        sessions = [s for s in store.sessions()
-                    if self.hub.may_see(principal, SESSION_ACTIVITY, s)]
-        return 200, {"sessions": sessions, "lastSeq": store.last_seq, "epoch": store.epoch}
+        visible = [entry.encoded for entry in store.state(event_type)
+                   if self.hub.may_see(principal, event_type, entry.payload)]
+        tail = b'],"lastSeq":%d,"epoch":%s}' % (store.last_seq, encode_json(store.epoch))
+        return StreamedBody(b'{"' + name + b'":[', visible, tail)
 
     def _list_events(self, request, principal):
         since = _int_arg(request, b"since", 0, 0, 10**18)
         limit = _int_arg(request, b"limit", DEFAULT_EVENTS_LIMIT, 1, MAX_EVENTS_LIMIT)
         store = self.hub.store
         page = store.events_after(since, limit)
-        # Where the next page starts: after this page, or past a stretch retention removed.
-        last = page[-1].seq if page else (store.last_seq if since < store.last_seq else since)
-        visible = [e for e in page if self.hub.may_see(principal, e.type, e.payload)]
-        return 200, {
-            # `next` and `more` count every seq, also those of events the caller may not see.
-            "events": [event.envelope() for event in visible],
+        # A page is also bounded in bytes, so one request holds about MAX_PAGE_BYTES at most:
+        # `more` and `next` tell the caller to ask again.
+        encoded, size, last = [], 0, since
+        for event in page:
+            if encoded and size >= MAX_PAGE_BYTES:
+                break
+            last = event.seq
+            if self.hub.may_see(principal, event.type, event.payload):
+                item = encode_json(event.envelope())
+                encoded.append(item)
+                size += len(item)
+        if not page:
+            # Where the next page starts: past a stretch retention removed, or where it was.
+            last = store.last_seq if since < store.last_seq else since
+        fields = {
             "epoch": store.epoch,
             "firstSeq": store.first_seq,
             "lastSeq": store.last_seq,
+            # `next` and `more` count every seq, also those of events the caller may not see.
             "next": last,
             "more": last < store.last_seq,
             # Events after `since` that retention already dropped: the caller missed them.
@@ -263,24 +293,27 @@ class Api(resource.Resource):
             # `since` beyond the last event: from another epoch, or a restored older database.
             "ahead": since > store.last_seq,
         }
+        return 200, StreamedBody(b'{"events":[', encoded, b"]," + encode_json(fields)[1:])
 
     def _list_presence(self, request, principal):
         if not channels.may_subscribe(principal, channels.PRESENCE):
             raise ApiError(403, "forbidden", "not allowed to see presence")
-        return 200, {"presence": self.hub.presence()}
+        return 200, StreamedBody(b'{"presence":[', map(encode_json, self.hub.iter_presence()),
+                                 b"]}")
 
     def _list_connections(self, request, principal):
         if not auth.may_list_connections(principal):
             raise ApiError(403, "forbidden", "admin or operator role required")
-        return 200, {
-            "total": self.hub.connection_count,
-            "users": self.hub.users(),
-            "connections": self.hub.connection_details(),
-        }
+        head = b'{"total":%d,"users":%s,"connections":[' % (
+            self.hub.connection_count, encode_json(self.hub.users()))
+        return 200, StreamedBody(head, map(encode_json, self.hub.iter_connection_details()),
+                                 b"]}")
 
 
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+#: A page of GET /api/events stops after the event that takes it past this many bytes.
+MAX_PAGE_BYTES = 1024 * 1024
 _IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")
 
 
