@@ -10,6 +10,7 @@ L{ValidationError} with a message that names the field but never echoes its valu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -246,6 +247,20 @@ def envelope(
     if seq is not None:
         frame["seq"] = seq
     return frame
+
+
+def request_fingerprint(event_type: str, subject_id: str | None, body: object) -> str:
+    """
+    What an idempotency key is compared by: the event type, the agent or session id the request
+    named (its URL's, decoded), and the body as a JSON value in canonical form.  White space, the
+    order of fields and a top-level field set to C{null} (which counts as absent) do not make
+    another request; any other difference does.  One rule for HTTP and the WebSocket.
+    """
+    if isinstance(body, dict):
+        body = {name: value for name, value in body.items() if value is not None}
+    canonical = json.dumps([event_type, subject_id, body], sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def encode_json(value: object) -> bytes:

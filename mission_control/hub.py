@@ -20,7 +20,6 @@ is delivered live, every event before it came from the store.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -979,7 +978,7 @@ class Hub:
         if key is not None:
             if not isinstance(key, str) or not (1 <= len(key) <= 255) or not key.isprintable():
                 raise ValidationError("idempotencyKey must be 1-255 printable characters")
-            fingerprint = json.dumps(event, sort_keys=True, separators=(",", ":"))
+            fingerprint = events.request_fingerprint(event_type, None, payload)
             key = "ws:" + key
         try:
             stored = self.publish_for(session.conn.principal, event_type, payload, None,

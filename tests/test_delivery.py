@@ -356,6 +356,12 @@ class IdempotencyTests(unittest.TestCase):
                                 token=token, headers={"Idempotency-Key": "k-1"})
         same = yield raw_request(server.port, respaced)
         self.assertEqual(same.json(), first.json())
+        # The same agent written %-encoded, and a null field (absent): still the same request.
+        encoded = http_request("POST", "/api/agents/%61%31/status",
+                               {"status": "busy", "message": None},
+                               token=token, headers={"Idempotency-Key": "k-1"})
+        same = yield raw_request(server.port, encoded)
+        self.assertEqual(same.json(), first.json())
         bad = yield raw_request(server.port, status_request(token, key="x" * 300))
         self.assertEqual(bad.status, 400)
         later = yield raw_request(server.port, status_request(token, key="k-2"))

@@ -747,8 +747,9 @@ class CurlExampleTests(TestCase):
     def test_idempotency_key_session(self):
         """
         The Idempotency-Key session prints what the doc shows, times and seqs aside: the first
-        publish and its repeats (the same bytes, then the same JSON with other spacing and
-        order) answer the one event stored; a body with a null field and another body get 409.
+        publish and its repeats (the same bytes, the same JSON with other spacing and order, and
+        with a null field, which counts as absent) answer the one event stored; another body
+        gets 409.
         """
         session = console_session(examples("docs/http-api.md")["idempotency-curl"])
         self.assertEqual(len(session), 5)
@@ -758,6 +759,7 @@ class CurlExampleTests(TestCase):
             self.assertEqual(shape(json.loads(printed[-1])), shape(json.loads(expected)), command)
         self.assertEqual(printed[0], printed[1])
         self.assertEqual(printed[0], printed[2])
+        self.assertEqual(printed[0], printed[3])
         self.assertEqual(self.server.hub.store.last_seq, 1)
 
     @defer.inlineCallbacks

@@ -223,3 +223,30 @@ class HostilePayloadTests(SynchronousTestCase):
         """A timestamp that leaves the calendar once moved to UTC is a validation error."""
         for value in ("9999-12-31T23:59:59.9999+00:00", "0001-01-01T00:00:00+14:00"):
             self.assertRaises(ValidationError, events.parse_timestamp, value, "timestamp")
+
+
+class RequestFingerprintTests(SynchronousTestCase):
+    """request_fingerprint: what makes two publishes the same request for an idempotency key."""
+
+    def test_same_request(self):
+        """Field order and top-level null fields (absent) do not change the fingerprint."""
+        one = events.request_fingerprint("agent:status", "a1", {"status": "busy", "message": "m"})
+        self.assertEqual(one, events.request_fingerprint(
+            "agent:status", "a1", {"message": "m", "status": "busy", "name": None}))
+
+    def test_other_requests(self):
+        """Another type, subject, value, number form or nested null is another request."""
+        base = events.request_fingerprint("agent:status", "a1", {"status": "busy"})
+        others = [
+            events.request_fingerprint("session:activity", "a1", {"status": "busy"}),
+            events.request_fingerprint("agent:status", "a2", {"status": "busy"}),
+            events.request_fingerprint("agent:status", None, {"status": "busy"}),
+            events.request_fingerprint("agent:status", "a1", {"status": "idle"}),
+        ]
+        self.assertNotIn(base, others)
+        self.assertNotEqual(
+            events.request_fingerprint("agent:status", "a1", {"metadata": {"n": 1}}),
+            events.request_fingerprint("agent:status", "a1", {"metadata": {"n": 1.0}}))
+        self.assertNotEqual(
+            events.request_fingerprint("agent:status", "a1", {"metadata": {"n": None}}),
+            events.request_fingerprint("agent:status", "a1", {"metadata": {}}))
