@@ -57,6 +57,8 @@ WEBSOCKET_PATHS = ("/ws", "/ws/")
 #: Linux's TCP_NOTSENT_LOWAT (Python names it from 3.12 on) and our bound for unsent kernel bytes.
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 KERNEL_UNSENT_LIMIT = 128 * 1024
+#: Headers of every response to a handshake, the 101 and the refusals.
+RESPONSE_HEADERS = (("Server", SERVER_NAME), ("X-Content-Type-Options", "nosniff"))
 
 
 class _WithoutDebug:
@@ -115,8 +117,8 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """
-        Refuse the handshake with a fixed phrase and a JSON error body.  Autobahn's own reasons can
-        quote the request; they go to the log only.
+        Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD).
+        Autobahn's own reasons can quote the request; they go to the log only.
         """
         refusal = self._refusal
         if refusal is None or refusal.status != code:
@@ -134,7 +136,7 @@ class HubServerProtocol(WebSocketServerProtocol):
         self.wasNotCleanReason = refusal.reason
         body = encode_json({"error": {"code": refusal.code, "message": refusal.reason}})
         headers = [
-            ("Server", SERVER_NAME),
+            *RESPONSE_HEADERS,
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
@@ -147,8 +149,14 @@ class HubServerProtocol(WebSocketServerProtocol):
             headers.append(("Allow", "GET"))
         headers.extend(responseHeaders or ())
         self.sendHttpErrorResponse(code, refusal.reason, headers)
-        self.sendData(body)
+        if self._request_method() != "HEAD":
+            self.sendData(body)
         self.dropConnection(abort=False)
+
+    def _request_method(self) -> str | None:
+        """The method of the handshake request, once Autobahn has read its request line."""
+        line = getattr(self, "http_status_line", None) or ""
+        return line.split(" ", 1)[0] or None
 
     def onOpen(self):
         self._watch_backpressure()
@@ -311,7 +319,8 @@ class HubServerFactory(WebSocketServerFactory):
         ping_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
     ) -> None:
-        super().__init__(server=SERVER_NAME, reactor=reactor)
+        super().__init__(server=SERVER_NAME, reactor=reactor,
+                         headers=dict(RESPONSE_HEADERS[1:]))
         self.hub = hub
         self.verifier = verifier
         self.origins = origins or OriginPolicy()

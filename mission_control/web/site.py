@@ -12,8 +12,8 @@ Hardening, on top of twisted.web's own limits (16 KiB of request line plus heade
     (or of the previous request on it), else the connection is dropped: the idle timeout alone lets
     a client dribble one header byte at a time forever;
   - a body over C{max_body_size} is refused with 413 before it is read;
-  - every response says C{Server: mission-control}; a failure inside a resource becomes a JSON 500
-    without a traceback;
+  - every response says C{Server: mission-control} and C{X-Content-Type-Options: nosniff}; a
+    failure inside a resource becomes a JSON 500 without a traceback;
   - the access log never shows the value of a C{token} query parameter.
 """
 
@@ -30,6 +30,8 @@ from mission_control.events import encode_json
 
 SERVER_NAME = b"mission-control"
 MAX_BODY_SIZE = 64 * 1024
+#: Headers every response carries, whoever writes it.
+STANDARD_HEADERS = ((b"Server", SERVER_NAME), (b"X-Content-Type-Options", b"nosniff"))
 
 _TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*", re.IGNORECASE)
 
@@ -37,6 +39,19 @@ _TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*", re.IGNORECASE)
 def error_body(code: str, message: str) -> bytes:
     """The JSON body of every HTTP error: C{{"error": {"code", "message"}}}."""
     return encode_json({"error": {"code": code, "message": message}})
+
+
+def raw_error_response(status: int, phrase: bytes, code: str, message: str) -> bytes:
+    """
+    A whole JSON error response that closes the connection, for the answers written below
+    twisted.web's request machinery (a refused or malformed request).
+    """
+    body = error_body(code, message)
+    head = [b"HTTP/1.1 %d %s" % (status, phrase)]
+    head += [name + b": " + value for name, value in STANDARD_HEADERS]
+    head += [b"Content-Type: application/json", b"Content-Length: %d" % (len(body),),
+             b"Connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 def redact_uri(uri: bytes) -> bytes:
@@ -71,7 +86,8 @@ class HubRequest(server.Request):
 
     def write(self, data):
         if not self.startedWriting:
-            self.setHeader(b"Server", SERVER_NAME)
+            for name, value in STANDARD_HEADERS:
+                self.setHeader(name, value)
         super().write(data)
 
     def processingFailed(self, reason: failure.Failure):
@@ -131,14 +147,9 @@ class HubHTTPChannel(http.HTTPChannel):
 
     def _refuse_body(self):
         """Answer 413 at once and close: the body is not read."""
-        body = error_body("payload_too_large", f"request body over {self.max_body_size} bytes")
-        self.transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Server: " + SERVER_NAME + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (len(body),) + body
-        )
+        self.transport.write(raw_error_response(
+            413, b"Payload Too Large", "payload_too_large",
+            f"request body over {self.max_body_size} bytes"))
         # Read nothing more of this connection, then close it.
         self._refused = True
         self.loseConnection()
@@ -170,14 +181,8 @@ class HubHTTPChannel(http.HTTPChannel):
         super().connectionLost(reason)
 
     def _respondToBadRequestAndDisconnect(self):
-        body = error_body("bad_request", "malformed HTTP request")
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\n"
-            b"Server: " + SERVER_NAME + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (len(body),) + body
-        )
+        self.transport.write(raw_error_response(
+            400, b"Bad Request", "bad_request", "malformed HTTP request"))
         self.loseConnection()
 
 
