@@ -1,7 +1,8 @@
 """
 Hardening of the HTTP side of the listener (L{mission_control.web.site}, and the refusals written
-by L{mission_control.protocol}): deadlines for whole requests, a cap on HTTP connections, HEAD
-without a body, and C{nosniff} on every response.
+by L{mission_control.protocol}): deadlines for whole requests, a cap on HTTP connections, headers
+that cannot be smuggled into the WebSocket handshake, HEAD without a body, and C{nosniff} on every
+response.
 
 Timers are tested with a L{Clock} and a string transport; the rest over real loopback sockets.
 """
@@ -324,3 +325,49 @@ class HeadTests(unittest.TestCase):
             self.assertEqual(response.status, 405)
             self.assertEqual(response.headers["allow"], "GET")
             self.assertEqual(response.body, b"")
+
+
+class SmuggledHeaderTests(unittest.TestCase):
+    """
+    Autobahn re-reads the handshake from twisted.web's parsed headers with C{str.splitlines()},
+    which also splits at characters HTTP does not treat as line ends.  Such requests are refused
+    before Autobahn sees them.
+    """
+
+    def setUp(self):
+        self.server = start_server(self)
+
+    @defer.inlineCallbacks
+    def test_line_splitting_characters_are_refused(self):
+        """
+        A header value carrying \\x0b \\x0c \\x1c \\x1d \\x1e or \\x85 and a second header after
+        it is a 400 with a JSON body: never read as an Authorization header (never 101).
+        """
+        token = self.server.token("mallory")
+        for char in "\x0b\x0c\x1c\x1d\x1e\x85":
+            request = upgrade_request(headers={"X-Note": f"hi{char}authorization: Bearer {token}"})
+            response = yield raw_request(self.server.port, request)
+            self.assertEqual(response.status, 400, repr(char))
+            self.assertEqual(response.json()["error"]["code"], "bad_request")
+        self.assertEqual(self.server.hub.connection_count, 0)
+
+    @defer.inlineCallbacks
+    def test_duplicate_authorization_is_refused(self):
+        """Two Authorization headers are a 400, whichever of them is valid: no "last one wins"."""
+        good = f"Authorization: Bearer {self.server.token('alice')}"
+        for pair in ((good, "Authorization: Bearer nope"), ("Authorization: Bearer nope", good),
+                     (good, good)):
+            request = upgrade_request().replace(
+                b"\r\n\r\n", ("\r\n" + "\r\n".join(pair) + "\r\n\r\n").encode(), 1)
+            response = yield raw_request(self.server.port, request)
+            self.assertEqual(response.status, 400, pair)
+        self.assertEqual(self.server.hub.connection_count, 0)
+
+    @defer.inlineCallbacks
+    def test_ordinary_latin1_values_pass(self):
+        """Header values with other non-ASCII bytes (obs-text) are not refused for it."""
+        token = self.server.token("alice")
+        response = yield raw_handshake(self.server.port, upgrade_request(
+            headers={**bearer(token), "X-Name": "Z\xfcrich caf\xe9"}))
+        self.assertEqual(response.status, 101)
+        yield wait_until(lambda: self.server.hub.connection_count == 0)

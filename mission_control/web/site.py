@@ -3,7 +3,7 @@
 The HTTP side of the listener: the C{Site}, its hardened channel and request, and the resource tree.
 
     /ws          the WebSocket (L{HubWebSocketResource}: Autobahn's WebSocketResource around
-                 L{HubServerFactory})
+                 L{HubServerFactory}, behind a check of what Autobahn will re-read)
     /api/...     the JSON API (L{mission_control.web.api})
     /healthz     200 {"status": "ok"} while serving
     /            what this is and where to connect (the dashboard comes later)
@@ -289,13 +289,49 @@ class HubSite(server.Site):
         return channel
 
 
+#: Headers Autobahn reads as one value: a second one is an ambiguous request, not a list.
+SINGLE_HEADERS = (b"authorization", b"host", b"origin", b"sec-websocket-key",
+                  b"sec-websocket-version")
+
+
+def handshake_problem(request) -> str | None:
+    """
+    Why the WebSocket handshake C{request} must not reach Autobahn, or L{None}.
+
+    Autobahn's C{WebSocketResource} rebuilds the request from twisted.web's parsed headers and
+    reads it again, splitting lines with C{str.splitlines()} over its ISO-8859-1 decoding: that
+    splits at \\x0b \\x0c \\x1c \\x1d \\x1e and \\x85 too, which twisted.web leaves inside a
+    value, so C{X-Note: a\\x1cauthorization: Bearer ...} would become an Authorization header
+    that no proxy in front of us saw.  The check rebuilds the head exactly as Autobahn does and
+    refuses it unless it reads back as the same number of lines.
+    """
+    headers = request.requestHeaders
+    for name in SINGLE_HEADERS:
+        if len(headers.getRawHeaders(name, ())) > 1:
+            return "duplicate header"
+    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]
+    lines += [name + b": " + b",".join(values) for name, values in headers.getAllRawHeaders()]
+    if len(b"\r\n".join(lines).decode("iso-8859-1").splitlines()) != len(lines):
+        return "malformed header"
+    return None
+
+
 class HubWebSocketResource(WebSocketResource):
     """
-    Autobahn's C{WebSocketResource}, telling the channel when it takes the connection over.
+    Autobahn's C{WebSocketResource}, given only requests it reads back as twisted.web parsed
+    them (else a JSON 400), and telling the channel when it takes the connection over.
     """
 
     def render(self, request):
         channel = request.channel
+        problem = handshake_problem(request) if channel.transport is not None else "no transport"
+        if problem is not None:
+            # Closed after the answer, as Autobahn's own refusals are.
+            channel.persistent = False
+            request.setResponseCode(400)
+            request.setHeader(b"Connection", b"close")
+            request.setHeader(b"Content-Type", b"application/json")
+            return error_body("bad_request", "bad request")
         result = super().render(request)
         if channel.transport is None:
             channel.handed_over()
