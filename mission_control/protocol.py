@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_websocket -*-
+# -*- test-case-name: tests.test_websocket,tests.test_hardening_websocket -*-
 """
 The WebSocket adapter: turns handshakes and frames into calls on the L{Hub}, and nothing more.
 
@@ -25,7 +25,10 @@ Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
                                              (or recovered:false and a snapshot)
 
 The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
-reason, logged as a security event with the peer, and never with the token.
+reason, logged as a security event with the peer, and never with the token; an accepted handshake
+leaves one audit line too ("handshake accepted from PEER: 101 USER (ROLE)").  Only the query
+parameter spelled C{token} carries a token: Autobahn decodes parameter names, and C{%74oken}
+would slip past anything in front of us that filters C{token=}.
 
 Backpressure: a small push producer registered on the transport hears when the kernel stops
 taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
@@ -38,6 +41,7 @@ from __future__ import annotations
 import http
 import socket
 from typing import Mapping
+from urllib import parse
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -48,6 +52,7 @@ from zope.interface import implementer
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
 from mission_control.events import encode_json
 from mission_control.hub import ConnectRequest, Hub
+from mission_control.web.site import redact
 
 #: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
 #: own handshake failures carry text from the request ("... header value: <value>"): those are
@@ -59,6 +64,22 @@ TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 KERNEL_UNSENT_LIMIT = 128 * 1024
 #: Headers of every response to a handshake, the 101 and the refusals.
 RESPONSE_HEADERS = (("Server", SERVER_NAME), ("X-Content-Type-Options", "nosniff"))
+
+
+def exact_query_params(uri: str) -> dict[str, list[str]]:
+    """
+    The query parameters of C{uri} as Autobahn's C{parse_qs} reads them (values percent-decoded,
+    blank ones left out), but only those whose name is written as is: a name with a percent
+    escape or a C{+} is nobody's parameter here, so C{%74oken} is never the token.
+    """
+    params: dict[str, list[str]] = {}
+    query = parse.urlsplit(uri).query
+    for field in query.split("&"):
+        name, sep, value = field.partition("=")
+        if not sep or not value or not name or "%" in name or "+" in name:
+            continue
+        params.setdefault(name, []).append(parse.unquote_plus(value, errors="replace"))
+    return params
 
 
 class _WithoutDebug:
@@ -96,6 +117,8 @@ class HubServerProtocol(WebSocketServerProtocol):
     def onConnect(self, request):
         peer = self.peer
         try:
+            # Parameters by their names as written (see exact_query_params), for every use.
+            request.params = exact_query_params(self.http_request_uri)
             self.principal = self.factory.admit(request)
             self._connect_request = ConnectRequest.from_params(request.params, peer)
         except Refusal as refusal:
@@ -111,6 +134,12 @@ class HubServerProtocol(WebSocketServerProtocol):
             self._log.failure("handshake from {peer} failed", peer=peer)
             self._refusal = Refusal(500, "internal error", code="internal_error")
             raise ConnectionDeny(500, "Internal Server Error")
+        self._log.info(
+            "handshake accepted from {peer}: 101 {user} ({role})",
+            peer=peer,
+            user=_printable(self.principal.sub),
+            role=self.principal.role,
+        )
         return None
 
     _refusal: Refusal | None = None
@@ -118,7 +147,7 @@ class HubServerProtocol(WebSocketServerProtocol):
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """
         Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD).
-        Autobahn's own reasons can quote the request; they go to the log only.
+        Autobahn's own reasons can quote the request; they go to the log only, redacted.
         """
         refusal = self._refusal
         if refusal is None or refusal.status != code:
@@ -130,7 +159,7 @@ class HubServerProtocol(WebSocketServerProtocol):
                 "handshake from {peer} failed: {status} {detail}",
                 peer=self.peer,
                 status=code,
-                detail=_printable(reason),
+                detail=_printable(redact(str(reason))),
             )
             refusal = Refusal(code, phrase)
         self.wasNotCleanReason = refusal.reason
@@ -192,6 +221,11 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        # A connection that is gone needs no close handshake timer (one that vanished right after
+        # we sent a close, say): Autobahn leaves it to fire seconds later.
+        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         # The transport still holds whatever the peer never read (up to --max-outbound-bytes);
         # drop our reference so it is freed now, not at the next full garbage collection.
         self.transport = None

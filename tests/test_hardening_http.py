@@ -1,13 +1,15 @@
 """
 Hardening of the HTTP side of the listener (L{mission_control.web.site}, and the refusals written
 by L{mission_control.protocol}): deadlines for whole requests, a cap on HTTP connections, headers
-that cannot be smuggled into the WebSocket handshake, HEAD without a body, and C{nosniff} on every
-response.
+that cannot be smuggled into the WebSocket handshake, HEAD without a body, C{nosniff} on every
+response, and an access log that never shows a token.
 
 Timers are tested with a L{Clock} and a string transport; the rest over real loopback sockets.
 """
 
 from __future__ import annotations
+
+import json
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
@@ -16,9 +18,17 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 
-from mission_control.web.site import Health, HubSite, HubWebSocketResource
+from mission_control.web.site import (
+    Health,
+    HubSite,
+    HubWebSocketResource,
+    access_log_formatter,
+    redact,
+)
 from tests.helpers import (
+    LogCapture,
     connect,
     http_request,
     parse_response,
@@ -31,6 +41,7 @@ from tests.helpers import (
 
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0"
        ".c2lnbmF0dXJlLW9mLXRoZS10b2tlbi1oZXJl")
+SECRET_PARTS = JWT.split(".")
 
 
 def bearer(token):
@@ -371,3 +382,81 @@ class SmuggledHeaderTests(unittest.TestCase):
             headers={**bearer(token), "X-Name": "Z\xfcrich caf\xe9"}))
         self.assertEqual(response.status, 101)
         yield wait_until(lambda: self.server.hub.connection_count == 0)
+
+
+class RedactionTests(unittest.SynchronousTestCase):
+    """Tokens are recognised by their shape and by their name, however the name is written."""
+
+    def assertRedacted(self, text: bytes):
+        redacted = redact(text)
+        for part in SECRET_PARTS:
+            self.assertNotIn(part.encode(), redacted, text)
+        return redacted
+
+    def test_query_forms(self):
+        """?token=, ?%74oken=, ;token=, &TOKEN=, access_token= and an encoded value are redacted."""
+        for uri in (f"/ws?token={JWT}", f"/ws?%74oken={JWT}", f"/ws?%74%6F%6B%65%6E={JWT}",
+                    f"/ws;token={JWT}", f"/ws?a=1&TOKEN={JWT}&b=2", f"/x?access_token={JWT}",
+                    f"/ws?token={JWT.replace('.', '%2E')}", f"/ws?t={JWT}"):
+            self.assertRedacted(uri.encode())
+
+    def test_path_and_fragment(self):
+        """A JWT in the path or after #token= is redacted."""
+        self.assertRedacted(f"/ws/{JWT}/x".encode())
+        self.assertRedacted(f"https://mc.example/#token={JWT}".encode())
+
+    def test_opaque_token_after_its_name(self):
+        """A value after token= that is not a JWT is redacted too."""
+        redacted = redact(b"/ws?token=0123456789abcdefSECRET&x=1")
+        self.assertEqual(redacted, b"/ws?token=[redacted]&x=1")
+
+    def test_bearer(self):
+        """Bearer <anything> (in a User-Agent, say) is redacted."""
+        self.assertEqual(redact(b"curl/8 Bearer s3cr3t-opaque"), b"curl/8 Bearer [redacted]")
+
+    def test_other_text_stays(self):
+        """Text without a token is left alone."""
+        for text in (b"/ws?mytokens=3", b"/api/agents?since=5&limit=10", b"Mozilla/5.0 (X11)",
+                     b"https://mc.example.com/dashboard?channel=agents"):
+            self.assertEqual(redact(text), text)
+
+    def test_formatter_redacts_uri_referer_and_user_agent(self):
+        """The access log line shows none of the token forms in URI, Referer or User-Agent."""
+        request = DummyRequest([b"ws"])
+        request.uri = f"/ws?%74oken={JWT}".encode()
+        request.method = b"GET"
+        request.clientproto = b"HTTP/1.1"
+        request.code = 401
+        request.sentLength = 0
+        request.requestHeaders.setRawHeaders(b"referer", [f"https://mc.example/#token={JWT}".encode()])
+        request.requestHeaders.setRawHeaders(b"user-agent", [f"agent token:{JWT}".encode()])
+        line = access_log_formatter("[27/Nov/2026:00:00:00 +0000]", request)
+        for part in SECRET_PARTS:
+            self.assertNotIn(part, line)
+        self.assertIn("[redacted]", line)
+
+
+class AccessLogOverSocketsTests(unittest.TestCase):
+    """Over real sockets, no log line carries a token in any of its disguises."""
+
+    @defer.inlineCallbacks
+    def test_no_token_in_any_log_line(self):
+        """Tokens in odd query forms, the path, Referer and User-Agent never reach a log event."""
+        logs = LogCapture(self)
+        server = start_server(self)
+        token = server.token("alice")
+        requests = [
+            upgrade_request(f"/ws?%74oken={token}"),
+            http_request("GET", f"/ws;token={token}"),
+            upgrade_request(f"/ws/{token}"),
+            http_request("GET", f"/api/{token}"),
+            http_request("GET", "/healthz", headers={"Referer": f"https://x/?%74oken={token}",
+                                                     "User-Agent": f"bot {token}"}),
+            http_request("GET", "/healthz", headers={"Referer": f"https://x/#token={token}"}),
+        ]
+        for request in requests:
+            yield raw_request(server.port, request)
+        yield wait_until(lambda: len(logs.matching('"GET /healthz')) >= 2)
+        text = "\n".join(logs.lines() + [json.dumps(e, default=repr) for e in logs.events])
+        for part in token.split("."):
+            self.assertNotIn(part, text)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_web,tests.test_hardening_http -*-
 """
 The HTTP side of the listener: the C{Site}, its hardened channel and request, and the resource tree.
 
@@ -23,7 +23,9 @@ Hardening, on top of twisted.web's own limits (16 KiB of request line plus heade
     seconds later, so a client that stops reading cannot hold a socket either;
   - every response says C{Server: mission-control} and C{X-Content-Type-Options: nosniff}; a
     failure inside a resource becomes a JSON 500 without a traceback;
-  - the access log never shows the value of a C{token} query parameter.
+  - the access log never shows a token: anything shaped like a JWT, and the value after a
+    C{token} name however it is spelled (C{%74oken}, C{;token=}, C{#token=}), is redacted in the
+    request line, the Referer and the User-Agent (L{redact}).
 """
 
 from __future__ import annotations
@@ -47,8 +49,6 @@ MAX_HTTP_CONNECTIONS = 1000
 #: Headers every response carries, whoever writes it.
 STANDARD_HEADERS = ((b"Server", SERVER_NAME), (b"X-Content-Type-Options", b"nosniff"))
 
-_TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*", re.IGNORECASE)
-
 
 def error_body(code: str, message: str) -> bytes:
     """The JSON body of every HTTP error: C{{"error": {"code", "message"}}}."""
@@ -68,30 +68,83 @@ def raw_error_response(status: int, phrase: bytes, code: str, message: str) -> b
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-def redact_uri(uri: bytes) -> bytes:
-    """C{uri} with the value of any C{token} query parameter replaced by C{[redacted]}."""
-    return _TOKEN_IN_QUERY.sub(rb"\1[redacted]", uri)
+# Redaction.  A token is recognised by what it looks like, not by where it is: a JWT (three
+# base64url segments, the first one a JSON object: "eyJ"), the value after a name ending in
+# "token" (each letter possibly percent-encoded, as Autobahn's query parsing decodes names), and
+# whatever follows "Bearer".  Dots may be percent-encoded too.
+_DOT = r"(?:\.|%2[Ee])"
+_B64 = r"[A-Za-z0-9_\-]"
+_JWT = r"eyJ" + _B64 + r"*" + _DOT + _B64 + r"+" + _DOT + _B64 + r"*"
+
+
+def _spelled(word: str) -> str:
+    """A pattern for C{word} with any of its letters percent-encoded (case-insensitive)."""
+    return "".join(
+        f"(?:{c}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in word
+    )
+
+
+_NAMED = (r"((?<![A-Za-z0-9])" r"(?:[A-Za-z0-9]+[_\-])?" + _spelled("token")
+          + r"(?:\[\]|%5[Bb]%5[Dd])?\s*(?:=|%3[Dd]|:)\s*)[^&;#\s\"',]+")
+_BEARER = r"(bearer(?:\s|%20|\+)+)[^\s\"',;]+"
+
+
+class _Redactor:
+    """The redaction patterns, compiled for C{bytes} or for C{str}."""
+
+    def __init__(self, kind) -> None:
+        def compile_(pattern, flags=0):
+            source = pattern.encode("ascii") if kind is bytes else pattern
+            return re.compile(source, flags)
+
+        self.jwt = compile_(_JWT)
+        self.named = compile_(_NAMED, re.IGNORECASE)
+        self.bearer = compile_(_BEARER, re.IGNORECASE)
+        self.marker = b"[redacted]" if kind is bytes else "[redacted]"
+        self.keep = b"\\1" if kind is bytes else "\\1"
+
+    def __call__(self, text):
+        text = self.jwt.sub(self.marker, text)
+        text = self.named.sub(self.keep + self.marker, text)
+        return self.bearer.sub(self.keep + self.marker, text)
+
+
+_redact_bytes = _Redactor(bytes)
+_redact_str = _Redactor(str)
+
+
+def redact(text):
+    """
+    C{text} (C{bytes} or C{str}: a URI, a header value, a log detail) with every token in it
+    replaced by C{[redacted]}.
+    """
+    if isinstance(text, bytes):
+        return _redact_bytes(text)
+    return _redact_str(text)
+
+
+#: The older name, for the URI.
+redact_uri = redact
 
 
 class _RedactedRequest:
-    """A view of a request for the access log formatter, its URI and Referer redacted."""
+    """A view of a request for the access log formatter: its request line and headers redacted."""
 
     def __init__(self, request) -> None:
         self._request = request
-        self.uri = redact_uri(request.uri)
+        self.uri = redact(request.uri)
+        self.method = redact(request.method)
 
     def getHeader(self, name):
         value = self._request.getHeader(name)
-        if value is not None and name.lower() == b"referer":
-            return redact_uri(value)
-        return value
+        return redact(value) if value is not None else None
 
     def __getattr__(self, name):
         return getattr(self._request, name)
 
 
 def access_log_formatter(timestamp, request) -> str:
-    """Combined log format, with any token in the query string redacted."""
+    """Combined log format, with any token in the request line, Referer or User-Agent redacted."""
     return http.combinedLogFormatter(timestamp, _RedactedRequest(request))
 
 
@@ -106,7 +159,7 @@ class HubRequest(server.Request):
 
     def processingFailed(self, reason: failure.Failure):
         self._log.failure("request failed: {method} {path}", reason,
-                          method=self.method, path=redact_uri(self.path))
+                          method=redact(self.method), path=redact(self.path))
         body = error_body("internal_error", "internal server error")
         self.setResponseCode(http.INTERNAL_SERVER_ERROR)
         self.setHeader(b"Content-Type", b"application/json")
