@@ -25,10 +25,10 @@ Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
                                              (or recovered:false and a snapshot)
 
 The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
-reason, logged as a security event with the peer, and never with the token; an accepted handshake
-leaves one audit line too ("handshake accepted from PEER: 101 USER (ROLE)").  Only the query
-parameter spelled C{token} carries a token: Autobahn decodes parameter names, and C{%74oken}
-would slip past anything in front of us that filters C{token=}.
+reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE)" or
+"security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
+never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
+parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
 
 Backpressure: a small push producer registered on the transport hears when the kernel stops
 taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
@@ -116,53 +116,64 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         peer = self.peer
+        factory = self.factory
+        principal = None
         try:
             # Parameters by their names as written (see exact_query_params), for every use.
             request.params = exact_query_params(self.http_request_uri)
-            self.principal = self.factory.admit(request)
+            principal = factory.authenticate(request)
+            factory.hub.admit(principal)
             self._connect_request = ConnectRequest.from_params(request.params, peer)
         except Refusal as refusal:
-            self._log.warn(
-                "security: handshake refused from {peer}: {status} {reason}",
-                peer=peer,
-                status=refusal.status,
-                reason=refusal.reason,
-            )
-            self._refusal = refusal
+            self._refusal, self._refused_user = refusal, principal
             raise ConnectionDeny(refusal.status, refusal.reason)
         except Exception:
-            self._log.failure("handshake from {peer} failed", peer=peer)
+            self._log.failure("security: handshake refused from {peer}: 500 internal error",
+                              peer=peer)
             self._refusal = Refusal(500, "internal error", code="internal_error")
+            self._refusal_logged = True
             raise ConnectionDeny(500, "Internal Server Error")
+        self.principal = principal
         self._log.info(
             "handshake accepted from {peer}: 101 {user} ({role})",
             peer=peer,
-            user=_printable(self.principal.sub),
-            role=self.principal.role,
+            user=_printable(principal.sub),
+            role=principal.role,
         )
         return None
 
     _refusal: Refusal | None = None
+    _refused_user = None
+    _refusal_logged = False
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """
-        Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD).
-        Autobahn's own reasons can quote the request; they go to the log only, redacted.
+        Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD), and log
+        it: one line per refused handshake, ours.  Autobahn's own reasons can quote the request;
+        they go to the log only, redacted.
         """
-        refusal = self._refusal
+        refusal, detail = self._refusal, ""
         if refusal is None or refusal.status != code:
             try:
                 phrase = http.HTTPStatus(code).phrase
             except ValueError:
                 phrase = "Error"
-            self._log.info(
-                "handshake from {peer} failed: {status} {detail}",
+            refusal, detail = Refusal(code, phrase), f" ({_printable(redact(str(reason)))})"
+        if not self._refusal_logged:
+            user = self._refused_user
+            level = self._log.warn if code in (401, 403, 429) else self._log.info
+            level(
+                "security: handshake refused from {peer}: {status} {reason}{detail}{user}",
                 peer=self.peer,
                 status=code,
-                detail=_printable(redact(str(reason))),
+                reason=refusal.reason,
+                detail=detail,
+                user=f" (user {_printable(user.sub)})" if user is not None else "",
             )
-            refusal = Refusal(code, phrase)
         self.wasNotCleanReason = refusal.reason
+        # The refusal is a complete HTTP exchange, not a broken connection: marked clean, Autobahn
+        # does not log the drop a second time.
+        self.wasClean = True
         body = encode_json({"error": {"code": refusal.code, "message": refusal.reason}})
         headers = [
             *RESPONSE_HEADERS,
@@ -398,11 +409,20 @@ class HubServerFactory(WebSocketServerFactory):
         @return: the L{Principal} of the new connection.
         @raise Refusal: with the status and fixed reason to answer.
         """
+        principal = self.authenticate(request)
+        self.hub.admit(principal)
+        return principal
+
+    def authenticate(self, request):
+        """
+        The path, the Origin and the token of a handshake (L{admit} without the hub's caps).
+
+        @return: the L{Principal} the token names.
+        @raise Refusal: with the status and fixed reason to answer.
+        """
         if request.path not in WEBSOCKET_PATHS:
             raise Refusal(404, "not found")
         if not self.origins.allows(request.headers.get("origin")):
             raise Refusal(403, "origin not allowed")
         token = token_from_request(request.headers, request.params)
-        principal = self.verifier.verify(token, self.reactor.seconds())
-        self.hub.admit(principal)
-        return principal
+        return self.verifier.verify(token, self.reactor.seconds())

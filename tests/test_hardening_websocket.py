@@ -6,11 +6,14 @@ loopback sockets.
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from tests.helpers import (
     LogCapture,
+    RawExchange,
+    parse_response,
     raw_request,
     raw_websocket,
     start_server,
@@ -58,11 +61,54 @@ class TokenParameterTests(unittest.TestCase):
 
 
 class HandshakeAuditTests(unittest.TestCase):
-    """An audit line per handshake: peer, user where known, outcome; never the token."""
+    """One log line per handshake: peer, user where known, outcome; never the token."""
 
     def setUp(self):
         self.logs = LogCapture(self)
-        self.server = start_server(self)
+        self.server = start_server(self, ["--max-connections-per-user", "1"])
+
+    @defer.inlineCallbacks
+    def exchange(self, request: bytes):
+        """Send C{request}; the response and the client's own port (the peer the server logs)."""
+        proto = RawExchange(request)
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port), proto)
+        port = proto.transport.getHost().port
+        data = yield proto.done
+        return parse_response(data), port
+
+    def lines_about(self, port):
+        return self.logs.matching(f"127.0.0.1:{port}")
+
+    @defer.inlineCallbacks
+    def test_one_line_per_refused_handshake(self):
+        """
+        Each refused handshake, refused by our checks (401, 429) or by the WebSocket checks
+        (400 bad version, 405 method, 426 no upgrade), leaves exactly one log line naming the
+        peer and the status.
+        """
+        token = self.server.token("alice")
+        yield raw_websocket(self, self.server, token)  # alice is now at her cap
+        requests = {
+            401: upgrade_request(),
+            429: upgrade_request(headers={"Authorization": f"Bearer {token}"}),
+            400: upgrade_request(headers={"Authorization": f"Bearer {token}"}).replace(
+                b"Version: 13", b"Version: 99"),
+            405: upgrade_request().replace(b"GET", b"PUT", 1),
+            426: b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        }
+        logged = {}
+        for status, request in requests.items():
+            response, port = yield self.exchange(request)
+            self.assertEqual(response.status, status)
+            yield wait_until(lambda: self.server.hub.connection_count == 1)
+            lines = self.lines_about(port)
+            self.assertEqual(len(lines), 1, lines)
+            self.assertIn("handshake refused", lines[0])
+            self.assertIn(str(status), lines[0])
+            logged[status] = lines[0]
+        self.assertIn("alice", logged[429])
+        for line in self.logs.lines():
+            self.assertNotIn(token.split(".")[2], line)
 
     @defer.inlineCallbacks
     def test_accepted_handshake_is_audited(self):
