@@ -30,6 +30,13 @@ reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 1
 never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
 parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
 
+Every frame a client sends costs one message of its rate (C{Hub.allow_message}): a message's
+first frame is charged when the message is answered, its continuation frames, pings and pongs as
+they arrive; past the rate the connection is closed with 4029.  A message in more than
+C{max_fragments} frames is closed with 1009 like an oversized one.  A connection closed for what
+it sends (4029, the fragment cap) is not read any further: its close frame goes out and the TCP
+connection is closed behind it, without waiting for a close reply, so a flood costs nothing more.
+
 Backpressure: a small push producer registered on the transport hears when the kernel stops
 taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
 C{max_outbound_bytes} the connection is closed with 4008, so one stalled client can hold only
@@ -62,6 +69,13 @@ WEBSOCKET_PATHS = ("/ws", "/ws/")
 #: Linux's TCP_NOTSENT_LOWAT (Python names it from 3.12 on) and our bound for unsent kernel bytes.
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 KERNEL_UNSENT_LIMIT = 128 * 1024
+#: Frames one message may arrive in.  Browsers send a message in one frame; a client library
+#: fragmenting a 64 KiB message in 1 KiB pieces needs 64.
+MAX_FRAGMENTS = 64
+#: Close codes for what a client sends: the connection is not read after them.
+CLOSE_TOO_MANY_MESSAGES = 4029
+CLOSE_TOO_BIG = 1009
+_HANG_UP_CODES = (CLOSE_TOO_MANY_MESSAGES,)
 #: Headers of every response to a handshake, the 101 and the refusals.
 RESPONSE_HEADERS = (("Server", SERVER_NAME), ("X-Content-Type-Options", "nosniff"))
 
@@ -226,6 +240,37 @@ class HubServerProtocol(WebSocketServerProtocol):
         if self.factory.hub.allow_message(self) and self._account(len(payload or b"") + 2):
             super().onPing(payload)
 
+    def onPong(self, payload):
+        """A pong costs a message too: unsolicited ones are free to send and cost us a parse."""
+        self.factory.hub.allow_message(self)
+
+    def onMessageBegin(self, isBinary):
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length):
+        """
+        Every frame after a message's first costs one message of the rate (the first is charged
+        with the whole message, in L{Hub.handle_frame}); past C{max_fragments} frames the
+        connection is closed with 1009.
+        """
+        self._fragments += 1
+        if self._fragments > 1 and self.state == self.STATE_OPEN:
+            if self._fragments > self.factory.max_fragments:
+                self._log.warn(
+                    "closing connection {connection_id} of {user}: a message in more than "
+                    "{max_fragments} frames",
+                    connection_id=self.connection_id,
+                    user=self.principal.sub if self.principal else None,
+                    max_fragments=self.factory.max_fragments,
+                )
+                self._close_and_hang_up(CLOSE_TOO_BIG, "too many fragments")
+            else:
+                self.factory.hub.allow_message(self)
+        super().onMessageFrameBegin(length)
+
+    _fragments = 0
+
     def onAutoPingTimeout(self):
         self.factory.hub.timed_out(self)
         super().onAutoPingTimeout()
@@ -233,7 +278,7 @@ class HubServerProtocol(WebSocketServerProtocol):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         # A connection that is gone needs no close handshake timer (one that vanished right after
-        # we sent a close, say): Autobahn leaves it to fire seconds later.
+        # we sent a close, or one we hung up on): Autobahn leaves it to fire seconds later.
         if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
             self.closeHandshakeTimeoutCall.cancel()
             self.closeHandshakeTimeoutCall = None
@@ -244,6 +289,8 @@ class HubServerProtocol(WebSocketServerProtocol):
     # Frames
 
     def onMessage(self, payload, isBinary):
+        if self.state != self.STATE_OPEN:
+            return  # the rest of a message that arrived after we closed
         reply = self.factory.hub.handle_frame(self, payload, isBinary)
         if reply is not None:
             self.send_frame(reply)
@@ -313,11 +360,27 @@ class HubServerProtocol(WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         if self.state != self.STATE_OPEN:
             return
-        if code == 1001:
+        if code in _HANG_UP_CODES:
+            self._close_and_hang_up(code, reason)
+        elif code == 1001:
             # sendClose() only takes 1000 and 3000-4999.
             self.sendCloseFrame(code=1001, reasonUtf8=reason.encode("utf-8"))
         else:
             self.sendClose(code, reason)
+
+    def _close_and_hang_up(self, code: int, reason: str) -> None:
+        """
+        Close a connection for what it sends, and read nothing more of it: what is buffered is
+        dropped unparsed, and the TCP connection is closed as soon as the close frame is out (an
+        orderly close, so the peer reads the code).  Waiting for the peer's close reply would
+        mean parsing whatever it keeps sending; the close handshake timer still aborts a peer
+        that does not take the close frame.
+        """
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+        self.data = b""
+        transport = self.transport
+        transport.unregisterProducer()  # a paused producer would hold the close back
+        transport.loseConnection()
 
 
 @implementer(IPushProducer)
@@ -363,6 +426,7 @@ class HubServerFactory(WebSocketServerFactory):
         ping_interval: float = 20.0,
         ping_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
+        max_fragments: int = MAX_FRAGMENTS,
     ) -> None:
         super().__init__(server=SERVER_NAME, reactor=reactor,
                          headers=dict(RESPONSE_HEADERS[1:]))
@@ -370,6 +434,7 @@ class HubServerFactory(WebSocketServerFactory):
         self.verifier = verifier
         self.origins = origins or OriginPolicy()
         self.max_outbound_bytes = max_outbound_bytes
+        self.max_fragments = max_fragments
         self.setProtocolOptions(
             versions=[13],
             webStatus=False,

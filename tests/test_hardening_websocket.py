@@ -1,7 +1,8 @@
 """
-Hardening of the WebSocket adapter (L{mission_control.protocol}) against what a connecting client
-can send: ambiguous token parameters; and the audit log of handshakes.  Everything runs over real
-loopback sockets.
+Hardening of the WebSocket adapter (L{mission_control.protocol}) against what a connected or
+connecting client can send: frames that cost nothing to send, ambiguous token parameters, and the
+audit log of handshakes.  Everything runs over real loopback sockets; frames are built byte by
+byte (L{tests.helpers.ws_frame}), since a well-behaved client library never sends them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,95 @@ from tests.helpers import (
     start_server,
     upgrade_request,
     wait_until,
+    ws_frame,
 )
+
+TEXT, CONTINUATION, PING, PONG = 1, 0, 9, 10
+
+
+def ws_factory(server):
+    """The L{HubServerFactory} behind C{/ws} of a running server."""
+    return server.service.site.resource.children[b"ws"]._factory
+
+
+class FrameFloodTests(unittest.TestCase):
+    """Every frame a client sends is charged to its message rate, and a message has few parts."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def flooded(self, server, frames: bytes, code: int):
+        client = yield raw_websocket(self, server, server.token("flooder"))
+        yield wait_until(lambda: len(client.messages()) >= 2)  # welcome, snapshot
+        client.send(frames)
+        yield wait_until(lambda: client.close_code is not None)
+        self.assertEqual(client.close_code, code)
+        yield client.lost
+        yield wait_until(lambda: server.hub.connection_count == 0)
+        return client
+
+    @defer.inlineCallbacks
+    def test_continuation_flood_closes_4029(self):
+        """
+        One text frame without FIN and then empty continuation frames: each continuation is
+        charged to the message rate like a message, so the flood ends with close 4029.
+        """
+        server = start_server(self, ["--max-messages-per-second", "5"])
+        frames = ws_frame(TEXT, b'{"type":', fin=False) + ws_frame(CONTINUATION, fin=False) * 1000
+        yield self.flooded(server, frames, 4029)
+
+    @defer.inlineCallbacks
+    def test_pong_flood_closes_4029(self):
+        """Unsolicited pongs are charged to the message rate: a flood of them ends with 4029."""
+        server = start_server(self)
+        yield self.flooded(server, ws_frame(PONG) * 1000, 4029)
+
+    @defer.inlineCallbacks
+    def test_ping_flood_closes_4029(self):
+        """WebSocket pings were charged already; a flood of them ends with 4029 the same way."""
+        server = start_server(self)
+        yield self.flooded(server, ws_frame(PING) * 1000, 4029)
+
+    @defer.inlineCallbacks
+    def test_too_many_fragments_closes_1009(self):
+        """
+        A message in more fragments than the cap is refused like an oversized message: close
+        1009, even when the message rate would allow every frame.
+        """
+        server = start_server(self, ["--max-messages-per-second", "10000"])
+        cap = ws_factory(server).max_fragments
+        frames = ws_frame(TEXT, b" ", fin=False) + ws_frame(CONTINUATION, b" ", fin=False) * cap
+        client = yield self.flooded(server, frames, 1009)
+        self.assertEqual(client.frames[-1][2][2:], b"too many fragments")
+
+    @defer.inlineCallbacks
+    def test_fragmented_message_under_the_cap_is_answered(self):
+        """A message in a few fragments is put together and answered as one message."""
+        server = start_server(self)
+        client = yield raw_websocket(self, server, server.token())
+        parts = [b'{"type":', b'"ping",', b'"id":"f1"}']
+        client.send(ws_frame(TEXT, parts[0], fin=False) + ws_frame(CONTINUATION, parts[1], fin=False)
+                    + ws_frame(CONTINUATION, parts[2]))
+        yield wait_until(lambda: any(m["type"] == "pong" for m in client.messages()))
+        pong = [m for m in client.messages() if m["type"] == "pong"][0]
+        self.assertEqual(pong["id"], "f1")
+        self.assertIsNone(client.close_code)
+
+    @defer.inlineCallbacks
+    def test_flooder_is_not_read_after_its_close(self):
+        """
+        A client closed for flooding is not read any further: the server sends its close frame
+        and closes the TCP connection at once, without waiting for a close reply the flooder
+        will never send (the close handshake timeout here is far beyond the test's deadline).
+        """
+        server = start_server(self)
+        ws_factory(server).setProtocolOptions(closeHandshakeTimeout=600)
+        client = yield raw_websocket(self, server, server.token("flooder"))
+        yield wait_until(lambda: len(client.messages()) >= 2)
+        client.send(ws_frame(PONG) * 1000)
+        yield wait_until(lambda: client.lost.called, timeout=5)
+        self.assertEqual(client.close_code, 4029)
+        yield wait_until(lambda: server.hub.connection_count == 0)
 
 
 class TokenParameterTests(unittest.TestCase):
