@@ -330,8 +330,8 @@ class HeadTests(unittest.TestCase):
     def test_head_ws_has_no_body(self):
         """HEAD /ws, with or without upgrade headers, is refused with a head only."""
         server = start_server(self)
-        for request in (http_request("HEAD", "/ws"),
-                        upgrade_request(headers=bearer(server.token())).replace(b"GET", b"HEAD", 1)):
+        upgrade = upgrade_request(headers=bearer(server.token()))
+        for request in (http_request("HEAD", "/ws"), upgrade.replace(b"GET", b"HEAD", 1)):
             response = yield raw_request(server.port, request)
             self.assertEqual(response.status, 405)
             self.assertEqual(response.headers["allow"], "GET")
@@ -428,7 +428,8 @@ class RedactionTests(unittest.SynchronousTestCase):
         request.clientproto = b"HTTP/1.1"
         request.code = 401
         request.sentLength = 0
-        request.requestHeaders.setRawHeaders(b"referer", [f"https://mc.example/#token={JWT}".encode()])
+        referer = f"https://mc.example/#token={JWT}".encode()
+        request.requestHeaders.setRawHeaders(b"referer", [referer])
         request.requestHeaders.setRawHeaders(b"user-agent", [f"agent token:{JWT}".encode()])
         line = access_log_formatter("[27/Nov/2026:00:00:00 +0000]", request)
         for part in SECRET_PARTS:

@@ -87,7 +87,8 @@ class FrameFloodTests(unittest.TestCase):
         server = start_server(self)
         client = yield raw_websocket(self, server, server.token())
         parts = [b'{"type":', b'"ping",', b'"id":"f1"}']
-        client.send(ws_frame(TEXT, parts[0], fin=False) + ws_frame(CONTINUATION, parts[1], fin=False)
+        client.send(ws_frame(TEXT, parts[0], fin=False)
+                    + ws_frame(CONTINUATION, parts[1], fin=False)
                     + ws_frame(CONTINUATION, parts[2]))
         yield wait_until(lambda: any(m["type"] == "pong" for m in client.messages()))
         pong = [m for m in client.messages() if m["type"] == "pong"][0]

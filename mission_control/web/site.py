@@ -252,7 +252,8 @@ class HubHTTPChannel(http.HTTPChannel):
         if self.length != 0 and self.request_timeout:
             # A body follows: the whole request has request_timeout from its start.
             self._in_body = True
-            left = max(0.0, self._waiting_since + self.request_timeout - self.site.reactor.seconds())
+            ends = self._waiting_since + self.request_timeout
+            left = max(0.0, ends - self.site.reactor.seconds())
             if self._deadline is not None:
                 self._deadline.reset(left)
             else:
