@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_websocket -*-
+# -*- test-case-name: tests.test_websocket,tests.test_hardening_websocket -*-
 """
 The WebSocket adapter: turns handshakes and frames into calls on the L{Hub}, and nothing more.
 
@@ -25,7 +25,17 @@ Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
                                              (or recovered:false and a snapshot)
 
 The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
-reason, logged as a security event with the peer, and never with the token.
+reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE)" or
+"security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
+never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
+parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
+
+Every frame a client sends costs one message of its rate (C{Hub.allow_message}): a message's
+first frame is charged when the message is answered, its continuation frames, pings and pongs as
+they arrive; past the rate the connection is closed with 4029.  A message in more than
+C{max_fragments} frames is closed with 1009 like an oversized one.  A connection closed for what
+it sends (4029, the fragment cap) is not read any further: its close frame goes out and the TCP
+connection is closed behind it, without waiting for a close reply, so a flood costs nothing more.
 
 Backpressure: a small push producer registered on the transport hears when the kernel stops
 taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
@@ -38,6 +48,7 @@ from __future__ import annotations
 import http
 import socket
 from typing import Mapping
+from urllib import parse
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -48,6 +59,7 @@ from zope.interface import implementer
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
 from mission_control.events import encode_json
 from mission_control.hub import ConnectRequest, Hub
+from mission_control.web.site import redact
 
 #: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
 #: own handshake failures carry text from the request ("... header value: <value>"): those are
@@ -57,6 +69,31 @@ WEBSOCKET_PATHS = ("/ws", "/ws/")
 #: Linux's TCP_NOTSENT_LOWAT (Python names it from 3.12 on) and our bound for unsent kernel bytes.
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
 KERNEL_UNSENT_LIMIT = 128 * 1024
+#: Frames one message may arrive in.  Browsers send a message in one frame; a client library
+#: fragmenting a 64 KiB message in 1 KiB pieces needs 64.
+MAX_FRAGMENTS = 64
+#: Close codes for what a client sends: the connection is not read after them.
+CLOSE_TOO_MANY_MESSAGES = 4029
+CLOSE_TOO_BIG = 1009
+_HANG_UP_CODES = (CLOSE_TOO_MANY_MESSAGES,)
+#: Headers of every response to a handshake, the 101 and the refusals.
+RESPONSE_HEADERS = (("Server", SERVER_NAME), ("X-Content-Type-Options", "nosniff"))
+
+
+def exact_query_params(uri: str) -> dict[str, list[str]]:
+    """
+    The query parameters of C{uri} as Autobahn's C{parse_qs} reads them (values percent-decoded,
+    blank ones left out), but only those whose name is written as is: a name with a percent
+    escape or a C{+} is nobody's parameter here, so C{%74oken} is never the token.
+    """
+    params: dict[str, list[str]] = {}
+    query = parse.urlsplit(uri).query
+    for field in query.split("&"):
+        name, sep, value = field.partition("=")
+        if not sep or not value or not name or "%" in name or "+" in name:
+            continue
+        params.setdefault(name, []).append(parse.unquote_plus(value, errors="replace"))
+    return params
 
 
 class _WithoutDebug:
@@ -93,48 +130,67 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         peer = self.peer
+        factory = self.factory
+        principal = None
         try:
-            self.principal = self.factory.admit(request)
+            # Parameters by their names as written (see exact_query_params), for every use.
+            request.params = exact_query_params(self.http_request_uri)
+            principal = factory.authenticate(request)
+            factory.hub.admit(principal)
             self._connect_request = ConnectRequest.from_params(request.params, peer)
         except Refusal as refusal:
-            self._log.warn(
-                "security: handshake refused from {peer}: {status} {reason}",
-                peer=peer,
-                status=refusal.status,
-                reason=refusal.reason,
-            )
-            self._refusal = refusal
+            self._refusal, self._refused_user = refusal, principal
             raise ConnectionDeny(refusal.status, refusal.reason)
         except Exception:
-            self._log.failure("handshake from {peer} failed", peer=peer)
+            self._log.failure("security: handshake refused from {peer}: 500 internal error",
+                              peer=peer)
             self._refusal = Refusal(500, "internal error", code="internal_error")
+            self._refusal_logged = True
             raise ConnectionDeny(500, "Internal Server Error")
+        self.principal = principal
+        self._log.info(
+            "handshake accepted from {peer}: 101 {user} ({role})",
+            peer=peer,
+            user=_printable(principal.sub),
+            role=principal.role,
+        )
         return None
 
     _refusal: Refusal | None = None
+    _refused_user = None
+    _refusal_logged = False
 
     def failHandshake(self, reason, code=400, responseHeaders=None):
         """
-        Refuse the handshake with a fixed phrase and a JSON error body.  Autobahn's own reasons can
-        quote the request; they go to the log only.
+        Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD), and log
+        it: one line per refused handshake, ours.  Autobahn's own reasons can quote the request;
+        they go to the log only, redacted.
         """
-        refusal = self._refusal
+        refusal, detail = self._refusal, ""
         if refusal is None or refusal.status != code:
             try:
                 phrase = http.HTTPStatus(code).phrase
             except ValueError:
                 phrase = "Error"
-            self._log.info(
-                "handshake from {peer} failed: {status} {detail}",
+            refusal, detail = Refusal(code, phrase), f" ({_printable(redact(str(reason)))})"
+        if not self._refusal_logged:
+            user = self._refused_user
+            level = self._log.warn if code in (401, 403, 429) else self._log.info
+            level(
+                "security: handshake refused from {peer}: {status} {reason}{detail}{user}",
                 peer=self.peer,
                 status=code,
-                detail=_printable(reason),
+                reason=refusal.reason,
+                detail=detail,
+                user=f" (user {_printable(user.sub)})" if user is not None else "",
             )
-            refusal = Refusal(code, phrase)
         self.wasNotCleanReason = refusal.reason
+        # The refusal is a complete HTTP exchange, not a broken connection: marked clean, Autobahn
+        # does not log the drop a second time.
+        self.wasClean = True
         body = encode_json({"error": {"code": refusal.code, "message": refusal.reason}})
         headers = [
-            ("Server", SERVER_NAME),
+            *RESPONSE_HEADERS,
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(body))),
             ("Connection", "close"),
@@ -147,8 +203,14 @@ class HubServerProtocol(WebSocketServerProtocol):
             headers.append(("Allow", "GET"))
         headers.extend(responseHeaders or ())
         self.sendHttpErrorResponse(code, refusal.reason, headers)
-        self.sendData(body)
+        if self._request_method() != "HEAD":
+            self.sendData(body)
         self.dropConnection(abort=False)
+
+    def _request_method(self) -> str | None:
+        """The method of the handshake request, once Autobahn has read its request line."""
+        line = getattr(self, "http_status_line", None) or ""
+        return line.split(" ", 1)[0] or None
 
     def onOpen(self):
         self._watch_backpressure()
@@ -178,12 +240,48 @@ class HubServerProtocol(WebSocketServerProtocol):
         if self.factory.hub.allow_message(self) and self._account(len(payload or b"") + 2):
             super().onPing(payload)
 
+    def onPong(self, payload):
+        """A pong costs a message too: unsolicited ones are free to send and cost us a parse."""
+        self.factory.hub.allow_message(self)
+
+    def onMessageBegin(self, isBinary):
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length):
+        """
+        Every frame after a message's first costs one message of the rate (the first is charged
+        with the whole message, in L{Hub.handle_frame}); past C{max_fragments} frames the
+        connection is closed with 1009.
+        """
+        self._fragments += 1
+        if self._fragments > 1 and self.state == self.STATE_OPEN:
+            if self._fragments > self.factory.max_fragments:
+                self._log.warn(
+                    "closing connection {connection_id} of {user}: a message in more than "
+                    "{max_fragments} frames",
+                    connection_id=self.connection_id,
+                    user=self.principal.sub if self.principal else None,
+                    max_fragments=self.factory.max_fragments,
+                )
+                self._close_and_hang_up(CLOSE_TOO_BIG, "too many fragments")
+            else:
+                self.factory.hub.allow_message(self)
+        super().onMessageFrameBegin(length)
+
+    _fragments = 0
+
     def onAutoPingTimeout(self):
         self.factory.hub.timed_out(self)
         super().onAutoPingTimeout()
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        # A connection that is gone needs no close handshake timer (one that vanished right after
+        # we sent a close, or one we hung up on): Autobahn leaves it to fire seconds later.
+        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
+            self.closeHandshakeTimeoutCall.cancel()
+            self.closeHandshakeTimeoutCall = None
         # The transport still holds whatever the peer never read (up to --max-outbound-bytes);
         # drop our reference so it is freed now, not at the next full garbage collection.
         self.transport = None
@@ -191,6 +289,8 @@ class HubServerProtocol(WebSocketServerProtocol):
     # Frames
 
     def onMessage(self, payload, isBinary):
+        if self.state != self.STATE_OPEN:
+            return  # the rest of a message that arrived after we closed
         reply = self.factory.hub.handle_frame(self, payload, isBinary)
         if reply is not None:
             self.send_frame(reply)
@@ -260,11 +360,27 @@ class HubServerProtocol(WebSocketServerProtocol):
     def close(self, code: int, reason: str) -> None:
         if self.state != self.STATE_OPEN:
             return
-        if code == 1001:
+        if code in _HANG_UP_CODES:
+            self._close_and_hang_up(code, reason)
+        elif code == 1001:
             # sendClose() only takes 1000 and 3000-4999.
             self.sendCloseFrame(code=1001, reasonUtf8=reason.encode("utf-8"))
         else:
             self.sendClose(code, reason)
+
+    def _close_and_hang_up(self, code: int, reason: str) -> None:
+        """
+        Close a connection for what it sends, and read nothing more of it: what is buffered is
+        dropped unparsed, and the TCP connection is closed as soon as the close frame is out (an
+        orderly close, so the peer reads the code).  Waiting for the peer's close reply would
+        mean parsing whatever it keeps sending; the close handshake timer still aborts a peer
+        that does not take the close frame.
+        """
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
+        self.data = b""
+        transport = self.transport
+        transport.unregisterProducer()  # a paused producer would hold the close back
+        transport.loseConnection()
 
 
 @implementer(IPushProducer)
@@ -310,12 +426,15 @@ class HubServerFactory(WebSocketServerFactory):
         ping_interval: float = 20.0,
         ping_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
+        max_fragments: int = MAX_FRAGMENTS,
     ) -> None:
-        super().__init__(server=SERVER_NAME, reactor=reactor)
+        super().__init__(server=SERVER_NAME, reactor=reactor,
+                         headers=dict(RESPONSE_HEADERS[1:]))
         self.hub = hub
         self.verifier = verifier
         self.origins = origins or OriginPolicy()
         self.max_outbound_bytes = max_outbound_bytes
+        self.max_fragments = max_fragments
         self.setProtocolOptions(
             versions=[13],
             webStatus=False,
@@ -355,11 +474,20 @@ class HubServerFactory(WebSocketServerFactory):
         @return: the L{Principal} of the new connection.
         @raise Refusal: with the status and fixed reason to answer.
         """
+        principal = self.authenticate(request)
+        self.hub.admit(principal)
+        return principal
+
+    def authenticate(self, request):
+        """
+        The path, the Origin and the token of a handshake (L{admit} without the hub's caps).
+
+        @return: the L{Principal} the token names.
+        @raise Refusal: with the status and fixed reason to answer.
+        """
         if request.path not in WEBSOCKET_PATHS:
             raise Refusal(404, "not found")
         if not self.origins.allows(request.headers.get("origin")):
             raise Refusal(403, "origin not allowed")
         token = token_from_request(request.headers, request.params)
-        principal = self.verifier.verify(token, self.reactor.seconds())
-        self.hub.admit(principal)
-        return principal
+        return self.verifier.verify(token, self.reactor.seconds())

@@ -385,3 +385,142 @@ def spawn_twistd(testcase, *args, cwd=None) -> TwistdProcess:
 
     testcase.addCleanup(kill)
     return proto
+
+
+def ws_frame(opcode: int, payload: bytes = b"", fin: bool = True,
+             mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """
+    One client-to-server WebSocket frame, masked as RFC 6455 requires: C{opcode} 0 continuation,
+    1 text, 2 binary, 8 close, 9 ping, 10 pong.  Nothing is checked, so tests can send frames a
+    well-behaved client library never would.
+    """
+    head = bytes([(0x80 if fin else 0) | opcode])
+    length = len(payload)
+    if length < 126:
+        head += bytes([0x80 | length])
+    elif length < 65536:
+        head += bytes([0x80 | 126]) + length.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + length.to_bytes(8, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + masked
+
+
+def parse_server_frames(data: bytes) -> tuple[list[tuple[int, bool, bytes]], bytes]:
+    """
+    Split unmasked server-to-client frames off the front of C{data}: a list of (opcode, fin,
+    payload), and the bytes of an incomplete frame left over.
+    """
+    frames = []
+    while len(data) >= 2:
+        fin, opcode, length = bool(data[0] & 0x80), data[0] & 0x0F, data[1] & 0x7F
+        offset = 2
+        if length == 126:
+            if len(data) < 4:
+                break
+            length, offset = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            if len(data) < 10:
+                break
+            length, offset = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < offset + length:
+            break
+        frames.append((opcode, fin, data[offset:offset + length]))
+        data = data[offset + length:]
+    return frames, data
+
+
+class RawWebSocket(Protocol):
+    """
+    A WebSocket client that speaks bytes: it sends C{request} (an upgrade), and once the 101 is
+    in, C{opened} fires; after that L{send} writes whatever frames a test builds with L{ws_frame}.
+    It never answers anything.  C{frames} collects what the server sent (opcode, fin, payload);
+    C{close_code} is the code of the server's close frame; C{lost} fires when the connection ends.
+    """
+
+    def __init__(self, request: bytes):
+        self.request = request
+        self.head = b""
+        self.status = None
+        self.buffer = b""
+        self.frames = []
+        self.close_code = None
+        self.opened = defer.Deferred()
+        self.lost = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def dataReceived(self, data):
+        if self.status is None:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, data = self.head.partition(b"\r\n\r\n")
+            self.status = parse_response(head + b"\r\n\r\n").status
+            if self.status != 101:
+                self.opened.errback(ConnectionError(f"handshake answered {self.status}"))
+                return
+            self.opened.callback(self)
+        frames, self.buffer = parse_server_frames(self.buffer + data)
+        for opcode, fin, payload in frames:
+            self.frames.append((opcode, fin, payload))
+            if opcode == 8 and self.close_code is None:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+
+    def send(self, data: bytes):
+        self.transport.write(data)
+
+    def messages(self) -> list[dict]:
+        """The server's text frames, decoded."""
+        return [json.loads(payload) for opcode, _, payload in self.frames if opcode == 1]
+
+    def connectionLost(self, reason):
+        if not self.opened.called:
+            self.opened.errback(ConnectionError("connection lost before the handshake ended"))
+        self.lost.callback(None)
+
+
+def raw_websocket(testcase, server: RunningServer, token: str | None, path="/ws"):
+    """
+    Open a L{RawWebSocket} to C{server} with C{token} in the Authorization header (none when
+    C{token} is L{None}: put it in C{path}); fires with it once the 101 is in.  Its connection is
+    aborted when the test ends, if it is still open.
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    client = RawWebSocket(upgrade_request(path, headers))
+
+    @defer.inlineCallbacks
+    def go():
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), client)
+
+        def close():
+            if not client.lost.called:
+                client.transport.abortConnection()
+            return client.lost
+
+        testcase.addCleanup(close)
+        yield client.opened
+        return client
+
+    return go()
+
+
+class LogCapture:
+    """Every event of the global log publisher while a test runs; C{lines} formats them."""
+
+    def __init__(self, testcase):
+        from twisted.logger import globalLogPublisher
+
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        testcase.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def lines(self) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(event) for event in self.events]
+
+    def matching(self, *fragments: str) -> list[str]:
+        """The formatted lines that contain every one of C{fragments}."""
+        return [line for line in self.lines() if all(f in line for f in fragments)]

@@ -1,20 +1,31 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.test_web,tests.test_hardening_http -*-
 """
 The HTTP side of the listener: the C{Site}, its hardened channel and request, and the resource tree.
 
-    /ws          the WebSocket (Autobahn's WebSocketResource around L{HubServerFactory})
+    /ws          the WebSocket (L{HubWebSocketResource}: Autobahn's WebSocketResource around
+                 L{HubServerFactory}, behind a check of what Autobahn will re-read)
     /api/...     the JSON API (L{mission_control.web.api})
     /healthz     200 {"status": "ok"} while serving
     /            what this is and where to connect (the dashboard comes later)
 
 Hardening, on top of twisted.web's own limits (16 KiB of request line plus headers, then 400):
   - a request must have sent all its headers within C{handshake_timeout} seconds of the connection
-    (or of the previous request on it), else the connection is dropped: the idle timeout alone lets
-    a client dribble one header byte at a time forever;
+    (or of the previous response on it), else the connection is closed quietly: the idle timeout
+    alone lets a client dribble one header byte at a time forever, and an idle kept-alive
+    connection is closed the same way;
+  - the whole request, head and body, must be in within C{request_timeout} seconds, else it is
+    answered 408 and closed: a client cannot hold a connection by trickling a body either;
+  - at most C{max_http_connections} HTTP connections at once; past that a new connection is
+    answered 503 at once and closed.  A connection handed to the WebSocket leaves this count (the
+    hub counts WebSockets, C{--max-connections}) and these deadlines;
   - a body over C{max_body_size} is refused with 413 before it is read;
-  - every response says C{Server: mission-control}; a failure inside a resource becomes a JSON 500
-    without a traceback;
-  - the access log never shows the value of a C{token} query parameter.
+  - a connection being closed that does not take its last bytes is aborted C{abortTimeout}
+    seconds later, so a client that stops reading cannot hold a socket either;
+  - every response says C{Server: mission-control} and C{X-Content-Type-Options: nosniff}; a
+    failure inside a resource becomes a JSON 500 without a traceback;
+  - the access log never shows a token: anything shaped like a JWT, and the value after a
+    C{token} name however it is spelled (C{%74oken}, C{;token=}, C{#token=}), is redacted in the
+    request line, the Referer and the User-Agent (L{redact}).
 """
 
 from __future__ import annotations
@@ -30,8 +41,13 @@ from mission_control.events import encode_json
 
 SERVER_NAME = b"mission-control"
 MAX_BODY_SIZE = 64 * 1024
-
-_TOKEN_IN_QUERY = re.compile(rb"([?&]token=)[^&#]*", re.IGNORECASE)
+#: Defaults of the tunables below (L{build_site} keyword arguments).
+HANDSHAKE_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 30.0
+IDLE_TIMEOUT = 60.0
+MAX_HTTP_CONNECTIONS = 1000
+#: Headers every response carries, whoever writes it.
+STANDARD_HEADERS = ((b"Server", SERVER_NAME), (b"X-Content-Type-Options", b"nosniff"))
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -39,30 +55,96 @@ def error_body(code: str, message: str) -> bytes:
     return encode_json({"error": {"code": code, "message": message}})
 
 
-def redact_uri(uri: bytes) -> bytes:
-    """C{uri} with the value of any C{token} query parameter replaced by C{[redacted]}."""
-    return _TOKEN_IN_QUERY.sub(rb"\1[redacted]", uri)
+def raw_error_response(status: int, phrase: bytes, code: str, message: str) -> bytes:
+    """
+    A whole JSON error response that closes the connection, for the answers written below
+    twisted.web's request machinery (a refused connection, a refused or timed-out body).
+    """
+    body = error_body(code, message)
+    head = [b"HTTP/1.1 %d %s" % (status, phrase)]
+    head += [name + b": " + value for name, value in STANDARD_HEADERS]
+    head += [b"Content-Type: application/json", b"Content-Length: %d" % (len(body),),
+             b"Connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+# Redaction.  A token is recognised by what it looks like, not by where it is: a JWT (three
+# base64url segments, the first one a JSON object: "eyJ"), the value after a name ending in
+# "token" (each letter possibly percent-encoded, as Autobahn's query parsing decodes names), and
+# whatever follows "Bearer".  Dots may be percent-encoded too.
+_DOT = r"(?:\.|%2[Ee])"
+_B64 = r"[A-Za-z0-9_\-]"
+_JWT = r"eyJ" + _B64 + r"*" + _DOT + _B64 + r"+" + _DOT + _B64 + r"*"
+
+
+def _spelled(word: str) -> str:
+    """A pattern for C{word} with any of its letters percent-encoded (case-insensitive)."""
+    return "".join(
+        f"(?:{c}|%{ord(c.lower()):02x}|%{ord(c.upper()):02x})" for c in word
+    )
+
+
+_NAMED = (r"((?<![A-Za-z0-9])" r"(?:[A-Za-z0-9]+[_\-])?" + _spelled("token")
+          + r"(?:\[\]|%5[Bb]%5[Dd])?\s*(?:=|%3[Dd]|:)\s*)[^&;#\s\"',]+")
+_BEARER = r"(bearer(?:\s|%20|\+)+)[^\s\"',;]+"
+
+
+class _Redactor:
+    """The redaction patterns, compiled for C{bytes} or for C{str}."""
+
+    def __init__(self, kind) -> None:
+        def compile_(pattern, flags=0):
+            source = pattern.encode("ascii") if kind is bytes else pattern
+            return re.compile(source, flags)
+
+        self.jwt = compile_(_JWT)
+        self.named = compile_(_NAMED, re.IGNORECASE)
+        self.bearer = compile_(_BEARER, re.IGNORECASE)
+        self.marker = b"[redacted]" if kind is bytes else "[redacted]"
+        self.keep = b"\\1" if kind is bytes else "\\1"
+
+    def __call__(self, text):
+        text = self.jwt.sub(self.marker, text)
+        text = self.named.sub(self.keep + self.marker, text)
+        return self.bearer.sub(self.keep + self.marker, text)
+
+
+_redact_bytes = _Redactor(bytes)
+_redact_str = _Redactor(str)
+
+
+def redact(text):
+    """
+    C{text} (C{bytes} or C{str}: a URI, a header value, a log detail) with every token in it
+    replaced by C{[redacted]}.
+    """
+    if isinstance(text, bytes):
+        return _redact_bytes(text)
+    return _redact_str(text)
+
+
+#: The older name, for the URI.
+redact_uri = redact
 
 
 class _RedactedRequest:
-    """A view of a request for the access log formatter, its URI and Referer redacted."""
+    """A view of a request for the access log formatter: its request line and headers redacted."""
 
     def __init__(self, request) -> None:
         self._request = request
-        self.uri = redact_uri(request.uri)
+        self.uri = redact(request.uri)
+        self.method = redact(request.method)
 
     def getHeader(self, name):
         value = self._request.getHeader(name)
-        if value is not None and name.lower() == b"referer":
-            return redact_uri(value)
-        return value
+        return redact(value) if value is not None else None
 
     def __getattr__(self, name):
         return getattr(self._request, name)
 
 
 def access_log_formatter(timestamp, request) -> str:
-    """Combined log format, with any token in the query string redacted."""
+    """Combined log format, with any token in the request line, Referer or User-Agent redacted."""
     return http.combinedLogFormatter(timestamp, _RedactedRequest(request))
 
 
@@ -71,12 +153,13 @@ class HubRequest(server.Request):
 
     def write(self, data):
         if not self.startedWriting:
-            self.setHeader(b"Server", SERVER_NAME)
+            for name, value in STANDARD_HEADERS:
+                self.setHeader(name, value)
         super().write(data)
 
     def processingFailed(self, reason: failure.Failure):
         self._log.failure("request failed: {method} {path}", reason,
-                          method=self.method, path=redact_uri(self.path))
+                          method=redact(self.method), path=redact(self.path))
         body = error_body("internal_error", "internal server error")
         self.setResponseCode(http.INTERNAL_SERVER_ERROR)
         self.setHeader(b"Content-Type", b"application/json")
@@ -88,62 +171,123 @@ class HubRequest(server.Request):
 
 class HubHTTPChannel(http.HTTPChannel):
     """
-    An C{HTTPChannel} with a deadline for the request head and a cap on the body.
+    An C{HTTPChannel} with deadlines for the request head and the whole request, a cap on the
+    body, and a place in its site's count of HTTP connections.
 
-    The deadline starts when the connection opens and again when a response is done on a kept-alive
-    connection; it stops when all headers are in.  WebSocket upgrades hand the connection to Autobahn
-    after the headers, so this also bounds the time a WebSocket handshake may take.
+    One timer, the deadline, runs from the moment the channel waits for a request (the connection
+    opened, or the previous response is done on a kept-alive connection) until the request's last
+    body byte: C{handshake_timeout} for the head, moved on to C{request_timeout} from the same
+    start once the head announces a body.  Bytes arriving do not move it, unlike the idle timeout.
+    A WebSocket upgrade hands the connection to Autobahn after the head; L{handed_over} then takes
+    the channel out of its deadline and its site's count.
     """
 
     log = Logger()
-    handshake_timeout = 10.0
+    handshake_timeout = HANDSHAKE_TIMEOUT
+    request_timeout = REQUEST_TIMEOUT
     max_body_size = MAX_BODY_SIZE
-    _head_deadline = None
+    _deadline = None
+    _waiting_since = 0.0
+    _in_body = False
     _body_received = 0
+    _refused = False
+    _counted = False
 
     def connectionMade(self):
         super().connectionMade()
-        self._start_head_deadline()
+        site = self.site
+        if site.http_connections >= site.max_http_connections:
+            self.log.warn("refusing a connection from {peer}: {count} HTTP connections open",
+                          peer=str(self.transport.getPeer()), count=site.http_connections)
+            self._refuse(503, b"Service Unavailable", "too_many_connections",
+                         "too many connections; retry later")
+            return
+        site.http_connections += 1
+        self._counted = True
+        self._start_deadline()
 
-    def _start_head_deadline(self):
-        self._cancel_head_deadline()
+    def _uncount(self):
+        if self._counted:
+            self._counted = False
+            self.site.http_connections -= 1
+
+    def handed_over(self):
+        """The connection now belongs to a WebSocket: no deadline, no place in the HTTP count."""
+        self._cancel_deadline()
+        self._uncount()
+
+    # The deadline
+
+    def _start_deadline(self):
+        self._cancel_deadline()
+        self._in_body = False
+        self._waiting_since = self.site.reactor.seconds()
         if self.handshake_timeout:
-            self._head_deadline = self.callLater(self.handshake_timeout, self._head_timed_out)
+            self._deadline = self.callLater(self.handshake_timeout, self._timed_out)
 
-    def _cancel_head_deadline(self):
-        if self._head_deadline is not None and self._head_deadline.active():
-            self._head_deadline.cancel()
-        self._head_deadline = None
+    def _cancel_deadline(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
 
-    def _head_timed_out(self):
-        self._head_deadline = None
-        self.log.info("closing {peer}: no complete request head in time",
-                      peer=str(self.transport.getPeer()))
-        # A graceful close: an idle kept-alive connection is not an attack, and nothing is pending.
-        self.transport.loseConnection()
+    def _timed_out(self):
+        self._deadline = None
+        peer = str(self.transport.getPeer())
+        if self._in_body:
+            self.log.info("closing {peer}: request body not complete in time", peer=peer)
+            self._refuse(408, b"Request Timeout", "request_timeout",
+                         "request not complete in time")
+        else:
+            self.log.info("closing {peer}: no complete request head in time", peer=peer)
+            # Quietly: an idle kept-alive connection is not an attack, and nothing is pending.
+            self.loseConnection()
 
     def allHeadersReceived(self):
-        self._cancel_head_deadline()
         self._body_received = 0
         super().allHeadersReceived()
         if self.length is not None and self.length > self.max_body_size:
-            self._refuse_body()
+            self._refuse(413, b"Payload Too Large", "payload_too_large",
+                         f"request body over {self.max_body_size} bytes")
+            return
+        if self.length != 0 and self.request_timeout:
+            # A body follows: the whole request has request_timeout from its start.
+            self._in_body = True
+            ends = self._waiting_since + self.request_timeout
+            left = max(0.0, ends - self.site.reactor.seconds())
+            if self._deadline is not None:
+                self._deadline.reset(left)
+            else:
+                self._deadline = self.callLater(left, self._timed_out)
+        elif self.length != 0:
+            self._cancel_deadline()  # no deadline for bodies: the head's is not theirs
 
-    def _refuse_body(self):
-        """Answer 413 at once and close: the body is not read."""
-        body = error_body("payload_too_large", f"request body over {self.max_body_size} bytes")
-        self.transport.write(
-            b"HTTP/1.1 413 Payload Too Large\r\n"
-            b"Server: " + SERVER_NAME + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (len(body),) + body
-        )
-        # Read nothing more of this connection, then close it.
+    def allContentReceived(self):
+        self._cancel_deadline()
+        self._in_body = False
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        # Start waiting for the next request before the base class parses what is buffered of
+        # it (pipelining): that parsing may complete it, and must then find the deadline running.
+        if self.persistent and self.transport is not None:
+            self._start_deadline()
+        super().requestDone(request)
+
+    # Refusals
+
+    def _refuse(self, status: int, phrase: bytes, code: str, message: str):
+        """Answer C{status} at once and close: nothing more of this connection is read."""
         self._refused = True
+        self._cancel_deadline()
+        self.transport.write(raw_error_response(status, phrase, code, message))
         self.loseConnection()
 
-    _refused = False
+    def loseConnection(self):
+        # A peer that does not read keeps a closing connection open for ever: abort it
+        # abortTimeout seconds on (the idle timeout's own close does the same).
+        if self.abortTimeout is not None and self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        super().loseConnection()
 
     def dataReceived(self, data):
         if not self._refused:
@@ -156,49 +300,96 @@ class HubHTTPChannel(http.HTTPChannel):
         if not self._handlingRequest and self.requests:
             self._body_received += len(data)
             if self._body_received > self.max_body_size + 1024:
-                self._refuse_body()
+                self._refuse(413, b"Payload Too Large", "payload_too_large",
+                             f"request body over {self.max_body_size} bytes")
                 return
         super().rawDataReceived(data)
 
-    def requestDone(self, request):
-        super().requestDone(request)
-        if self.persistent and self.transport is not None:
-            self._start_head_deadline()
-
     def connectionLost(self, reason):
-        self._cancel_head_deadline()
+        self._cancel_deadline()
+        self._uncount()
         super().connectionLost(reason)
 
     def _respondToBadRequestAndDisconnect(self):
-        body = error_body("bad_request", "malformed HTTP request")
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\n"
-            b"Server: " + SERVER_NAME + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: %d\r\n"
-            b"Connection: close\r\n\r\n" % (len(body),) + body
-        )
-        self.loseConnection()
+        self._refuse(400, b"Bad Request", "bad_request", "malformed HTTP request")
 
 
 class HubSite(server.Site):
-    """The C{Site}: our channel and request, no tracebacks, a redacting access log."""
+    """
+    The C{Site}: our channel and request, no tracebacks, a redacting access log, and the count
+    of open HTTP connections (C{http_connections}) against C{max_http_connections}.
+    """
 
     protocol = HubHTTPChannel
     requestFactory = HubRequest
     displayTracebacks = False
 
-    def __init__(self, root, reactor=None, handshake_timeout=10.0, idle_timeout=60.0):
+    def __init__(self, root, reactor=None, handshake_timeout=HANDSHAKE_TIMEOUT,
+                 idle_timeout=IDLE_TIMEOUT, request_timeout=REQUEST_TIMEOUT,
+                 max_http_connections=MAX_HTTP_CONNECTIONS):
         kwargs = {"logFormatter": access_log_formatter, "timeout": idle_timeout}
         if reactor is not None:
             kwargs["reactor"] = reactor
         super().__init__(root, **kwargs)
         self.handshake_timeout = handshake_timeout
+        self.request_timeout = request_timeout
+        self.max_http_connections = max_http_connections
+        self.http_connections = 0
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
         channel.handshake_timeout = self.handshake_timeout
+        channel.request_timeout = self.request_timeout
         return channel
+
+
+#: Headers Autobahn reads as one value: a second one is an ambiguous request, not a list.
+SINGLE_HEADERS = (b"authorization", b"host", b"origin", b"sec-websocket-key",
+                  b"sec-websocket-version")
+
+
+def handshake_problem(request) -> str | None:
+    """
+    Why the WebSocket handshake C{request} must not reach Autobahn, or L{None}.
+
+    Autobahn's C{WebSocketResource} rebuilds the request from twisted.web's parsed headers and
+    reads it again, splitting lines with C{str.splitlines()} over its ISO-8859-1 decoding: that
+    splits at \\x0b \\x0c \\x1c \\x1d \\x1e and \\x85 too, which twisted.web leaves inside a
+    value, so C{X-Note: a\\x1cauthorization: Bearer ...} would become an Authorization header
+    that no proxy in front of us saw.  The check rebuilds the head exactly as Autobahn does and
+    refuses it unless it reads back as the same number of lines.
+    """
+    headers = request.requestHeaders
+    for name in SINGLE_HEADERS:
+        if len(headers.getRawHeaders(name, ())) > 1:
+            return "duplicate header"
+    lines = [request.method + b" " + request.uri + b" HTTP/1.1"]
+    lines += [name + b": " + b",".join(values) for name, values in headers.getAllRawHeaders()]
+    if len(b"\r\n".join(lines).decode("iso-8859-1").splitlines()) != len(lines):
+        return "malformed header"
+    return None
+
+
+class HubWebSocketResource(WebSocketResource):
+    """
+    Autobahn's C{WebSocketResource}, given only requests it reads back as twisted.web parsed
+    them (else a JSON 400), and telling the channel when it takes the connection over.
+    """
+
+    def render(self, request):
+        channel = request.channel
+        problem = handshake_problem(request) if channel.transport is not None else "no transport"
+        if problem is not None:
+            # Closed after the answer, as Autobahn's own refusals are.
+            channel.persistent = False
+            request.setResponseCode(400)
+            request.setHeader(b"Connection", b"close")
+            request.setHeader(b"Content-Type", b"application/json")
+            return error_body("bad_request", "bad request")
+        result = super().render(request)
+        if channel.transport is None:
+            channel.handed_over()
+        return result
 
 
 class JSONErrorResource(resource.Resource):
@@ -271,10 +462,28 @@ class Health(resource.Resource):
         return encode_json({"status": "ok"})
 
 
-def build_site(ws_factory, api, reactor=None, handshake_timeout: float = 10.0) -> HubSite:
-    """Put the WebSocket, the API and the health check under one C{Site}."""
+def build_site(
+    ws_factory,
+    api,
+    reactor=None,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    request_timeout: float = REQUEST_TIMEOUT,
+    idle_timeout: float = IDLE_TIMEOUT,
+    max_http_connections: int = MAX_HTTP_CONNECTIONS,
+) -> HubSite:
+    """
+    Put the WebSocket, the API and the health check under one C{Site}.
+
+    @param handshake_timeout: seconds for a request head (and a WebSocket handshake) to arrive.
+    @param request_timeout: seconds for a whole request, head and body, to arrive; then 408.
+    @param idle_timeout: seconds without a byte before twisted.web closes a connection.
+    @param max_http_connections: HTTP connections open at once; the next one gets 503.
+        WebSocket connections are not counted here (see the hub's C{max_connections}).
+    """
     root = Root()
-    root.putChild(b"ws", WebSocketResource(ws_factory))
+    root.putChild(b"ws", HubWebSocketResource(ws_factory))
     root.putChild(b"api", api)
     root.putChild(b"healthz", Health(lambda: getattr(api.hub, "accepting", True)))
-    return HubSite(root, reactor=reactor, handshake_timeout=handshake_timeout)
+    return HubSite(root, reactor=reactor, handshake_timeout=handshake_timeout,
+                   request_timeout=request_timeout, idle_timeout=idle_timeout,
+                   max_http_connections=max_http_connections)
