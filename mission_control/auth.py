@@ -27,11 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from mission_control.channels import parse_claim
 from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
-from mission_control.text import (  # noqa: F401 (has_control_characters is re-exported)
-    decode_json,
-    has_control_characters,
-    is_display_text,
-)
+from mission_control.text import decode_json, is_display_text
 
 ROLES = ("admin", "operator", "viewer", "agent")
 DEFAULT_ROLE = "viewer"

@@ -15,14 +15,11 @@ import os
 import shlex
 import socket
 import sys
-import weakref
 
 from twisted.application import service
 from twisted.internet import defer, tcp
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import usage
 
 from mission_control import auth
@@ -336,80 +333,7 @@ def _describe(error: Exception) -> str:
     return text.splitlines()[0][:200]
 
 
-class AcceptedConnections:
-    """
-    Every connection a site accepted, until it is closed, so that stopping can give each one its
-    answer instead of leaving it to the reactor's shutdown, which drops it without a word.
-
-    L{track} makes the site's HTTP channels report here.  Once L{drain} is called, a request that
-    arrives is answered as usual (a WebSocket handshake with 503, since the hub no longer admits
-    any) and then the connection is closed (C{Connection: close}); a kept-alive connection that
-    waits between requests is closed at once, as HTTP allows.  L{closed} fires once the network
-    has let go of all of them: WebSockets included, which the hub closes itself.
-    """
-
-    #: Seconds between two looks at the transports while waiting for them to close.
-    poll_interval = 0.05
-
-    def __init__(self) -> None:
-        # A channel that became a WebSocket is no longer referenced by its transport: weak.
-        self._channels: weakref.WeakSet = weakref.WeakSet()
-        self._transports: weakref.WeakSet = weakref.WeakSet()
-        self.draining = False
-        #: How many connections were accepted, ever.
-        self.accepted = 0
-
-    def track(self, site) -> None:
-        """Make C{site}'s channels (a subclass of its own C{protocol}) report to this."""
-        tracker = self
-
-        class TrackedChannel(site.protocol):
-            _answered = False
-
-            def connectionMade(self):
-                tracker.accepted += 1
-                tracker._channels.add(self)
-                tracker._transports.add(_lowest_transport(self.transport))
-                super().connectionMade()
-
-            def checkPersistence(self, request, version):
-                if tracker.draining:
-                    request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-                    return False
-                return super().checkPersistence(request, version)
-
-            def requestDone(self, request):
-                self._answered = True
-                super().requestDone(request)
-                if tracker.draining and self.transport is not None and not self.requests:
-                    self.loseConnection()
-
-        TrackedChannel.__name__ = TrackedChannel.__qualname__ = f"Tracked{site.protocol.__name__}"
-        site.protocol = TrackedChannel
-
-    def drain(self) -> None:
-        """Answer what is asked from now on with C{Connection: close}; close idle connections."""
-        self.draining = True
-        for channel in list(self._channels):
-            # A channel without a transport became a WebSocket; one with requests is answering.
-            if channel.transport is not None and channel._answered and not channel.requests:
-                channel.loseConnection()
-
-    def open_count(self) -> int:
-        """How many accepted connections the network has not closed yet."""
-        return sum(1 for transport in list(self._transports) if not transport.disconnected)
-
-    def closed(self, clock) -> defer.Deferred:
-        """A Deferred that fires once every accepted connection is closed; cancel it to stop."""
-        loop = LoopingCall(lambda: self.open_count() == 0 and loop.stop())
-        loop.clock = clock
-        done = defer.Deferred(lambda _: loop.running and loop.stop())
-        loop.start(self.poll_interval, now=True).addCallback(
-            lambda _: done.called or done.callback(None))
-        return done
-
-
-def stop_listening(port, connections: AcceptedConnections) -> defer.Deferred:
+def stop_listening(port, site) -> defer.Deferred:
     """
     Stop listening at once, after accepting every connection the kernel has already queued, so
     that each of those gets an answer and every later one is refused.
@@ -423,22 +347,15 @@ def stop_listening(port, connections: AcceptedConnections) -> defer.Deferred:
     if isinstance(port, tcp.Port) and port.connected and not port.disconnecting:
         port.stopReading()
         for _ in range(100):  # bounded: a flood of new connections must not hold the stop
-            before = connections.accepted
+            before = site.accepted_count
             port.doRead()
-            if connections.accepted == before:
+            if site.accepted_count == before:
                 break
         try:
             port.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # not every system lets a listening socket be shut down; closing it follows
     return defer.maybeDeferred(port.stopListening)
-
-
-def _lowest_transport(transport):
-    """The TCP (or Unix) transport under any wrapper (TLS), which knows when it is closed."""
-    while isinstance(transport, ProtocolWrapper):
-        transport = transport.transport
-    return transport
 
 
 class MissionControlService(service.MultiService):
@@ -459,8 +376,6 @@ class MissionControlService(service.MultiService):
         self.reactor = reactor
         self.options = options or {}
         self.ports: list = []
-        self.connections = AcceptedConnections()
-        self.connections.track(site)
 
     def privilegedStartService(self):
         for description in self.listen:
@@ -522,8 +437,8 @@ class MissionControlService(service.MultiService):
         """
         self.hub.stop()
         ports, self.ports = self.ports, []
-        unlistened = [stop_listening(port, self.connections) for _, port in ports]
-        self.connections.drain()
+        unlistened = [stop_listening(port, self.site) for _, port in ports]
+        self.site.drain()
         self.hub.close_all()
         everyone = self._everyone_gone()
         timer = self.reactor.callLater(self.close_timeout, everyone.cancel)
@@ -531,7 +446,7 @@ class MissionControlService(service.MultiService):
             yield everyone
         except defer.CancelledError:
             self.log.warn("{count} clients did not close in time",
-                          count=max(self.hub.connection_count, self.connections.open_count()))
+                          count=max(self.hub.connection_count, self.site.open_count()))
         else:
             timer.cancel()
         yield super().stopService()
@@ -544,7 +459,7 @@ class MissionControlService(service.MultiService):
     def _everyone_gone(self):
         """Fires once the hub has no WebSocket and the network no accepted connection."""
         yield self.hub.when_empty()
-        yield self.connections.closed(self.reactor)
+        yield self.site.closed(self.reactor)
 
 
 def console_script() -> str:

@@ -29,6 +29,8 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from mission_control import __version__, auth
+from mission_control.ids import ID_RULE
+from mission_control.text import is_display_text
 
 PROGRAM = "mission-control"
 ENV_PREFIX = "MISSION_CONTROL_"
@@ -304,14 +306,13 @@ def parse_duration(text: str, option: str = "--ttl") -> int:
 
 def check_subject(sub: str, role: str) -> None:
     """The hub's rules for C{sub} (CONTRACT section 2): a minted token is not refused for it."""
-    if not sub or len(sub) > auth.MAX_SUB_LENGTH or auth.has_control_characters(sub):
+    if not sub or len(sub) > auth.MAX_SUB_LENGTH or not is_display_text(sub):
         raise usage.UsageError(
-            f"--sub must be 1-{auth.MAX_SUB_LENGTH} characters without control characters"
+            f"--sub must be 1-{auth.MAX_SUB_LENGTH} characters without control or invisible "
+            "characters"
         )
     if role == "agent" and not auth.is_valid_id(sub):
-        raise usage.UsageError(
-            "with --role agent, --sub is the agent id: 1-128 characters of A-Z a-z 0-9 . _ : -"
-        )
+        raise usage.UsageError(f"with --role agent, --sub is the agent id: {ID_RULE}")
 
 
 def check_role(role: str) -> str:
@@ -321,11 +322,10 @@ def check_role(role: str) -> str:
 
 
 def check_name(name: str | None, option: str = "--name") -> None:
-    if name is not None and (
-        len(name) > auth.MAX_NAME_LENGTH or auth.has_control_characters(name)
-    ):
+    if name is not None and (len(name) > auth.MAX_NAME_LENGTH or not is_display_text(name)):
         raise usage.UsageError(
-            f"{option} must be at most {auth.MAX_NAME_LENGTH} characters without control characters"
+            f"{option} must be at most {auth.MAX_NAME_LENGTH} characters without control or "
+            "invisible characters"
         )
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 from twisted.python import usage
 
 from mission_control import auth, events
+from mission_control.ids import ID_RULE
 from mission_control.cli.common import (
     DEFAULT_HTTP_URL,
     ENV_PREFIX,
@@ -82,7 +83,7 @@ class _PublishEventOptions(_PublishConnectionOptions):
     def postOptions(self) -> None:
         if not auth.is_valid_id(self["subject"]):
             raise usage.UsageError(
-                f"{self.arguments[0]} must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+                f"{self.arguments[0]} must be {ID_RULE}"
             )
         body = self.body()
         try:

@@ -26,6 +26,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from mission_control import auth, events
+from mission_control.ids import ID_RULE
 from mission_control.cli.common import (
     DEFAULT_WS_URL,
     ENV_PREFIX,
@@ -99,7 +100,7 @@ class WatchOptions(_ServerOptions):
 
     def postOptions(self) -> None:
         if self["client"] is not None and not auth.is_valid_id(self["client"]):
-            raise usage.UsageError("--client must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+            raise usage.UsageError(f"--client must be {ID_RULE}")
         self.resolve_connection()
         if self["sub"] is not None:
             if not self["credentials"].mints:

@@ -31,9 +31,13 @@ Hardening, on top of twisted.web's own limits (16 KiB of request line plus heade
 from __future__ import annotations
 
 import re
+import weakref
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python import failure
 from twisted.web import http, resource, server
 
@@ -192,10 +196,13 @@ class HubHTTPChannel(http.HTTPChannel):
     _body_received = 0
     _refused = False
     _counted = False
+    _answered = False
+    _lost = False
 
     def connectionMade(self):
         super().connectionMade()
         site = self.site
+        site.accepted(self)
         if site.http_connections >= site.max_http_connections:
             self.log.warn("refusing a connection from {peer}: {count} HTTP connections open",
                           peer=str(self.transport.getPeer()), count=site.http_connections)
@@ -203,6 +210,7 @@ class HubHTTPChannel(http.HTTPChannel):
                          "too many connections; retry later")
             return
         site.http_connections += 1
+        site.channels.add(self)
         self._counted = True
         self._start_deadline()
 
@@ -210,6 +218,7 @@ class HubHTTPChannel(http.HTTPChannel):
         if self._counted:
             self._counted = False
             self.site.http_connections -= 1
+            self.site.channels.discard(self)
 
     def handed_over(self):
         """The connection now belongs to a WebSocket: no deadline, no place in the HTTP count."""
@@ -267,11 +276,31 @@ class HubHTTPChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request):
+        self._answered = True
         # Start waiting for the next request before the base class parses what is buffered of
         # it (pipelining): that parsing may complete it, and must then find the deadline running.
         if self.persistent and self.transport is not None:
             self._start_deadline()
         super().requestDone(request)
+        if self.site.draining and not self.requests:
+            self.loseConnection()
+
+    # Stopping
+
+    def checkPersistence(self, request, version):
+        """While the site drains, every answer closes its connection (C{Connection: close})."""
+        if self.site.draining:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
+    def drain(self):
+        """
+        The site is stopping: close this connection now if it waits between requests; one whose
+        request is in progress (or has not come yet) closes after its answer.
+        """
+        if self._answered and not self.requests:
+            self.loseConnection()
 
     # Refusals
 
@@ -283,6 +312,8 @@ class HubHTTPChannel(http.HTTPChannel):
         self.loseConnection()
 
     def loseConnection(self):
+        if self._lost:
+            return
         # A peer that does not read keeps a closing connection open for ever: abort it
         # abortTimeout seconds on (the idle timeout's own close does the same).
         if self.abortTimeout is not None and self._abortingCall is None:
@@ -306,6 +337,7 @@ class HubHTTPChannel(http.HTTPChannel):
         super().rawDataReceived(data)
 
     def connectionLost(self, reason):
+        self._lost = True
         self._cancel_deadline()
         self._uncount()
         super().connectionLost(reason)
@@ -316,13 +348,18 @@ class HubHTTPChannel(http.HTTPChannel):
 
 class HubSite(server.Site):
     """
-    The C{Site}: our channel and request, no tracebacks, a redacting access log, and the count
-    of open HTTP connections (C{http_connections}) against C{max_http_connections}.
+    The C{Site}: our channel and request, no tracebacks, a redacting access log, and the
+    connections it accepted: the HTTP ones (C{channels}, counted against
+    C{max_http_connections}) and every one until the network closed it (for stopping, see
+    L{drain} and L{closed}).
     """
 
     protocol = HubHTTPChannel
     requestFactory = HubRequest
     displayTracebacks = False
+
+    #: Seconds between two looks at the transports while waiting for them to close.
+    poll_interval = 0.05
 
     def __init__(self, root, reactor=None, handshake_timeout=HANDSHAKE_TIMEOUT,
                  idle_timeout=IDLE_TIMEOUT, request_timeout=REQUEST_TIMEOUT,
@@ -334,13 +371,56 @@ class HubSite(server.Site):
         self.handshake_timeout = handshake_timeout
         self.request_timeout = request_timeout
         self.max_http_connections = max_http_connections
+        #: Open HTTP connections (not handed to a WebSocket), and how many.
+        self.channels: set = set()
         self.http_connections = 0
+        #: How many connections were accepted, ever.
+        self.accepted_count = 0
+        self.draining = False
+        # The network transport of every accepted connection, WebSockets included, until it is
+        # garbage: weak, as a closed connection must not be kept alive by this.
+        self._transports: weakref.WeakSet = weakref.WeakSet()
 
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
         channel.handshake_timeout = self.handshake_timeout
         channel.request_timeout = self.request_timeout
         return channel
+
+    def accepted(self, channel) -> None:
+        """A connection was accepted (called by its channel)."""
+        self.accepted_count += 1
+        self._transports.add(_lowest_transport(channel.transport))
+
+    def drain(self) -> None:
+        """
+        Stopping: answer what is asked from now on with C{Connection: close}, and close the
+        connections that wait between requests.  A WebSocket handshake still gets its answer
+        (503 once the hub admits no one).
+        """
+        self.draining = True
+        for channel in list(self.channels):
+            channel.drain()
+
+    def open_count(self) -> int:
+        """How many accepted connections the network has not closed yet."""
+        return sum(1 for transport in list(self._transports) if not transport.disconnected)
+
+    def closed(self, clock) -> defer.Deferred:
+        """A Deferred that fires once every accepted connection is closed; cancel it to stop."""
+        loop = LoopingCall(lambda: self.open_count() == 0 and loop.stop())
+        loop.clock = clock
+        done = defer.Deferred(lambda _: loop.running and loop.stop())
+        loop.start(self.poll_interval, now=True).addCallback(
+            lambda _: done.called or done.callback(None))
+        return done
+
+
+def _lowest_transport(transport):
+    """The TCP (or Unix) transport under any wrapper (TLS), which knows when it is closed."""
+    while isinstance(transport, ProtocolWrapper):
+        transport = transport.transport
+    return transport
 
 
 #: Headers Autobahn reads as one value: a second one is an ambiguous request, not a list.
