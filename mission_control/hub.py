@@ -51,6 +51,13 @@ class IConnection(Interface):
     def send_frame(frame: Mapping) -> None:
         """Encode and send one frame to this connection alone."""
 
+    def send_stream(chunks: Iterator[bytes], done: Callable[[], None]) -> None:
+        """
+        Send one text message made of C{chunks}, taking the next chunk only while the transport
+        takes data; call C{done()} once the message is complete (not if the connection closes
+        first).  Frames sent meanwhile wait for the message to end.
+        """
+
     def close(code: int, reason: str) -> None:
         """Start a closing handshake with C{code}."""
 
@@ -123,6 +130,9 @@ class _Session:
     replay_start: int | None = None
     replay_cursor: int | None = None
     replay_waiting: bool = False
+    #: The replay answers a resume (it ends with a C{resumed} frame), rather than catching up
+    #: on what was published while a large snapshot streamed.
+    resuming: bool = False
     closing: bool = False
     timers: list = field(default_factory=list)
     channels: set = field(default_factory=set)
@@ -363,8 +373,7 @@ class Hub:
             since = self.store.position(conn.principal.sub, request.client)
             epoch = self.store.epoch
         if since is None:
-            self._send_snapshot(conn)
-            self._go_live(session)
+            self._send_snapshot(session)
             return
         reason = self._unrecoverable(since, epoch)
         if reason is not None:
@@ -372,6 +381,7 @@ class Hub:
             return
         session.acked_seq = since
         session.replay_start = session.replay_cursor = since
+        session.resuming = True
         self._replay(session)
 
     def _unrecoverable(self, since: int, epoch: str | None) -> str | None:
@@ -389,8 +399,7 @@ class Hub:
             self._frame("resumed", {"recovered": False, "reason": reason,
                                     "lastSeq": self.store.last_seq, "epoch": self.store.epoch})
         )
-        self._send_snapshot(session.conn)
-        self._go_live(session)
+        self._send_snapshot(session)
 
     def _replay(self, session: _Session) -> None:
         """Send one page of history; schedule the next, or join the live set when caught up."""
@@ -411,11 +420,12 @@ class Hub:
                 conn.send_frame(event.envelope())
             cursor = session.replay_cursor = event.seq
         if cursor >= self.store.last_seq:
-            conn.send_frame(
-                self._frame("resumed", {"recovered": True, "from": session.replay_start + 1,
-                                        "to": cursor,
-                                        "epoch": self.store.epoch})
-            )
+            if session.resuming:
+                conn.send_frame(
+                    self._frame("resumed", {"recovered": True, "from": session.replay_start + 1,
+                                            "to": cursor,
+                                            "epoch": self.store.epoch})
+                )
             session.replay_cursor = None
             self._go_live(session)
         elif getattr(conn, "paused", False):
@@ -777,35 +787,58 @@ class Hub:
             events.envelope("heartbeat", {"timestamp": ts, "lastSeq": self.store.last_seq}, ts)
         )
 
-    def _send_snapshot(self, conn) -> None:
+    def _send_snapshot(self, session: _Session) -> None:
         """
-        Send the snapshot frame: the latest state of what the connection is subscribed to.  The
-        full one (C{agents} and C{sessions}) is encoded once per state, not once per connection:
-        after a restart every dashboard reconnects at once.
+        Send the snapshot frame, the latest state of what the connection is subscribed to as of
+        one C{lastSeq}, then put the connection in the live set.
+
+        The state's entries carry their encodings, so a snapshot is a join of ready bytes; the
+        full one is joined once per state, not once per connection (after a restart every
+        dashboard reconnects at once).  A snapshot larger than L{snapshot_stream_threshold} is
+        streamed as one message the connection writes as its client reads
+        (L{IConnection.send_stream}): a client that does not read then holds a list of references
+        to the state, not a copy of it.  Events published while it streams are sent from the
+        history once it is done, before the connection goes live, as a resume does.
         """
-        subscribed = self._sessions[conn].channels
-        if {channels.AGENTS, channels.SESSIONS} <= subscribed:
-            if self._snapshot_cache is None or self._snapshot_cache[0] != self.store.last_seq:
-                encoded = events.encode_json(self._snapshot_payload())
-                self._snapshot_cache = (self.store.last_seq, encoded)
-            encoded = self._snapshot_cache[1]
-        else:
-            encoded = events.encode_json(self._snapshot_payload(subscribed))
-        data = (b'{"type":"snapshot","payload":' + encoded
-                + b',"ts":' + events.encode_json(self._now()) + b"}")
-        conn.deliver(self._prepare(data))
+        conn = session.conn
+        last_seq = self.store.last_seq
+        full = {channels.AGENTS, channels.SESSIONS} <= session.channels
+        cache = self._snapshot_cache
+        if full and cache is not None and cache[0] == last_seq:
+            conn.deliver(self._prepare(cache[1] + events.encode_json(self._now()) + b"}"))
+            self._go_live(session)
+            return
+        agents = self._snapshot_entries(session.channels, events.AGENT_STATUS)
+        sessions = self._snapshot_entries(session.channels, events.SESSION_ACTIVITY)
+        size = sum(map(len, agents)) + sum(map(len, sessions))
+        if size > self.snapshot_stream_threshold:
+            chunks = snapshot_chunks(agents, sessions, last_seq, self._now())
+
+            def streamed() -> None:
+                if self._sessions.get(conn) is session:
+                    session.replay_start = session.replay_cursor = last_seq
+                    self._replay(session)
+
+            conn.send_stream(chunks, streamed)
+            return
+        head = b"".join(snapshot_chunks(agents, sessions, last_seq, None))
+        if full:
+            self._snapshot_cache = (last_seq, head)
+        conn.deliver(self._prepare(head + events.encode_json(self._now()) + b"}"))
+        self._go_live(session)
 
     _snapshot_cache: tuple[int, bytes] | None = None
+    #: Snapshots larger than this many bytes are streamed (see L{_send_snapshot}).
+    snapshot_stream_threshold = 256 * 1024
 
-    def _snapshot_payload(self, subscribed=None) -> dict:
-        """The latest state, all of it or (given C{subscribed}) what those channels carry."""
-        agents, sessions = self.store.agents(), self.store.sessions()
-        if subscribed is not None:
-            agents = [a for a in agents if channels.covers(
-                subscribed, channels.event_channels(events.AGENT_STATUS, a))]
-            sessions = [s for s in sessions if channels.covers(
-                subscribed, channels.event_channels(events.SESSION_ACTIVITY, s))]
-        return {"agents": agents, "sessions": sessions, "lastSeq": self.store.last_seq}
+    def _snapshot_entries(self, subscribed, event_type: str) -> list[bytes]:
+        """The encoded latest state of C{event_type} that C{subscribed} channels carry."""
+        entries = self.store.state(event_type)
+        whole = channels.AGENTS if event_type == events.AGENT_STATUS else channels.SESSIONS
+        if whole in subscribed:
+            return [entry.encoded for entry in entries]
+        return [entry.encoded for entry in entries
+                if channels.covers(subscribed, channels.event_channels(event_type, entry.payload))]
 
     # Client frames
 
@@ -999,6 +1032,32 @@ class Hub:
 
     def _now(self) -> str:
         return events.format_timestamp(self.clock.seconds())
+
+
+def snapshot_chunks(agents: list[bytes], sessions: list[bytes], last_seq: int,
+                    ts: str | None, size: int = 64 * 1024) -> Iterator[bytes]:
+    """
+    The C{snapshot} frame, from the encoded entries of its two lists, in chunks of about C{size}
+    bytes: C{{"type":"snapshot","payload":{"lastSeq":N,"agents":[...],"sessions":[...]},"ts":T}}.
+    With C{ts} None the frame stops after C{"ts":}, for a caller that adds the time itself.
+    """
+    parts = [b'{"type":"snapshot","payload":{"lastSeq":%d,"agents":[' % last_seq]
+    length = len(parts[0])
+    for name, items in ((None, agents), (b'],"sessions":[', sessions)):
+        if name is not None:
+            parts.append(name)
+        for index, item in enumerate(items):
+            if index:
+                parts.append(b",")
+            parts.append(item)
+            length += len(item) + 1
+            if length >= size:
+                yield b"".join(parts)
+                parts, length = [], 0
+    parts.append(b']},"ts":')
+    if ts is not None:
+        parts.append(events.encode_json(ts) + b"}")
+    yield b"".join(parts)
 
 
 def _number(value: float) -> int | float:

@@ -310,6 +310,7 @@ class HubServerProtocol(WebSocketServerProtocol):
     def resume_writing(self):
         self.paused = False
         self._paused_bytes = 0
+        self._pump()
         self.factory.hub.writable(self)
 
     def _account(self, size: int) -> bool:
@@ -332,14 +333,75 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     def deliver(self, prepared) -> None:
         # sendPreparedMessage does not check the state: a closing connection is skipped.
-        if self.state == self.STATE_OPEN and self._account(len(prepared.payload)):
+        if self.state != self.STATE_OPEN:
+            return
+        if self._held is not None:
+            self._hold(self.sendPreparedMessage, prepared, len(prepared.payload))
+        elif self._account(len(prepared.payload)):
             self.sendPreparedMessage(prepared)
 
     def send_frame(self, frame: Mapping) -> None:
-        if self.state == self.STATE_OPEN:
-            data = encode_json(frame)
-            if self._account(len(data)):
-                self.sendMessage(data, isBinary=False)
+        if self.state != self.STATE_OPEN:
+            return
+        data = encode_json(frame)
+        if self._held is not None:
+            self._hold(self._send_text, data, len(data))
+        elif self._account(len(data)):
+            self._send_text(data)
+
+    def _send_text(self, data: bytes) -> None:
+        self.sendMessage(data, isBinary=False)
+
+    # One message streamed as the client reads it (a large snapshot)
+
+    #: C{(chunks, done)} while a streamed message is being sent.
+    _stream = None
+    #: Frames sent while a message streams, sent once it ends (messages cannot interleave).
+    _held: list | None = None
+    _held_bytes = 0
+
+    def send_stream(self, chunks, done) -> None:
+        """
+        Send one text message made of C{chunks}, one WebSocket frame per chunk, taking the next
+        chunk only while the transport takes data (L{_pump}); C{done()} once it is complete.
+        What waits for a client that does not read is the rest of C{chunks}, not its bytes.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        self._stream = (iter(chunks), done)
+        self._held, self._held_bytes = [], 0
+        self.beginMessage(isBinary=False)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Send chunks of the streamed message until the transport pauses us or it ends."""
+        while self._stream is not None and not self.paused:
+            if self.state != self.STATE_OPEN:
+                self._stream = self._held = None
+                return
+            chunks, done = self._stream
+            chunk = next(chunks, None)
+            if chunk is None:
+                self.endMessage()
+                self._stream = None
+                held, self._held = self._held, None
+                for send, value in held:
+                    send(value)
+                done()
+                return
+            self.sendMessageFrame(chunk)
+
+    def _hold(self, send, value, size: int) -> None:
+        """Keep a frame until the streamed message ends; past the outbound limit, close 4008."""
+        self._held_bytes += size
+        if self._held_bytes > self.factory.max_outbound_bytes:
+            self._log.warn("closing connection {connection_id} of {user}: too slow "
+                           "({size} bytes held behind its snapshot)",
+                           connection_id=self.connection_id, user=self.principal.sub,
+                           size=self._held_bytes)
+            self.sendClose(4008, "too slow")
+            return
+        self._held.append((send, value))
 
     def bytes_waiting(self) -> int:
         """Bytes queued in the transports below us (TLS, then TCP), best effort."""

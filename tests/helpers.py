@@ -524,3 +524,14 @@ class LogCapture:
     def matching(self, *fragments: str) -> list[str]:
         """The formatted lines that contain every one of C{fragments}."""
         return [line for line in self.lines() if all(f in line for f in fragments)]
+
+
+def fill_sessions(server: RunningServer, count: int, size: int = 8000) -> None:
+    """Publish C{count} sessions (naming no agent) of about C{size} bytes each, through the hub."""
+    from mission_control import events
+
+    now = server.hub.clock.seconds()
+    for i in range(count):
+        payload = events.session_activity(
+            {"activity": "tool_call", "detail": {"blob": "x" * size}}, now, f"s{i}")
+        server.hub.publish(events.SESSION_ACTIVITY, payload)

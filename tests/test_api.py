@@ -13,10 +13,16 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from mission_control import events
 from mission_control.web import api
 from mission_control.web.site import HubHTTPChannel
-from tests.helpers import connect, http_request, raw_request, start_server, wait_until
+from tests.helpers import (
+    connect,
+    fill_sessions,
+    http_request,
+    raw_request,
+    start_server,
+    wait_until,
+)
 
 
 class ApiTestCase(unittest.TestCase):
@@ -327,21 +333,8 @@ class SessionOwnershipTests(unittest.TestCase):
                          ["started", "note", "completed"])
 
 
-def _big_detail(size=8000):
-    """A detail object of about C{size} bytes of JSON."""
-    return {"blob": "x" * size}
-
-
 class LargeReadTests(unittest.TestCase):
     """Large reads are streamed as the client reads them, complete, and paged by size."""
-
-    def fill_sessions(self, server, count, size=8000):
-        """C{count} sessions (no agent) of about C{size} bytes each, straight through the hub."""
-        now = server.hub.clock.seconds()
-        for i in range(count):
-            payload = events.session_activity(
-                {"activity": "tool_call", "detail": _big_detail(size)}, now, f"s{i}")
-            server.hub.publish(events.SESSION_ACTIVITY, payload)
 
     @defer.inlineCallbacks
     def test_large_listing_streamed_and_complete(self):
@@ -350,7 +343,7 @@ class LargeReadTests(unittest.TestCase):
         gives the headers and no body.
         """
         server = start_server(self)
-        self.fill_sessions(server, 400)
+        fill_sessions(server, 400)
         token = server.token("root", role="admin")
         response = yield raw_request(server.port, http_request("GET", "/api/sessions",
                                                                token=token))
@@ -370,7 +363,7 @@ class LargeReadTests(unittest.TestCase):
         transport buffer, not the response: the body is written as the client takes it.
         """
         server = start_server(self)
-        self.fill_sessions(server, 1200)
+        fill_sessions(server, 1200)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
@@ -396,7 +389,7 @@ class LargeReadTests(unittest.TestCase):
         following `next` gives every event once, in order.
         """
         server = start_server(self)
-        self.fill_sessions(server, 300)
+        fill_sessions(server, 300)
         token = server.token("root", role="admin")
         seqs, since, pages = [], 0, 0
         while True:

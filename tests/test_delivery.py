@@ -7,7 +7,6 @@ SQLite file, real processes.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -21,9 +20,9 @@ from twisted.trial import unittest
 from mission_control import auth
 from tests.helpers import (
     connect,
+    fill_sessions,
     free_port,
     http_request,
-    parse_options,
     raw_request,
     spawn_twistd,
     start_server,
@@ -456,5 +455,52 @@ class SlowConsumerTests(unittest.TestCase):
         seqs = [f["seq"] for f in fast.received if "seq" in f]
         self.assertEqual(seqs, list(range(1, last + 1)))
         yield wait_until(lambda: server.hub.connection_count == 1, timeout=10)
+        stalled.transport.abortConnection()
+        yield stalled.lost
+
+
+class LargeSnapshotTests(unittest.TestCase):
+    """A snapshot of megabytes is streamed as the client reads, whole, and then the live stream."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_large_snapshot_whole_then_events_in_order(self):
+        """
+        A 3 MB snapshot arrives as one message holding the whole latest state at its lastSeq;
+        events published while it streams follow it, each once, in seq order, with no resumed
+        frame, and then live events.
+        """
+        server = start_server(self)
+        fill_sessions(server, 400)
+        client = yield connect(self, server, server.token("root", role="admin"))
+        for i in range(5):  # while the snapshot is (most likely) still streaming
+            yield raw_request(server.port, status_request(server.token("op", role="operator"),
+                                                          agent=f"during-{i}"))
+        snapshot = yield client.next_of("snapshot")
+        self.assertEqual(snapshot["payload"]["lastSeq"], 400)
+        self.assertEqual(len(snapshot["payload"]["sessions"]), 400)
+        self.assertEqual(snapshot["payload"]["sessions"][-1]["sessionId"], "s399")
+        yield raw_request(server.port, status_request(server.token("op", role="operator"),
+                                                      agent="after"))
+        yield wait_until(lambda: client.received[-1].get("seq") == 406)
+        after = client.received[client.received.index(snapshot) + 1:]
+        self.assertEqual([f["type"] for f in after], ["agent:status"] * 6)
+        self.assertEqual([f["seq"] for f in after], list(range(401, 407)))
+
+    @defer.inlineCallbacks
+    def test_client_that_does_not_read_its_snapshot_holds_little(self):
+        """
+        A client that connects to a hub holding 10 MB of state and never reads costs the hub
+        about one transport buffer, not its snapshot.
+        """
+        server = start_server(self)
+        fill_sessions(server, 1200)
+        stalled = _Stalled(upgrade_request(headers=bearer(server.token("slow"))))
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), stalled)
+        yield wait_until(lambda: server.hub.connection_count == 1)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        (conn,) = server.hub.connections_of("slow")
+        self.assertLess(conn.bytes_waiting(), 512 * 1024)
         stalled.transport.abortConnection()
         yield stalled.lost

@@ -51,6 +51,10 @@ class FakeConnection:
     def send_frame(self, frame):
         self.frames.append(json.loads(json.dumps(frame)))
 
+    def send_stream(self, chunks, done):
+        self.deliver(b"".join(chunks))
+        done()
+
     def close(self, code, reason):
         self.closed_with = (code, reason)
 
@@ -59,6 +63,18 @@ class FakeConnection:
 
     def types(self):
         return [f["type"] for f in self.frames]
+
+
+class HeldStreamConnection(FakeConnection):
+    """A connection whose streamed message completes only when the test says so."""
+
+    def send_stream(self, chunks, done):
+        self._held = (chunks, done)
+
+    def finish(self):
+        chunks, done = self._held
+        self.deliver(b"".join(chunks))
+        done()
 
 
 class HubTestCase(SynchronousTestCase):
@@ -185,7 +201,10 @@ class BroadcastTests(HubTestCase):
         self.assertEqual(second["payload"]["sessionId"], "s1")
 
     def test_snapshot_encoded_once_per_state(self):
-        """Connections that arrive while the state is unchanged share one encoded snapshot."""
+        """
+        Connections that arrive while the state is unchanged share one joined snapshot, and no
+        payload of the state is encoded again for them.
+        """
         self.publish(2)
         encoded = []
         original = events_module.encode_json
@@ -195,14 +214,49 @@ class BroadcastTests(HubTestCase):
             return original(value)
 
         self.patch(events_module, "encode_json", counting)
+        del self.prepared[:]
         a, b, c = self.connect("a"), self.connect("b"), self.connect("c")
-        snapshots = [v for v in encoded if isinstance(v, dict) and "agents" in v]
-        self.assertEqual(len(snapshots), 1)
+        self.assertEqual([v for v in encoded if isinstance(v, dict)], [])
+        heads = [data[:data.rindex(b'"ts":') + 5] for data in self.prepared]
+        self.assertEqual(heads, [self.hub._snapshot_cache[1]] * 3)
+        self.assertEqual(a.frames[1]["payload"], b.frames[1]["payload"])
         self.assertEqual(a.frames[1]["payload"], c.frames[1]["payload"])
+        cached = self.hub._snapshot_cache[1]
         self.publish(1)
         self.connect("d")
-        snapshots = [v for v in encoded if isinstance(v, dict) and "agents" in v]
-        self.assertEqual(len(snapshots), 2)
+        self.assertIsNot(self.hub._snapshot_cache[1], cached)
+        self.assertEqual(self.hub._snapshot_cache[0], 3)
+
+    def test_large_snapshot_streams_then_catches_up(self):
+        """
+        A snapshot past the stream threshold goes out as a stream; what is published while it
+        streams follows it from the history (no resumed frame), and then the connection is live.
+        """
+        self.hub.snapshot_stream_threshold = 0
+        self.publish(2)
+        conn = HeldStreamConnection("alice")
+        self.hub.register(conn)
+        self.assertEqual(conn.types(), ["welcome"])
+        self.publish(2)
+        self.assertEqual(conn.types(), ["welcome"])  # not live while its snapshot streams
+        conn.finish()
+        self.assertEqual(conn.types(), ["welcome", "snapshot", "agent:status", "agent:status"])
+        self.assertEqual(conn.frames[1]["payload"]["lastSeq"], 2)
+        self.assertEqual([f["seq"] for f in conn.frames[2:]], [3, 4])
+        self.publish(1)
+        self.assertEqual(conn.frames[-1]["seq"], 5)
+
+    def test_snapshot_stream_of_a_closed_connection(self):
+        """A connection closed while its snapshot streams is forgotten; the end changes nothing."""
+        self.hub.snapshot_stream_threshold = 0
+        self.publish(1)
+        conn = HeldStreamConnection("alice")
+        self.hub.register(conn)
+        self.hub.unregister(conn)
+        conn.finish()
+        self.publish(1)
+        self.assertEqual(conn.types(), ["welcome", "snapshot"])
+        self.assertEqual(self.hub.connection_count, 0)
 
     def test_broadcast_to_nobody(self):
         """Publishing with no connection stores the event and encodes nothing."""
