@@ -342,8 +342,9 @@ class Hub:
         if wanted is None:
             wanted = channels.default_subscription(conn.principal)
         forbidden = self._add_channels(session, wanted)
+        # The audit line of an accepted handshake (refusals are logged by the protocol).
         self.log.info(
-            "connection {connection_id} opened by {user} ({role}) from {peer}",
+            "handshake accepted from {peer}: 101 {user} ({role}), connection {connection_id}",
             connection_id=conn.connection_id,
             user=conn.principal.sub,
             role=conn.principal.role,
@@ -871,8 +872,8 @@ class Hub:
 
     def allow_message(self, conn) -> bool:
         """
-        Charge a message the hub does not see as a frame (a WebSocket ping) to the connection's
-        rate limit; C{False} when it is over it (and closed once it keeps going).
+        Charge a frame the hub does not see as a message (a ping, a pong, a continuation frame)
+        to the connection's rate limit; C{False} when it is over it (and closed once it keeps going).
         """
         session = self._sessions.get(conn)
         if session is None or session.closing:

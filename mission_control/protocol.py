@@ -25,7 +25,8 @@ Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
                                              (or recovered:false and a snapshot)
 
 The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
-reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE)" or
+reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE),
+connection ID" (the hub's, when it registers the connection) or
 "security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
 never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
 parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
@@ -46,7 +47,6 @@ that much of the server's memory, and the hub's fan-out to everyone else is neve
 from __future__ import annotations
 
 import http
-import socket
 from typing import Mapping
 from urllib import parse
 
@@ -66,9 +66,6 @@ from mission_control.web.site import redact
 #: logged and answered with the standard phrase of their status instead.
 SERVER_NAME = "mission-control"
 WEBSOCKET_PATHS = ("/ws", "/ws/")
-#: Linux's TCP_NOTSENT_LOWAT (Python names it from 3.12 on) and our bound for unsent kernel bytes.
-TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
-KERNEL_UNSENT_LIMIT = 128 * 1024
 #: Frames one message may arrive in.  Browsers send a message in one frame; a client library
 #: fragmenting a 64 KiB message in 1 KiB pieces needs 64.
 MAX_FRAGMENTS = 64
@@ -147,13 +144,8 @@ class HubServerProtocol(WebSocketServerProtocol):
             self._refusal = Refusal(500, "internal error", code="internal_error")
             self._refusal_logged = True
             raise ConnectionDeny(500, "Internal Server Error")
+        # Accepted: the hub logs the audit line when it registers the connection (onOpen).
         self.principal = principal
-        self._log.info(
-            "handshake accepted from {peer}: 101 {user} ({role})",
-            peer=peer,
-            user=_printable(principal.sub),
-            role=principal.role,
-        )
         return None
 
     _refusal: Refusal | None = None
@@ -218,19 +210,12 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     def _watch_backpressure(self):
         """
-        Put our producer on the transport (behind twisted.web, the HTTP channel was there), and
-        keep the kernel from queueing megabytes for a client that does not read: Linux grows a
-        socket's send buffer up to several MiB, uncounted, before Twisted's own buffer (and so
-        our count) starts to fill.  TCP_NOTSENT_LOWAT bounds only the bytes not yet sent, so a
-        fast client on a long link keeps its throughput.
+        Put our producer on the transport (behind twisted.web, the HTTP channel was there).  The
+        kernel's share of what waits for this client is bounded by the site
+        (L{mission_control.web.site.bound_unsent}) from the moment the connection was accepted.
         """
         self.transport.unregisterProducer()  # a no-op where none is registered
         self.transport.registerProducer(_Backpressure(self), True)
-        try:
-            sock = self.transport.getHandle()
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, KERNEL_UNSENT_LIMIT)
-        except (AttributeError, OSError):
-            pass  # not TCP (a unix socket), or not Linux: Twisted's buffer is the only one counted
 
     def onPing(self, payload):
         """

@@ -75,6 +75,7 @@ class Options(usage.Options):
         ["max-message-size", None, None, "Largest client message in bytes; larger ones close with 1009. [65536]"],
         ["max-connections-per-user", None, None, "Connections one user may hold; the next gets 429. [20]"],
         ["max-connections", None, None, "Connections in total; the next gets 503. [10000]"],
+        ["max-http-connections", None, None, "HTTP connections open at once (WebSockets not counted); the next gets 503. [1000]"],
         ["max-outbound-bytes", None, None, "Bytes queued for one slow client before it is closed with 4008. [1048576]"],
         ["max-messages-per-second", None, None, "Messages one connection may send per second (twice that in a burst); past it error frames, then close 4029. [20]"],
         ["max-publishes-per-second", None, None, "HTTP publishes one user may make per second (twice that in a burst); past it 429. [200]"],
@@ -96,6 +97,7 @@ class Options(usage.Options):
         "max-message-size": "65536",
         "max-connections-per-user": "20",
         "max-connections": "10000",
+        "max-http-connections": "1000",
         "max-outbound-bytes": "1048576",
         "max-messages-per-second": "20",
         "max-publishes-per-second": "200",
@@ -260,6 +262,7 @@ class Options(usage.Options):
             "max-message-size": (128, MAX_MESSAGE_SIZE_CEILING),
             "max-connections-per-user": (1, 1_000_000),
             "max-connections": (1, 10_000_000),
+            "max-http-connections": (1, 1_000_000),
             "max-outbound-bytes": (1024, 1 << 34),
             "history-size": (1, 1_000_000_000),
         }
@@ -326,6 +329,35 @@ def _twistd_log_file(parent, daemon: bool) -> str | None:
     if not name:
         return "twistd.log" if daemon else None
     return name
+
+
+#: File descriptors kept for what is not a connection: listeners, the database, logs.
+FILE_RESERVE = 64
+
+
+def raise_file_limit(needed: int, getrlimit=None, setrlimit=None) -> int | None:
+    """
+    Raise the soft limit on open files towards C{needed}, as far as the hard limit allows.
+
+    @return: the soft limit now, or C{None} where there is no such limit (not Unix).
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover (not Unix)
+        return None
+    getrlimit = getrlimit or resource.getrlimit
+    setrlimit = setrlimit or resource.setrlimit
+    soft, hard = getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None if soft == resource.RLIM_INFINITY else soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def _describe(error: Exception) -> str:
@@ -402,6 +434,7 @@ class MissionControlService(service.MultiService):
             self.privilegedStartService()
         super().startService()
         self.hub.start()
+        self._check_file_limit()
         renewed = getattr(self.hub.store, "epoch_renewed", None)
         if renewed:
             self.log.warn("store history has a new epoch ({why}): resuming clients will redraw",
@@ -419,6 +452,21 @@ class MissionControlService(service.MultiService):
                 command=shlex.quote(console_script()),
                 data_dir=shlex.quote(data_dir),
             )
+
+    def _check_file_limit(self) -> None:
+        """
+        Make room for every connection the limits allow, one file descriptor each, or say at
+        start that there is none: past the file limit the hub cannot even accept a connection to
+        refuse it, and its health check fails with everything else.
+        """
+        needed = self.hub.max_connections + self.site.max_http_connections + FILE_RESERVE
+        limit = raise_file_limit(needed)
+        if limit is not None and limit < needed:
+            self.log.warn(
+                "the file limit ({limit}) is below what --max-connections and "
+                "--max-http-connections may use ({needed}): raise it (ulimit -n, systemd's "
+                "LimitNOFILE=) or lower them, else connections past it fail without an answer",
+                limit=limit, needed=needed)
 
     #: Seconds that stopping waits for clients to finish their close handshakes.
     close_timeout = 5.0
@@ -533,7 +581,8 @@ def makeService(options, reactor=None) -> MissionControlService:
     )
     api = Api(hub, verifier, publish_rate=options["max-publishes-per-second"],
               read_rate=options["max-reads-per-second"])
-    site = build_site(factory, api, reactor=reactor)
+    site = build_site(factory, api, reactor=reactor,
+                      max_http_connections=options["max-http-connections"])
     root = MissionControlService(hub, site, options["listen"], reactor, options)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)

@@ -14,6 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from mission_control.web import api
+from mission_control.web import site
 from mission_control.web.site import HubHTTPChannel
 from tests.helpers import (
     connect,
@@ -379,6 +380,10 @@ class LargeReadTests(unittest.TestCase):
         yield deferLater(reactor, 0.3, lambda: None)  # let it write whatever it would
         waiting = max(_buffered(c.transport) for c in channels())
         self.assertLess(waiting, 256 * 1024)
+        # And the kernel's share is bounded too, for every accepted connection.
+        for channel in channels():
+            self.assertEqual(channel.transport.getHandle().getsockopt(
+                socket.IPPROTO_TCP, site.TCP_NOTSENT_LOWAT), site.KERNEL_UNSENT_LIMIT)
         sock.close()
         yield wait_until(lambda: not channels())
 

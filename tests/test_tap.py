@@ -30,7 +30,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mission_control import auth
+from mission_control import auth, tap
 from mission_control.demo import DemoFleet
 from mission_control.tap import DEFAULT_LISTEN, MissionControlService, Options, makeService, urls_of
 from tests import certs
@@ -147,6 +147,9 @@ class DefaultsTests(OptionsMixin, SynchronousTestCase):
         self.assertEqual(options["max-message-size"], 65536)
         self.assertEqual(options["max-connections-per-user"], 20)
         self.assertEqual(options["max-connections"], 10000)
+        self.assertEqual(options["max-http-connections"], 1000)
+        self.assertEqual((options["max-reads-per-second"], options["max-handshakes-per-second"]),
+                         (20, 5))
         self.assertFalse(options["demo"])
         verifier = options["verifier"]
         self.assertEqual(verifier.algorithms, ["HS256"])
@@ -562,6 +565,35 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
         self.assertEqual(service.hub.max_connections, 3)
         self.assertEqual(service.hub.max_connections_per_user, 2)
 
+    def test_wiring_of_the_limits(self):
+        """The HTTP connection cap, the read rate and the handshake rate reach their objects."""
+        _, service = self.build("--max-http-connections", "7", "--max-reads-per-second", "3",
+                                "--max-handshakes-per-second", "2", "--max-connections-per-user",
+                                "4")
+        self.assertEqual(service.site.max_http_connections, 7)
+        api = service.site.resource.children[b"api"]
+        self.assertEqual((api._reads.rate, api._reads.burst), (3, 6))
+        self.assertEqual((service.hub._handshakes.rate, service.hub._handshakes.burst), (2, 4))
+
+    def test_file_limit_too_low_is_said_at_start(self):
+        """
+        When the file limit cannot be raised to what the connection limits may use, the start-up
+        log says so with both numbers; when it can, nothing is said.
+        """
+        self.patch(tap, "raise_file_limit", lambda needed: 256)
+        _, service = self.build("--max-connections", "500", "--max-http-connections", "100")
+        service.startService()
+        self.addCleanup(service.stopService)
+        warned = [m for m in self.messages() if "file limit" in m]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("(256)", warned[0])
+        self.assertIn(f"({500 + 100 + tap.FILE_RESERVE})", warned[0])
+        self.patch(tap, "raise_file_limit", lambda needed: needed)
+        _, service = self.build()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([m for m in self.messages() if "file limit" in m], [])
+
     def test_listens_on_every_endpoint(self):
         """Starting listens once per --listen, with the site, and logs each URL."""
         _, service = self.build("--listen", "tcp:0:interface=127.0.0.1",
@@ -636,6 +668,41 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
         self.addCleanup(service.stopService)
         self.assertEqual([m for m in self.messages() if "mission-control token" in m], [])
         self.assertNotIn("q" * 32, "".join(self.messages()))
+
+
+class FileLimitTests(SynchronousTestCase):
+    """raise_file_limit: room for every connection, as far as the hard limit allows."""
+
+    def fake(self, soft, hard):
+        import resource
+
+        state = {"limits": (soft, hard)}
+
+        def setrlimit(which, limits):
+            self.assertEqual(which, resource.RLIMIT_NOFILE)
+            if limits[0] > state["limits"][1] != resource.RLIM_INFINITY:
+                raise ValueError("not allowed")
+            state["limits"] = limits
+
+        return state, (lambda which: state["limits"]), setrlimit
+
+    def test_raised_to_what_is_needed(self):
+        """A soft limit below the need is raised to the need when the hard limit allows it."""
+        state, get, set_ = self.fake(1024, 65536)
+        self.assertEqual(tap.raise_file_limit(11064, get, set_), 11064)
+        self.assertEqual(state["limits"], (11064, 65536))
+
+    def test_raised_as_far_as_the_hard_limit(self):
+        """Past the hard limit, the soft one goes up to the hard one, and that is returned."""
+        state, get, set_ = self.fake(256, 4096)
+        self.assertEqual(tap.raise_file_limit(11064, get, set_), 4096)
+        self.assertEqual(state["limits"], (4096, 4096))
+
+    def test_enough_already(self):
+        """A soft limit that covers the need is left alone."""
+        state, get, set_ = self.fake(65536, 65536)
+        self.assertEqual(tap.raise_file_limit(11064, get, set_), 65536)
+        self.assertEqual(state["limits"], (65536, 65536))
 
 
 class ListeningTests(OptionsMixin, TestCase):

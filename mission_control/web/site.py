@@ -31,6 +31,7 @@ Hardening, on top of twisted.web's own limits (16 KiB of request line plus heade
 from __future__ import annotations
 
 import re
+import socket
 import weakref
 
 from autobahn.twisted.resource import WebSocketResource
@@ -50,8 +51,27 @@ HANDSHAKE_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
 IDLE_TIMEOUT = 60.0
 MAX_HTTP_CONNECTIONS = 1000
+#: Linux's TCP_NOTSENT_LOWAT (Python names it from 3.12 on) and our bound for unsent kernel bytes.
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+KERNEL_UNSENT_LIMIT = 128 * 1024
 #: Headers every response carries, whoever writes it.
 STANDARD_HEADERS = ((b"Server", SERVER_NAME), (b"X-Content-Type-Options", b"nosniff"))
+
+
+def bound_unsent(transport) -> None:
+    """
+    Keep the kernel from queueing megabytes for a client that does not read: Linux grows a
+    socket's send buffer up to several MiB, uncounted, before Twisted's own buffer (where our
+    producers and the WebSocket's --max-outbound-bytes see it) starts to fill.
+    TCP_NOTSENT_LOWAT bounds only the bytes not yet sent, so a fast client on a long link keeps
+    its throughput.  Set once per accepted connection: HTTP responses and the WebSocket it may
+    become share the socket.
+    """
+    try:
+        transport.getHandle().setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT,
+                                         KERNEL_UNSENT_LIMIT)
+    except (AttributeError, OSError):
+        pass  # not TCP (a unix socket), or not Linux: Twisted's buffer is the only one counted
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -203,6 +223,7 @@ class HubHTTPChannel(http.HTTPChannel):
         super().connectionMade()
         site = self.site
         site.accepted(self)
+        bound_unsent(self.transport)
         if site.http_connections >= site.max_http_connections:
             self.log.warn("refusing a connection from {peer}: {count} HTTP connections open",
                           peer=str(self.transport.getPeer()), count=site.http_connections)
