@@ -35,6 +35,7 @@ from mission_control.demo import DemoFleet
 from mission_control.tap import DEFAULT_LISTEN, MissionControlService, Options, makeService, urls_of
 from tests import certs
 from tests.helpers import (
+    PROJECT_ROOT,
     TwistdProcess,
     connect,
     free_port,
@@ -496,6 +497,20 @@ class UsageErrorTests(OptionsMixin, SynchronousTestCase):
         self.assertEqual(len(exc.code.splitlines()), 1)
         self.assertIn("mission-control", exc.code)
         self.assertIn("--jwt-leeway must be a number >= 0, not 'abc'", exc.code)
+
+
+class SecurityDocTests(SynchronousTestCase):
+    """docs/security.md, the one table of limits, names every limit option."""
+
+    def test_every_limit_option_is_in_the_table(self):
+        """Each --max-*, --history-*, --ping-* option appears in docs/security.md."""
+        with open(os.path.join(PROJECT_ROOT, "docs", "security.md"), encoding="utf-8") as f:
+            text = f.read()
+        names = [name for name, *_ in Options.optParameters
+                 if name.startswith(("max-", "history-", "ping-"))]
+        self.assertGreater(len(names), 10)
+        missing = [name for name in names if f"`--{name}`" not in text]
+        self.assertEqual(missing, [])
 
 
 class UrlsTests(SynchronousTestCase):
