@@ -124,10 +124,15 @@ class _Redactor:
         self.jwt = compile_(_JWT)
         self.named = compile_(_NAMED, re.IGNORECASE)
         self.bearer = compile_(_BEARER, re.IGNORECASE)
+        # What every match above contains: text without any of it (most request lines) is
+        # returned as it is, after one quick search instead of three substitutions.
+        self.maybe = compile_(r"eyJ|oken|earer|%", re.IGNORECASE)
         self.marker = b"[redacted]" if kind is bytes else "[redacted]"
         self.keep = b"\\1" if kind is bytes else "\\1"
 
     def __call__(self, text):
+        if self.maybe.search(text) is None:
+            return text
         text = self.jwt.sub(self.marker, text)
         text = self.named.sub(self.keep + self.marker, text)
         return self.bearer.sub(self.keep + self.marker, text)
