@@ -330,17 +330,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class TwistdProcess(ProcessProtocol):
+class ChildProcess(ProcessProtocol):
     """
-    A child C{twistd -n mission-control}: collects its stdout and stderr; C{ended} fires with the
-    reason it ended; C{process} is the process transport (for C{signalProcess}).
+    A child process: its output so far, and C{ended}, which fires with its exit code (C{None}
+    when a signal ended it: C{signal} says which).
     """
 
-    def __init__(self):
+    def __init__(self, name: str = "") -> None:
+        self.name = name
         self.out = b""
         self.err = b""
         self.ended = defer.Deferred()
-        self.process = None
+        self.transport = None
+        self.signal = None
 
     def outReceived(self, data):
         self.out += data
@@ -349,11 +351,38 @@ class TwistdProcess(ProcessProtocol):
         self.err += data
 
     def processEnded(self, reason):
-        self.ended.callback(reason.value)
+        self.signal = reason.value.signal
+        self.ended.callback(self._result(reason))
+
+    def _result(self, reason):
+        return reason.value.exitCode
+
+    @property
+    def text(self) -> str:
+        """What it wrote to stdout."""
+        return self.out.decode("utf-8", "replace")
 
     @property
     def output(self) -> str:
+        """What it wrote to stdout and stderr."""
         return (self.out + self.err).decode("utf-8", "replace")
+
+    def describe(self) -> str:
+        return (f"{self.name}: stdout {self.out.decode('utf-8', 'replace')!r}, "
+                f"stderr {self.err.decode('utf-8', 'replace')!r}")
+
+
+class TwistdProcess(ChildProcess):
+    """
+    A child C{twistd -n mission-control}: C{ended} fires with the reason it ended (a
+    C{ProcessDone} or C{ProcessTerminated}); C{process} is the process transport (for
+    C{signalProcess}).
+    """
+
+    process = None
+
+    def _result(self, reason):
+        return reason.value
 
 
 def spawn_twistd(testcase, *args, cwd=None) -> TwistdProcess:

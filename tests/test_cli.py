@@ -30,7 +30,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, reactor, task, threads
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource
 from twisted.web import server as web_server
@@ -38,7 +37,7 @@ from twisted.web.util import Redirect
 
 from mission_control import auth, cli, events
 from tests import certs
-from tests.helpers import start_server, tmp_path, wait_until
+from tests.helpers import ChildProcess, start_server, tmp_path, wait_until
 
 FAST_RETRY = backoffPolicy(initialDelay=0.05, maxDelay=0.2, factor=2.0, jitter=lambda: 0.0)
 
@@ -1379,8 +1378,8 @@ class WatchTests(TestCase):
         """
         data_dir, _ = secret_dir(self)
         server = start_server(self, ["--data-dir", data_dir])
-        carol = self.watch(server.url(query="channels=presence"), "--data-dir", data_dir,
-                           "--sub", "carol")
+        self.watch(server.url(query="channels=presence"), "--data-dir", data_dir,
+                   "--sub", "carol")
         yield wait_until(lambda: server.hub.connections_of("carol"))
         carol_out = self.out
         other = cli.build_watcher(
@@ -1545,7 +1544,7 @@ class WatchProcessTests(TestCase):
     def assertSignalEndsCleanly(self, signal_name):
         data_dir, _ = secret_dir(self)
         server = start_server(self, ["--data-dir", data_dir])
-        process = _CollectingProcess()
+        process = ChildProcess()
         reactor.spawnProcess(
             process, sys.executable,
             [sys.executable, "-m", "mission_control.cli", "watch", "--url", server.url(),
@@ -1571,18 +1570,4 @@ class WatchProcessTests(TestCase):
         return self.assertSignalEndsCleanly("INT")
 
 
-class _CollectingProcess(ProcessProtocol):
-    def __init__(self):
-        self.out = b""
-        self.err = b""
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.out += data
-
-    def errReceived(self, data):
-        self.err += data
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
 

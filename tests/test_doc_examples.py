@@ -26,13 +26,19 @@ import sys
 import urllib.error
 
 from twisted.internet import defer, reactor, threads, utils
-from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web import resource
 from twisted.web import server as web_server
 
 from mission_control import events
-from tests.helpers import PROJECT_ROOT, connect, free_port, start_server, wait_until
+from tests.helpers import (
+    PROJECT_ROOT,
+    ChildProcess,
+    connect,
+    free_port,
+    start_server,
+    wait_until,
+)
 
 _MARKER = re.compile(r"<!--\s*example:\s*([\w.-]+)\s*-->")
 
@@ -71,42 +77,9 @@ def examples(relative_path: str) -> dict[str, str]:
     return found
 
 
-class Process(ProcessProtocol):
-    """
-    A child process: its output so far, and C{ended}, which fires with its exit code (C{None}
-    when a signal ended it: C{signal} says which).
-    """
-
-    def __init__(self, name: str):
-        self.name = name
-        self.out = b""
-        self.err = b""
-        self.ended = defer.Deferred()
-        self.transport = None
-        self.signal = None
-
-    def outReceived(self, data):
-        self.out += data
-
-    def errReceived(self, data):
-        self.err += data
-
-    def processEnded(self, reason):
-        self.signal = reason.value.signal
-        self.ended.callback(reason.value.exitCode)
-
-    @property
-    def text(self) -> str:
-        return self.out.decode("utf-8", "replace")
-
-    def describe(self) -> str:
-        return (f"{self.name}: stdout {self.out.decode('utf-8', 'replace')!r}, "
-                f"stderr {self.err.decode('utf-8', 'replace')!r}")
-
-
-def spawn(testcase, name, argv, env, cwd) -> Process:
+def spawn(testcase, name, argv, env, cwd) -> ChildProcess:
     """Start C{argv}; it is killed at the end of the test if it is still running."""
-    proto = Process(name)
+    proto = ChildProcess(name)
     reactor.spawnProcess(proto, argv[0], argv, env=env, path=cwd)
 
     def kill():
@@ -147,11 +120,11 @@ class ReadmeTourTests(TestCase):
         """The example C{name}, on this test's port."""
         return self.blocks[name].replace("127.0.0.1:8080", f"127.0.0.1:{self.port}")
 
-    def start(self, name: str, command: str) -> Process:
+    def start(self, name: str, command: str) -> ChildProcess:
         return spawn(self, name, ["/bin/sh", "-c", "exec " + command.strip()], self.env, self.cwd)
 
     @defer.inlineCallbacks
-    def start_hub(self, name: str, command: str) -> Process:
+    def start_hub(self, name: str, command: str) -> ChildProcess:
         """The hub, with the README's command plus a --listen on this test's port."""
         hub = self.start(name, f"{command.strip()} --listen tcp:{self.port}:interface=127.0.0.1")
         yield wait_until(lambda: f"ws://127.0.0.1:{self.port}/ws" in hub.text

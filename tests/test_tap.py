@@ -36,6 +36,7 @@ from mission_control.tap import DEFAULT_LISTEN, MissionControlService, Options, 
 from tests import certs
 from tests.helpers import (
     PROJECT_ROOT,
+    ChildProcess,
     TwistdProcess,
     connect,
     free_port,
@@ -1070,23 +1071,6 @@ class TwistdShutdownTests(TestCase):
         self.assertNotIn("Traceback", proto.output)
 
 
-class _Twistd(protocol.ProcessProtocol):
-    """A C{twistd} run as given (daemon or not): its output, and C{ended} with its exit code."""
-
-    def __init__(self):
-        self.out = b""
-        self.err = b""
-        self.ended = defer.Deferred()
-
-    def outReceived(self, data):
-        self.out += data
-
-    def errReceived(self, data):
-        self.err += data
-
-    def processEnded(self, reason):
-        self.ended.callback(reason.value.exitCode)
-
 
 class TwistdFilesTests(TestCase):
     """The files twistd writes for the hub: its log file and pidfile, as deployment.md runs it."""
@@ -1099,7 +1083,7 @@ class TwistdFilesTests(TestCase):
         if not os.path.exists(twistd):
             raise SkipTest(f"no twistd next to {sys.executable}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MISSION_CONTROL_")}
-        proto = _Twistd()
+        proto = ChildProcess()
         reactor.spawnProcess(proto, twistd, [twistd, *args], env=env, path=cwd)
         return proto
 
