@@ -145,6 +145,32 @@ class LatestState:
         return [entry.payload for entry in self._latest[event_type].values()]
 
 
+class LatestStateReads:
+    """
+    The reads of the latest state both stores serve from memory (their C{_latest}, a
+    L{LatestState}): the SQLite store keeps it as a copy of its table, moved after each commit.
+    """
+
+    _latest: LatestState
+
+    def agents(self) -> list[dict]:
+        """The latest C{agent:status} payload of each agent, least recently updated first."""
+        return self._latest.values(AGENT_STATUS)
+
+    def sessions(self) -> list[dict]:
+        """The latest C{session:activity} payload of each session, least recently updated first."""
+        return self._latest.values(SESSION_ACTIVITY)
+
+    def state(self, event_type: str) -> list[StateEntry]:
+        """The latest state of C{event_type}, payloads with their encodings."""
+        return self._latest.entries(event_type)
+
+    def agent(self, agent_id: str) -> Optional[dict]:
+        """The latest C{agent:status} payload of C{agent_id}, or C{None}."""
+        entry = self._latest.get(AGENT_STATUS, agent_id)
+        return None if entry is None else entry.payload
+
+
 @dataclass(frozen=True)
 class _Entry:
     """A retained event and when it was appended, for retention by age."""
@@ -163,7 +189,7 @@ class _Key:
 
 
 @implementer(IEventStore)
-class MemoryStore:
+class MemoryStore(LatestStateReads):
     """
     L{IEventStore} in memory.
 
@@ -269,23 +295,6 @@ class MemoryStore:
         first = self.first_seq
         start = self._head + max(seq + 1 - first, 0)
         return [entry.event for entry in self._events[start : start + limit]]
-
-    def agents(self) -> list[dict]:
-        """The latest C{agent:status} payload of each agent, least recently updated first."""
-        return self._latest.values(AGENT_STATUS)
-
-    def sessions(self) -> list[dict]:
-        """The latest C{session:activity} payload of each session, least recently updated first."""
-        return self._latest.values(SESSION_ACTIVITY)
-
-    def state(self, event_type: str) -> list[StateEntry]:
-        """The latest state of C{event_type}, payloads with their encodings."""
-        return self._latest.entries(event_type)
-
-    def agent(self, agent_id: str) -> Optional[dict]:
-        """The latest C{agent:status} payload of C{agent_id}, or C{None}."""
-        entry = self._latest.get(AGENT_STATUS, agent_id)
-        return None if entry is None else entry.payload
 
     def session_owner(self, session_id: str) -> Optional[str]:
         """The agent C{session_id} belongs to, or C{None} (see L{IEventStore.session_owner})."""

@@ -38,12 +38,12 @@ from mission_control.store.interface import (
     IdempotencyConflict,
     IEventStore,
     Retention,
-    StateEntry,
     StoredEvent,
 )
 from mission_control.store.memory import (
     Idempotency,
     LatestState,
+    LatestStateReads,
     check_retention,
     is_live,
     new_epoch,
@@ -209,7 +209,7 @@ def read_boot_id() -> Optional[str]:
 
 
 @implementer(IEventStore)
-class SQLiteStore:
+class SQLiteStore(LatestStateReads):
     """
     L{IEventStore} in one SQLite database file.
 
@@ -459,23 +459,6 @@ class SQLiteStore:
             StoredEvent(seq=seq, type=kind, payload=json.loads(payload), ts=ts)
             for seq, kind, payload, ts in rows
         ]
-
-    def agents(self) -> list[dict]:
-        """The latest C{agent:status} payload of each agent, least recently updated first."""
-        return self._latest.values(AGENT_STATUS)
-
-    def sessions(self) -> list[dict]:
-        """The latest C{session:activity} payload of each session, least recently updated first."""
-        return self._latest.values(SESSION_ACTIVITY)
-
-    def state(self, event_type: str) -> list[StateEntry]:
-        """The latest state of C{event_type}, payloads with their encodings (from memory)."""
-        return self._latest.entries(event_type)
-
-    def agent(self, agent_id: str) -> Optional[dict]:
-        """The latest C{agent:status} payload of C{agent_id}, or C{None} (from memory)."""
-        entry = self._latest.get(AGENT_STATUS, agent_id)
-        return None if entry is None else entry.payload
 
     def session_owner(self, session_id: str) -> Optional[str]:
         """The agent C{session_id} belongs to, or C{None} (see L{IEventStore.session_owner})."""
