@@ -21,6 +21,7 @@ from tests import certs
 from tests.helpers import (
     RawExchange,
     connect,
+    fill_sessions,
     http_request,
     parse_response,
     raw_request,
@@ -126,6 +127,20 @@ class TLSListenerTests(TestCase):
         self.assertEqual(event["payload"]["agentId"], "agent-7")
         self.assertEqual(event["payload"]["message"], "over TLS")
         self.assertEqual(event["seq"], response.json()["event"]["seq"])
+
+    @defer.inlineCallbacks
+    def test_large_snapshot_over_wss(self):
+        """A snapshot of megabytes, streamed as the client reads, arrives whole over TLS."""
+        fill_sessions(self.server, 300)
+        client = yield connect(
+            self, self.server, token=self.server.token("alice", role="viewer"),
+            tls_options=self.trusted,
+        )
+        snapshot = yield client.next_of("snapshot")
+        self.assertEqual(snapshot["payload"]["sessions"], self.server.hub.store.sessions())
+        client.send_json({"type": "ping", "id": "after"})
+        pong = yield client.next_of("pong")
+        self.assertEqual(pong["id"], "after")
 
     @defer.inlineCallbacks
     def test_healthz_over_https(self):
