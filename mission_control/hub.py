@@ -133,6 +133,8 @@ class _Session:
     #: The replay answers a resume (it ends with a C{resumed} frame), rather than catching up
     #: on what was published while a large snapshot streamed.
     resuming: bool = False
+    #: Presence frames reach it before it is live (see L{Hub._watch_presence}).
+    presence_watched: bool = False
     closing: bool = False
     timers: list = field(default_factory=list)
     channels: set = field(default_factory=set)
@@ -383,6 +385,7 @@ class Hub:
         session.acked_seq = since
         session.replay_start = session.replay_cursor = since
         session.resuming = True
+        self._watch_presence(session)
         self._replay(session)
 
     def _unrecoverable(self, since: int, epoch: str | None) -> str | None:
@@ -441,6 +444,17 @@ class Hub:
             session.replay_waiting = False
             self.clock.callLater(0, self._replay, session)
 
+    def _watch_presence(self, session: _Session) -> None:
+        """
+        Presence frames carry no seq and are not replayed: a connection that is still catching
+        up (a replay, a streamed snapshot) receives them from now on, rather than miss a join or
+        leave.  They come among the replayed events, or after the snapshot (whose message is
+        already under way: frames sent meanwhile wait for its end).
+        """
+        session.presence_watched = True
+        if channels.PRESENCE in session.channels:
+            self._subscribers.setdefault(channels.PRESENCE, set()).add(session.conn)
+
     def _go_live(self, session: _Session) -> None:
         session.live = True
         self._live.add(session.conn)
@@ -466,7 +480,7 @@ class Hub:
                 forbidden.append(channel)
                 continue
             session.channels.add(channel)
-            if session.live:
+            if session.live or (channel == channels.PRESENCE and session.presence_watched):
                 self._subscribers.setdefault(channel, set()).add(session.conn)
         return forbidden
 
@@ -821,6 +835,7 @@ class Hub:
                     self._replay(session)
 
             conn.send_stream(chunks, streamed)
+            self._watch_presence(session)
             return
         head = b"".join(snapshot_chunks(agents, sessions, last_seq, None))
         if full:

@@ -46,7 +46,6 @@ that much of the server's memory, and the hub's fan-out to everyone else is neve
 
 from __future__ import annotations
 
-import http
 from typing import Mapping
 from urllib import parse
 
@@ -59,7 +58,7 @@ from zope.interface import implementer
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
 from mission_control.events import encode_json
 from mission_control.hub import ConnectRequest, Hub
-from mission_control.web.site import redact
+from mission_control.web.site import redact, status_phrase
 
 #: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
 #: own handshake failures carry text from the request ("... header value: <value>"): those are
@@ -160,11 +159,8 @@ class HubServerProtocol(WebSocketServerProtocol):
         """
         refusal, detail = self._refusal, ""
         if refusal is None or refusal.status != code:
-            try:
-                phrase = http.HTTPStatus(code).phrase
-            except ValueError:
-                phrase = "Error"
-            refusal, detail = Refusal(code, phrase), f" ({_printable(redact(str(reason)))})"
+            refusal = Refusal(code, status_phrase(code))
+            detail = f" ({_printable(redact(str(reason)))})"
         if not self._refusal_logged:
             user = self._refused_user
             level = self._log.warn if code in (401, 403, 429) else self._log.info

@@ -80,7 +80,7 @@ class Options(usage.Options):
         ["max-messages-per-second", None, None, "Messages one connection may send per second (twice that in a burst); past it error frames, then close 4029. [20]"],
         ["max-publishes-per-second", None, None, "HTTP publishes one user may make per second (twice that in a burst); past it 429. [200]"],
         ["max-reads-per-second", None, None, "HTTP reads (GET) one user may make per second (twice that in a burst); past it 429. [20]"],
-        ["max-handshakes-per-second", None, None, "WebSocket handshakes one user may make per second (bursts of --max-connections-per-user); past it 429. [5]"],
+        ["max-handshakes-per-second", None, None, "WebSocket handshakes one user may make per second (bursts of --max-connections-per-user or twice the rate, the larger); past it 429. [5]"],
         ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],

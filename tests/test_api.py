@@ -432,6 +432,7 @@ class ReadRateTests(unittest.TestCase):
         self.assertEqual(statuses, [200, 200, 429, 429])
         self.assertEqual((response.json()["error"]["code"], response.headers["retry-after"]),
                          ("rate_limited", "1"))
+        self.assertEqual(response.reason, "Too Many Requests")
         bob = yield raw_request(server.port, http_request("GET", "/api/agents",
                                                           token=server.token("bob")))
         self.assertEqual(bob.status, 200)

@@ -354,6 +354,7 @@ class SmuggledHeaderTests(unittest.TestCase):
         A header value carrying \\x0b \\x0c \\x1c \\x1d \\x1e or \\x85 and a second header after
         it is a 400 with a JSON body: never read as an Authorization header (never 101).
         """
+        logs = LogCapture(self)
         token = self.server.token("mallory")
         for char in "\x0b\x0c\x1c\x1d\x1e\x85":
             request = upgrade_request(headers={"X-Note": f"hi{char}authorization: Bearer {token}"})
@@ -361,6 +362,9 @@ class SmuggledHeaderTests(unittest.TestCase):
             self.assertEqual(response.status, 400, repr(char))
             self.assertEqual(response.json()["error"]["code"], "bad_request")
         self.assertEqual(self.server.hub.connection_count, 0)
+        # Each is a security line of its own, as every refused handshake is.
+        refused = logs.matching("security: handshake refused", "400 Bad Request")
+        self.assertEqual(len(refused), 6, logs.lines())
 
     @defer.inlineCallbacks
     def test_duplicate_authorization_is_refused(self):

@@ -66,14 +66,33 @@ class FakeConnection:
 
 
 class HeldStreamConnection(FakeConnection):
-    """A connection whose streamed message completes only when the test says so."""
+    """
+    A connection whose streamed message completes only when the test says so; as the real one
+    does, it keeps what is sent meanwhile (C{held}) until the message ends.
+    """
+
+    held = None
 
     def send_stream(self, chunks, done):
-        self._held = (chunks, done)
+        self._stream, self.held = (chunks, done), []
+
+    def deliver(self, prepared):
+        if self.held is not None:
+            self.held.append(("deliver", prepared))
+        else:
+            super().deliver(prepared)
+
+    def send_frame(self, frame):
+        if self.held is not None:
+            self.held.append(("send_frame", frame))
+        else:
+            super().send_frame(frame)
 
     def finish(self):
-        chunks, done = self._held
+        (chunks, done), held, self.held = self._stream, self.held, None
         self.deliver(b"".join(chunks))
+        for method, value in held:
+            getattr(self, method)(value)
         done()
 
 
@@ -866,6 +885,29 @@ class PresenceTests(HubTestCase):
                          [("alice", 0)])
         self.assertNotIn("seq", leaves[0])
         self.assertEqual([p["id"] for p in self.hub.presence()], ["w"])
+
+
+    def test_presence_while_catching_up(self):
+        """
+        A connection subscribed to presence that is still replaying (its transport paused) or
+        still streaming its snapshot hears who joins meanwhile: presence is not replayed.
+        """
+        self.publish(3)
+        resuming = FakeConnection("r")
+        resuming.paused = True
+        self.hub.register(resuming, ConnectRequest(since=0, epoch=self.hub.store.epoch,
+                                                   channels=("agents", "presence")))
+        self.hub.snapshot_stream_threshold = 0
+        streaming = HeldStreamConnection("s")
+        self.hub.register(streaming, ConnectRequest(channels=("agents", "presence")))
+        self.connect("late")
+        joins = [f["payload"]["userId"] for f in resuming.frames if f["type"] == "presence:join"]
+        self.assertIn("late", joins)
+        self.assertNotIn("resumed", resuming.types())  # still replaying
+        self.assertEqual([method for method, _ in streaming.held], ["deliver"])  # the join
+        streaming.finish()
+        self.assertEqual(streaming.types(), ["welcome", "snapshot", "presence:join"])
+        self.assertEqual(streaming.frames[2]["payload"]["userId"], "late")
 
 
 class LivenessTests(HubTestCase):

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import re
 import socket
+from http import HTTPStatus
 import weakref
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.util import peer2str
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -72,6 +74,14 @@ def bound_unsent(transport) -> None:
                                          KERNEL_UNSENT_LIMIT)
     except (AttributeError, OSError):
         pass  # not TCP (a unix socket), or not Linux: Twisted's buffer is the only one counted
+
+
+def status_phrase(code: int) -> str:
+    """The standard reason phrase of an HTTP status (C{Error} for one without)."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return "Error"
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -186,6 +196,12 @@ class HubRequest(server.Request):
                 self.setHeader(name, value)
         super().write(data)
 
+    def setResponseCode(self, code, message=None):
+        """Every status with its standard phrase: twisted.web has none for some (429 among them)."""
+        if message is None and code not in http.RESPONSES:
+            message = status_phrase(code).encode("ascii")
+        super().setResponseCode(code, message)
+
     def processingFailed(self, reason: failure.Failure):
         self._log.failure("request failed: {method} {path}", reason,
                           method=redact(self.method), path=redact(self.path))
@@ -231,7 +247,7 @@ class HubHTTPChannel(http.HTTPChannel):
         bound_unsent(self.transport)
         if site.http_connections >= site.max_http_connections:
             self.log.warn("refusing a connection from {peer}: {count} HTTP connections open",
-                          peer=str(self.transport.getPeer()), count=site.http_connections)
+                          peer=peer2str(self.transport), count=site.http_connections)
             self._refuse(503, b"Service Unavailable", "too_many_connections",
                          "too many connections; retry later")
             return
@@ -267,7 +283,7 @@ class HubHTTPChannel(http.HTTPChannel):
 
     def _timed_out(self):
         self._deadline = None
-        peer = str(self.transport.getPeer())
+        peer = peer2str(self.transport)
         if self._in_body:
             self.log.info("closing {peer}: request body not complete in time", peer=peer)
             self._refuse(408, b"Request Timeout", "request_timeout",
@@ -482,16 +498,22 @@ class HubWebSocketResource(WebSocketResource):
     them (else a JSON 400), and telling the channel when it takes the connection over.
     """
 
+    log = Logger()
+
     def render(self, request):
         channel = request.channel
         problem = handshake_problem(request) if channel.transport is not None else "no transport"
         if problem is not None:
+            # A smuggling attempt, as likely as not: logged with the other refused handshakes.
+            self.log.warn("security: handshake refused from {peer}: 400 Bad Request ({problem})",
+                          peer=peer2str(channel.transport) if channel.transport else "unknown",
+                          problem=problem)
             # Closed after the answer, as Autobahn's own refusals are.
             channel.persistent = False
             request.setResponseCode(400)
             request.setHeader(b"Connection", b"close")
             request.setHeader(b"Content-Type", b"application/json")
-            return error_body("bad_request", "bad request")
+            return error_body("bad_request", "Bad Request")
         result = super().render(request)
         if channel.transport is None:
             channel.handed_over()
