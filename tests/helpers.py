@@ -400,16 +400,20 @@ def spawn_twistd(testcase, *args, cwd=None) -> TwistdProcess:
     env["PYTHONPATH"] = os.pathsep.join(
         [PROJECT_ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
     )
-    proto = TwistdProcess()
-    proto.process = reactor.spawnProcess(
-        proto, twistd,
-        [twistd, "-n", "--pidfile=", "--logfile=-", "mission-control", *args],
-        env=env, path=cwd,
-    )
+    proto = spawn_process(testcase, TwistdProcess(),
+                          [twistd, "-n", "--pidfile=", "--logfile=-", "mission-control", *args],
+                          env, cwd)
+    proto.process = proto.transport
+    return proto
+
+
+def spawn_process(testcase, proto: ChildProcess, argv, env, cwd) -> ChildProcess:
+    """Start C{argv} for C{proto}; it is killed at the end of the test if it still runs."""
+    reactor.spawnProcess(proto, argv[0], argv, env=env, path=cwd)
 
     def kill():
         if not proto.ended.called:
-            proto.process.signalProcess("KILL")
+            proto.transport.signalProcess("KILL")
             return proto.ended
 
     testcase.addCleanup(kill)

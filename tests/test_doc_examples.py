@@ -36,6 +36,7 @@ from tests.helpers import (
     ChildProcess,
     connect,
     free_port,
+    spawn_process,
     start_server,
     wait_until,
 )
@@ -79,16 +80,7 @@ def examples(relative_path: str) -> dict[str, str]:
 
 def spawn(testcase, name, argv, env, cwd) -> ChildProcess:
     """Start C{argv}; it is killed at the end of the test if it is still running."""
-    proto = ChildProcess(name)
-    reactor.spawnProcess(proto, argv[0], argv, env=env, path=cwd)
-
-    def kill():
-        if not proto.ended.called:
-            proto.transport.signalProcess("KILL")
-            return proto.ended
-
-    testcase.addCleanup(kill)
-    return proto
+    return spawn_process(testcase, ChildProcess(name), argv, env, cwd)
 
 
 def child_environment(**extra) -> dict:
