@@ -926,8 +926,10 @@ class TwistdCommandTests(TestCase):
         port = free_port()
         data_dir = os.path.abspath(self.mktemp())
         proto = self.spawn("--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir)
-        yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in proto.output
+        # The mint command is the last line of the start: the output may arrive in pieces.
+        yield wait_until(lambda: "mint a token with: " in proto.output
                          or proto.ended.called, timeout=15)
+        yield wait_until(lambda: proto.output.endswith("\n") or proto.ended.called, timeout=5)
         self.assertFalse(proto.ended.called, proto.output)
         self.assertIn(f"http://127.0.0.1:{port}/", proto.output)
         self.assertIn(f"ws://127.0.0.1:{port}/ws", proto.output)
