@@ -16,7 +16,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 from mission_control.ids import ID_RULE, is_valid_id
 from mission_control.text import NotText, decode_json, has_control_characters, is_display_text
@@ -261,6 +261,31 @@ def request_fingerprint(event_type: str, subject_id: str | None, body: object) -
     canonical = json.dumps([event_type, subject_id, body], sort_keys=True,
                            separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def json_array_chunks(head: bytes, items: Iterable[bytes], tail: bytes,
+                      size: int = 16 * 1024) -> Iterator[bytes]:
+    """
+    C{head}, the C{items} (each one encoded JSON value) separated by commas, then C{tail}, in
+    non-empty chunks of about C{size} bytes: the writer of large frames and bodies made of ready
+    encodings.  C{head} usually ends with an opening bracket and C{tail} starts with the closing
+    one: C{b'{"agents":['} and C{b'],"lastSeq":3}'}.
+    """
+    parts, length, first = [head], len(head), True
+    for item in items:
+        if not first:
+            parts.append(b",")
+            length += 1
+        first = False
+        parts.append(item)
+        length += len(item)
+        if length >= size:
+            yield b"".join(parts)
+            parts, length = [], 0
+    parts.append(tail)
+    last = b"".join(parts)
+    if last:
+        yield last
 
 
 def encode_json(value: object) -> bytes:

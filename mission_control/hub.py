@@ -1057,23 +1057,10 @@ def snapshot_chunks(agents: list[bytes], sessions: list[bytes], last_seq: int,
     bytes: C{{"type":"snapshot","payload":{"lastSeq":N,"agents":[...],"sessions":[...]},"ts":T}}.
     With C{ts} None the frame stops after C{"ts":}, for a caller that adds the time itself.
     """
-    parts = [b'{"type":"snapshot","payload":{"lastSeq":%d,"agents":[' % last_seq]
-    length = len(parts[0])
-    for name, items in ((None, agents), (b'],"sessions":[', sessions)):
-        if name is not None:
-            parts.append(name)
-        for index, item in enumerate(items):
-            if index:
-                parts.append(b",")
-            parts.append(item)
-            length += len(item) + 1
-            if length >= size:
-                yield b"".join(parts)
-                parts, length = [], 0
-    parts.append(b']},"ts":')
-    if ts is not None:
-        parts.append(events.encode_json(ts) + b"}")
-    yield b"".join(parts)
+    head = b'{"type":"snapshot","payload":{"lastSeq":%d,"agents":[' % last_seq
+    tail = b']},"ts":' + (b"" if ts is None else events.encode_json(ts) + b"}")
+    yield from events.json_array_chunks(head, agents, b"", size)
+    yield from events.json_array_chunks(b'],"sessions":[', sessions, tail, size)
 
 
 def _number(value: float) -> int | float:

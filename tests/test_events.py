@@ -250,3 +250,17 @@ class RequestFingerprintTests(SynchronousTestCase):
         self.assertNotEqual(
             events.request_fingerprint("agent:status", "a1", {"metadata": {"n": None}}),
             events.request_fingerprint("agent:status", "a1", {"metadata": {}}))
+
+
+class JSONArrayChunksTests(SynchronousTestCase):
+    """json_array_chunks: frames and bodies joined from ready encodings, in chunks."""
+
+    def test_joined_and_chunked(self):
+        """The chunks join to head, comma-separated items, tail; none is empty or far past size."""
+        items = [events.encode_json({"n": i, "pad": "x" * 50}) for i in range(100)]
+        chunks = list(events.json_array_chunks(b'{"a":[', items, b"]}", size=500))
+        self.assertEqual(json.loads(b"".join(chunks))["a"], [json.loads(i) for i in items])
+        self.assertGreater(len(chunks), 5)
+        self.assertTrue(all(0 < len(chunk) < 500 + 70 for chunk in chunks))
+        self.assertEqual(list(events.json_array_chunks(b"[", [], b"]")), [b"[]"])
+        self.assertEqual(list(events.json_array_chunks(b"", [], b"")), [])

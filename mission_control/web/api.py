@@ -109,7 +109,7 @@ class Api(resource.Resource):
                 ids = [seg for s, seg in zip(shape, segments) if s == "*"]
                 principal = self._authenticate(request)
                 if request.method in (b"GET", b"HEAD"):
-                    self._charge_read(principal)
+                    self._charge(self._reads, principal, "reads")
                 return handler(request, principal, *ids)
         raise ApiError(404, "not_found", "no such resource")
 
@@ -164,23 +164,18 @@ class Api(resource.Resource):
         except (ValueError, RecursionError):
             raise ApiError(400, "bad_request", "malformed JSON") from None
 
-    def _charge(self, principal) -> None:
+    def _charge(self, limits: RateLimits, principal, what: str) -> None:
         """
-        One publish against the user's rate (C{publish_rate} a second, bursts of twice that),
-        shared by all their HTTP clients: one token must not flood everyone's history.
+        One request against the user's rate in C{limits}: publishes (C{publish_rate} a second)
+        and reads (C{read_rate}), bursts of twice that, shared by all of a user's HTTP clients:
+        one token must not flood everyone's history, nor the hub with reads.
         """
-        if not self._publishes.take(principal.sub, self.hub.clock.seconds()):
-            raise ApiError(429, "rate_limited", "too many publishes; slow down",
-                           {b"Retry-After": b"1"})
-
-    def _charge_read(self, principal) -> None:
-        """One read against the user's read rate: reads cost the hub as much as publishes."""
-        if not self._reads.take(principal.sub, self.hub.clock.seconds()):
-            raise ApiError(429, "rate_limited", "too many reads; slow down",
+        if not limits.take(principal.sub, self.hub.clock.seconds()):
+            raise ApiError(429, "rate_limited", f"too many {what}; slow down",
                            {b"Retry-After": b"1"})
 
     def _publish(self, request, principal, event_type, subject_id):
-        self._charge(principal)
+        self._charge(self._publishes, principal, "publishes")
         body = self._json_body(request)
         key = self._idempotency_key(request)
         fingerprint = events.request_fingerprint(event_type, subject_id, body) if key else ""

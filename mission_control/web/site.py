@@ -162,9 +162,6 @@ def redact(text):
     return _redact_str(text)
 
 
-#: The older name, for the URI.
-redact_uri = redact
-
 
 class _RedactedRequest:
     """A view of a request for the access log formatter: its request line and headers redacted."""

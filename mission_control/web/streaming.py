@@ -18,32 +18,10 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
+from mission_control.events import json_array_chunks
+
 #: Bodies up to this size are joined and written at once.
 STREAM_THRESHOLD = 64 * 1024
-#: About how many bytes each write of a streamed body carries.
-CHUNK_SIZE = 16 * 1024
-
-
-def json_array_chunks(head: bytes, items: Iterable[bytes], tail: bytes,
-                      size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """
-    C{head}, the C{items} (each one encoded JSON value) separated by commas, then C{tail}, in
-    chunks of about C{size} bytes.  C{head} ends with an opening bracket and C{tail} starts with
-    the closing one: C{b'{"agents":['} and C{b'],"lastSeq":3}'}.
-    """
-    parts, length, first = [head], len(head), True
-    for item in items:
-        if not first:
-            parts.append(b",")
-            length += 1
-        first = False
-        parts.append(item)
-        length += len(item)
-        if length >= size:
-            yield b"".join(parts)
-            parts, length = [], 0
-    parts.append(tail)
-    yield b"".join(parts)
 
 
 class StreamedBody:
