@@ -79,6 +79,20 @@ def event_channels(event_type: str, payload: dict) -> tuple[str, ...]:
     return ()
 
 
+def stored_events_of(name: str) -> tuple[str, str | None] | None:
+    """
+    Which stored events the channel C{name} carries, as C{(event type, id)}: C{id} is the agent or
+    session the channel names, or C{None} for every one (C{agents}, C{sessions}).  C{None} for
+    C{presence}, whose frames are never stored.  The history reads filter with it, so that a
+    channel means the same events there as over the WebSocket (L{event_channels}).
+    """
+    prefix, _, rest = name.partition(":")
+    event_type = {AGENTS: "agent:status", SESSIONS: "session:activity"}.get(prefix)
+    if event_type is None:
+        return None
+    return event_type, (rest or None)
+
+
 def _claim_allows(claim: Sequence[str], channel: str) -> bool:
     parent = channel.partition(":")[0]
     for entry in claim:

@@ -32,6 +32,15 @@ class NameTests(SynchronousTestCase):
         for bad in ("agents", [1], ["nope"], ["presence:*"], ["x"] * 65, {"a": 1}):
             self.assertRaises(ValueError, channels.parse_claim, bad)
 
+    def test_stored_events_of(self):
+        """A channel of stored events names their type and, for agents:<id> or sessions:<id>,
+        the id; presence carries none."""
+        self.assertEqual(channels.stored_events_of("agents"), ("agent:status", None))
+        self.assertEqual(channels.stored_events_of("agents:a1"), ("agent:status", "a1"))
+        self.assertEqual(channels.stored_events_of("sessions"), ("session:activity", None))
+        self.assertEqual(channels.stored_events_of("sessions:s:1"), ("session:activity", "s:1"))
+        self.assertIsNone(channels.stored_events_of("presence"))
+
     def test_event_channels(self):
         """An event goes to its family channel and its own channel."""
         self.assertEqual(channels.event_channels("agent:status", {"agentId": "a1"}),

@@ -143,6 +143,76 @@ class StoreContractMixin:
         self.assertEqual(self.seqs(store, 8, 3), [9, 10])
         self.assertEqual(store.events_after(0, 0), [])
 
+    def test_events_matching_filters_by_type_and_subject(self):
+        """
+        events_matching gives the events of one type, or of one agent or session of it (by the
+        payload's agentId or sessionId, not by a field inside detail), oldest first.
+        """
+        store = self.make_store()
+        store.append("session:activity", activity("s1"), TS, T0)
+        store.append("agent:status", status("s1"), TS, T0)
+        store.append("session:activity", activity("s2", detail={"sessionId": "s1"}), TS, T0)
+        store.append("session:activity", activity("s1", "completed"), TS, T0)
+        store.append("session:activity", activity("s10"), TS, T0)
+
+        def seqs(event_type, subject=None, since=0, limit=10):
+            found, through = store.events_matching(since, limit, 100, event_type, subject)
+            return [event.seq for event in found], through
+
+        self.assertEqual(seqs("session:activity", "s1"), ([1, 4], 5))
+        self.assertEqual(seqs("session:activity"), ([1, 3, 4, 5], 5))
+        self.assertEqual(seqs("agent:status", "s1"), ([2], 5))
+        self.assertEqual(seqs("agent:status", "a9"), ([], 5))
+        self.assertEqual(seqs("session:activity", "s1", since=1), ([4], 5))
+        [event], _ = store.events_matching(3, 10, 100, "session:activity", "s1")
+        self.assertEqual(event, store.events_after(3, 1)[0])
+
+    def test_events_matching_stops_at_limit(self):
+        """With limit matches found, the call stops and names the last match's seq as through."""
+        store = self.make_store()
+        for i in range(10):
+            store.append("session:activity", activity("s1" if i % 2 else "s2"), TS, T0)
+        found, through = store.events_matching(0, 2, 100, "session:activity", "s1")
+        self.assertEqual(([e.seq for e in found], through), ([2, 4], 4))
+        found, through = store.events_matching(through, 2, 100, "session:activity", "s1")
+        self.assertEqual(([e.seq for e in found], through), ([6, 8], 8))
+        found, through = store.events_matching(through, 2, 100, "session:activity", "s1")
+        self.assertEqual(([e.seq for e in found], through), ([10], 10))
+        self.assertEqual(store.events_matching(0, 0, 100, "session:activity"), ([], 0))
+
+    def test_events_matching_looks_at_scan_seqs_at_most(self):
+        """
+        Only the scan seqs after since are looked at: a rare match further on is found by the
+        next call, from through, and through never passes last_seq or goes below since.
+        """
+        store = self.make_store()
+        self.publish(store, 25)
+        store.append("session:activity", activity("s1"), TS, T0)
+        self.assertEqual(store.events_matching(0, 10, 10, "session:activity", "s1"), ([], 10))
+        self.assertEqual(store.events_matching(10, 10, 10, "session:activity", "s1"), ([], 20))
+        found, through = store.events_matching(20, 10, 10, "session:activity", "s1")
+        self.assertEqual(([e.seq for e in found], through), ([26], 26))
+        self.assertEqual(store.events_matching(26, 10, 10, "session:activity"), ([], 26))
+        self.assertEqual(store.events_matching(40, 10, 10, "session:activity"), ([], 40))
+
+    def test_events_matching_starts_at_first_seq(self):
+        """From a since that retention passed, the window starts at the oldest retained event."""
+        store = self.make_store(Retention(max_events=5))
+        for i in range(12):
+            store.append("session:activity", activity(f"s{i % 3}"), TS, T0)
+        store.trim(T0)
+        self.assertEqual(store.first_seq, 8)
+        found, through = store.events_matching(0, 10, 3, "session:activity", "s1")
+        self.assertEqual(([e.seq for e in found], through), ([8], 10))
+        found, through = store.events_matching(0, 10, 100, "session:activity", "s0")
+        self.assertEqual(([e.seq for e in found], through), ([10], 12))
+
+    def test_events_matching_empty_store(self):
+        """An empty store has nothing to match: through is since."""
+        store = self.make_store()
+        self.assertEqual(store.events_matching(0, 10, 100, "agent:status"), ([], 0))
+        self.assertEqual(store.events_matching(7, 10, 100, "agent:status", "a1"), ([], 7))
+
     def test_payload_round_trip(self):
         """Nested objects, non-ASCII text and numbers come back exactly as appended."""
         store = self.make_store()

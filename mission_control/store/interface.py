@@ -98,6 +98,19 @@ class IEventStore(Interface):
     def events_after(seq, limit):
         """Up to C{limit} retained events with a seq greater than C{seq}, oldest first."""
 
+    def events_matching(seq, limit, scan, event_type, subject=None):
+        """
+        The retained events of C{event_type} (with C{subject}: only those of that agent or
+        session, by the payload's C{agentId} or C{sessionId}) among the next C{scan} seqs after
+        C{seq} (after C{first_seq - 1} when C{seq} is older), at most C{limit} of them, oldest
+        first; and C{through}, the seq up to which the history was looked at: the C{limit}-th
+        match's when the call stopped there, else the end of that window (at most C{last_seq}),
+        and never less than C{seq}.  The window bounds the work of one call however rare the
+        matches are; C{through} is where the next call goes on.
+
+        @return: C{(events, through)}.
+        """
+
     def agents():
         """The latest C{agent:status} payload per agent, least recently updated first."""
 

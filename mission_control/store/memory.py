@@ -56,6 +56,27 @@ def state_key(event_type: str, payload: dict) -> str:
     return key
 
 
+def is_match(event_type: str, payload: dict, wanted: str, subject: Optional[str]) -> bool:
+    """
+    Whether an event is of type C{wanted} and, with C{subject}, of that agent or session (the
+    payload field that keys its latest state): the filter of L{IEventStore.events_matching}.
+    """
+    if event_type != wanted:
+        return False
+    return subject is None or payload.get(STATE_KEY_FIELDS.get(wanted, "")) == subject
+
+
+def scan_window(seq: int, scan: int, first_seq: int, last_seq: int) -> tuple[int, int]:
+    """
+    The seqs L{IEventStore.events_matching} looks at: those in C{(start, end]}, the C{scan} seqs
+    after C{seq}, or after the retained history's start when C{seq} is older; empty
+    (C{start >= end}) when nothing is after C{seq}.  Retained seqs have no gaps, so this is also
+    at most C{scan} events.
+    """
+    start = max(seq, first_seq - 1)
+    return start, min(start + max(scan, 0), last_seq)
+
+
 def new_epoch() -> str:
     """A fresh random name for a new history: 16 hex digits."""
     return secrets.token_hex(8)
@@ -295,6 +316,25 @@ class MemoryStore(LatestStateReads):
         first = self.first_seq
         start = self._head + max(seq + 1 - first, 0)
         return [entry.event for entry in self._events[start : start + limit]]
+
+    def events_matching(self, seq: int, limit: int, scan: int, event_type: str,
+                        subject: Optional[str] = None) -> tuple[list[StoredEvent], int]:
+        """
+        The events of C{event_type} (and C{subject}) among the C{scan} seqs after C{seq}, at most
+        C{limit}, and the seq looked at last.  See L{IEventStore.events_matching}.
+        """
+        if limit <= 0:
+            return [], seq
+        start, end = scan_window(seq, scan, self.first_seq, self.last_seq)
+        found: list[StoredEvent] = []
+        offset = self._head + start + 1 - self.first_seq  # the index of seq start + 1
+        for index in range(offset, offset + max(end - start, 0)):
+            event = self._events[index].event
+            if is_match(event.type, event.payload, event_type, subject):
+                found.append(event)
+                if len(found) == limit:
+                    return found, event.seq
+        return found, max(seq, end)
 
     def session_owner(self, session_id: str) -> Optional[str]:
         """The agent C{session_id} belongs to, or C{None} (see L{IEventStore.session_owner})."""

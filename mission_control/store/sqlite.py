@@ -41,12 +41,15 @@ from mission_control.store.interface import (
     StoredEvent,
 )
 from mission_control.store.memory import (
+    STATE_KEY_FIELDS,
     Idempotency,
     LatestState,
     LatestStateReads,
     check_retention,
     is_live,
+    is_match,
     new_epoch,
+    scan_window,
     state_key,
 )
 
@@ -459,6 +462,45 @@ class SQLiteStore(LatestStateReads):
             StoredEvent(seq=seq, type=kind, payload=json.loads(payload), ts=ts)
             for seq, kind, payload, ts in rows
         ]
+
+    def events_matching(self, seq: int, limit: int, scan: int, event_type: str,
+                        subject: Optional[str] = None) -> tuple[list[StoredEvent], int]:
+        """
+        The events of C{event_type} (and C{subject}) among the C{scan} seqs after C{seq}, at most
+        C{limit}, and the seq looked at last.  See L{IEventStore.events_matching}.
+
+        The window is a range of the primary key and the type is a column, so only the rows of
+        that type are read; with a C{subject}, a payload whose text does not hold the field as
+        L{encode_json} wrote it (C{"sessionId":"s1"}) cannot match and is not decoded.  The
+        decoded payload decides.
+        """
+        if limit <= 0:
+            return [], seq
+        start, end = scan_window(seq, scan, self.first_seq, self._last_seq)
+        if start >= end:
+            return [], max(seq, end)
+        needle = None
+        if subject is not None:
+            field = STATE_KEY_FIELDS.get(event_type, "")
+            needle = encode_json(field).decode("utf-8") + ":" + encode_json(subject).decode("utf-8")
+        rows = self._open_db().execute(
+            "SELECT seq, payload, ts FROM events WHERE seq > ? AND seq <= ? AND type = ? "
+            "ORDER BY seq",
+            (start, end, event_type),
+        )
+        found: list[StoredEvent] = []
+        try:
+            for row_seq, text, ts in rows:
+                if needle is not None and needle not in text:
+                    continue
+                payload = json.loads(text)
+                if is_match(event_type, payload, event_type, subject):
+                    found.append(StoredEvent(seq=row_seq, type=event_type, payload=payload, ts=ts))
+                    if len(found) == limit:
+                        return found, row_seq
+        finally:
+            rows.close()  # a statement left open would hold its read snapshot of the database
+        return found, end
 
     def session_owner(self, session_id: str) -> Optional[str]:
         """The agent C{session_id} belongs to, or C{None} (see L{IEventStore.session_owner})."""
