@@ -493,6 +493,10 @@ class Hub:
                 if not subscribers:
                     del self._subscribers[channel]
 
+    def may_receive(self, principal: Principal, channel: str) -> bool:
+        """Whether C{principal} may receive C{channel}, its own sessions counted (HTTP reads)."""
+        return channels.may_subscribe(principal, channel, self._owns_session(principal))
+
     def may_see(self, principal: Principal, event_type: str, payload: dict) -> bool:
         """Whether C{principal} may receive this event on some channel (for the HTTP reads)."""
         owns = self._owns_session(principal)

@@ -410,6 +410,145 @@ class LargeReadTests(unittest.TestCase):
         self.assertEqual(seqs, list(range(1, 301)))
 
 
+class EventsByChannelMixin:
+    """
+    GET /api/events?channel=...: the events of one channel, paged with the usual next and more,
+    over a bounded stretch of history per request.  Run against each store (L{store}).
+    """
+
+    store = "memory"
+
+    def setUp(self):
+        self.server = start_server(self, ["--store", self.store])
+        self.admin = self.server.token("root", role="admin")
+
+    def publish(self, kind, subject, body):
+        path = f"/api/{kind}/{subject}/{'status' if kind == 'agents' else 'activity'}"
+        return raw_request(self.server.port, http_request("POST", path, body, token=self.admin))
+
+    def get(self, query, token=None):
+        return raw_request(self.server.port, http_request(
+            "GET", f"/api/events?{query}", token=token or self.admin))
+
+    @defer.inlineCallbacks
+    def page_through(self, query, token=None):
+        """Every page of C{query} from since=0, following next while more: the pages' bodies."""
+        bodies, since = [], 0
+        while True:
+            response = yield self.get(f"{query}&since={since}", token)
+            self.assertEqual(response.status, 200, response.raw)
+            bodies.append(response.json())
+            since = bodies[-1]["next"]
+            if not bodies[-1]["more"]:
+                return bodies
+
+    @defer.inlineCallbacks
+    def test_one_session(self):
+        """
+        channel=sessions:s1 gives that session's events only, oldest first, at most limit a
+        page; next is where the page ended and more says whether events follow it; the last
+        page ends at lastSeq.
+        """
+        for i in range(6):
+            yield self.publish("sessions", "s1" if i % 2 == 0 else "s2",
+                               {"activity": "message", "summary": f"m{i}"})
+            yield self.publish("agents", "a1", {"status": "busy"})
+        pages = yield self.page_through("channel=sessions:s1&limit=2")
+        self.assertEqual([[e["payload"]["summary"] for e in p["events"]] for p in pages],
+                         [["m0", "m2"], ["m4"]])
+        self.assertEqual([(p["next"], p["more"]) for p in pages], [(5, True), (12, False)])
+        self.assertEqual({p["lastSeq"] for p in pages}, {12})
+        for page in pages:
+            for event in page["events"]:
+                self.assertEqual((event["type"], event["payload"]["sessionId"]),
+                                 ("session:activity", "s1"))
+
+    @defer.inlineCallbacks
+    def test_families_and_agents(self):
+        """channel=agents, agents:<id> and sessions select by type and id."""
+        yield self.publish("agents", "a1", {"status": "busy"})
+        yield self.publish("sessions", "s1", {"activity": "started", "agentId": "a1"})
+        yield self.publish("agents", "a2", {"status": "idle"})
+        for query, seqs in (("channel=agents", [1, 3]), ("channel=agents:a2", [3]),
+                            ("channel=sessions", [2]), ("channel=agents%3Aa1", [1])):
+            response = yield self.get(query)
+            self.assertEqual([e["seq"] for e in response.json()["events"]], seqs, query)
+            self.assertEqual((response.json()["next"], response.json()["more"]), (3, False))
+
+    @defer.inlineCallbacks
+    def test_bounded_scan(self):
+        """
+        A page looks at MAX_EVENTS_SCAN seqs at most: past that it answers with what it found
+        (maybe nothing), next where it stopped and more true, and the rare match further on
+        comes in a later page.
+        """
+        self.patch(api, "MAX_EVENTS_SCAN", 10)
+        for i in range(25):
+            yield self.publish("agents", f"a{i}", {"status": "idle"})
+        yield self.publish("sessions", "s1", {"activity": "started"})
+        pages = yield self.page_through("channel=sessions:s1")
+        self.assertEqual([(len(p["events"]), p["next"], p["more"]) for p in pages],
+                         [(0, 10, True), (0, 20, True), (1, 26, False)])
+
+    @defer.inlineCallbacks
+    def test_paged_by_size(self):
+        """A channel's page also stops once it passes about 1 MiB; next then is its last event."""
+        fill_sessions(self.server, 300)
+        pages = yield self.page_through("channel=sessions&limit=1000")
+        self.assertGreater(len(pages), 2)
+        seqs = [e["seq"] for p in pages for e in p["events"]]
+        self.assertEqual(seqs, list(range(1, 301)))
+        self.assertEqual(pages[0]["next"], pages[0]["events"][-1]["seq"])
+
+    @defer.inlineCallbacks
+    def test_bad_channel(self):
+        """A channel that is not one of stored events, or not a channel at all: 400 naming it."""
+        for value in ("presence", "nope", "agents:", "sessions:a%20b", "", "%C3%A9", "agents:*",
+                      "sessions:" + "x" * 129):
+            response = yield self.get(f"channel={value}")
+            self.assertEqual(response.status, 400, value)
+            self.assertEqual(response.json()["error"]["code"], "bad_request")
+            self.assertIn("channel must be", response.json()["error"]["message"])
+
+    @defer.inlineCallbacks
+    def test_forbidden_channel(self):
+        """
+        A channel the token may not receive is 403; an agent may read its own session's
+        channel, and a narrowed viewer the channel its claim names.
+        """
+        yield self.publish("sessions", "mine", {"activity": "started", "agentId": "a1"})
+        yield self.publish("sessions", "theirs", {"activity": "started", "agentId": "a2"})
+        agent = self.server.token("a1", role="agent")
+        narrowed = self.server.token("v", channels=["sessions:theirs"])
+        for query, token, status in (("channel=sessions:theirs", agent, 403),
+                                     ("channel=sessions", agent, 403),
+                                     ("channel=agents:a2", agent, 403),
+                                     ("channel=sessions", narrowed, 403),
+                                     ("channel=sessions:mine", narrowed, 403),
+                                     ("channel=sessions:mine", agent, 200),
+                                     ("channel=sessions:theirs", narrowed, 200)):
+            response = yield self.get(query, token)
+            self.assertEqual(response.status, status, (query, response.raw))
+            if status == 403:
+                self.assertEqual(response.json()["error"],
+                                 {"code": "forbidden",
+                                  "message": "not allowed to receive this channel"})
+            else:
+                self.assertEqual(len(response.json()["events"]), 1)
+
+
+class EventsByChannelMemoryTests(EventsByChannelMixin, unittest.TestCase):
+    """GET /api/events?channel=... with --store memory."""
+
+    store = "memory"
+
+
+class EventsByChannelSQLiteTests(EventsByChannelMixin, unittest.TestCase):
+    """GET /api/events?channel=... with --store sqlite."""
+
+    store = "sqlite"
+
+
 def _buffered(transport) -> int:
     """Bytes a server transport holds that the kernel has not taken."""
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen

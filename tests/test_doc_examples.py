@@ -753,6 +753,31 @@ class CurlExampleTests(TestCase):
         self.assertEqual({k: v for k, v in answer.items() if k not in ("events", "epoch")},
                          {k: v for k, v in documented.items() if k not in ("events", "epoch")})
 
+    @defer.inlineCallbacks
+    def test_event_history_of_one_channel(self):
+        """
+        GET /api/events?channel=sessions:sess-42 answers as the doc's example shows: that
+        session's events only, and the same fields as every page.
+        """
+        now = reactor.seconds()
+        hub = self.server.hub
+        publish_status(self.server, "agent-7")
+        for session, word in (("sess-42", "started"), (None, None), ("sess-42", "tool_call"),
+                              ("sess-43", "started")):
+            if session is None:
+                publish_status(self.server, "agent-7", "busy")
+                continue
+            hub.publish(events.SESSION_ACTIVITY, events.session_activity(
+                {"activity": word, "agentId": "agent-7"}, now, session))
+        [(command, expected)] = console_session(
+            examples("docs/http-api.md")["events-channel-curl"])
+        answer, documented = json.loads((yield self.shell(command))), json.loads(expected)
+        self.assertEqual(sorted(answer), sorted(documented))
+        self.assertEqual({k: v for k, v in answer.items() if k not in ("events", "epoch")},
+                         {k: v for k, v in documented.items() if k not in ("events", "epoch")})
+        self.assertEqual([(e["seq"], e["payload"]["sessionId"]) for e in answer["events"]],
+                         [(e["seq"], e["payload"]["sessionId"]) for e in documented["events"]])
+
 
 class DocumentedFrameTests(TestCase):
     """The frames the docs show have the fields the hub sends."""

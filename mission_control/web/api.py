@@ -7,6 +7,7 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
     POST /api/sessions/{sessionId}/activity   admin, operator; agent for its own agentId
     GET  /api/sessions                        any role
     GET  /api/events?since=SEQ&limit=N        any role: stored events after SEQ, oldest first
+         [&channel=C]                         ... of one channel only (agents, sessions:<id>, ...)
     GET  /api/presence                        any role: who is connected, one entry per user
     GET  /api/connections                     admin, operator
 
@@ -254,20 +255,33 @@ class Api(resource.Resource):
     def _list_events(self, request, principal):
         since = _int_arg(request, b"since", 0, 0, 10**18)
         limit = _int_arg(request, b"limit", DEFAULT_EVENTS_LIMIT, 1, MAX_EVENTS_LIMIT)
+        wanted = self._channel_arg(request, principal)
         store = self.hub.store
-        page = store.events_after(since, limit)
+        through = None
+        if wanted is None:
+            page = store.events_after(since, limit)
+        else:
+            # The events of one channel among at most MAX_EVENTS_SCAN seqs: a rare channel costs
+            # a bounded look at the history per request, and `next` says where to look on.
+            event_type, subject = wanted
+            page, through = store.events_matching(since, limit, MAX_EVENTS_SCAN, event_type,
+                                                  subject)
         # A page is also bounded in bytes, so one request holds about MAX_PAGE_BYTES at most:
         # `more` and `next` tell the caller to ask again.
-        encoded, size, last = [], 0, since
+        encoded, size, last, full = [], 0, since, False
         for event in page:
             if encoded and size >= MAX_PAGE_BYTES:
+                full = True
                 break
             last = event.seq
-            if self.hub.may_see(principal, event.type, event.payload):
+            # Every event of a channel the caller may receive is one it may see.
+            if wanted is not None or self.hub.may_see(principal, event.type, event.payload):
                 item = encode_json(event.envelope())
                 encoded.append(item)
                 size += len(item)
-        if not page:
+        if through is not None and not full:
+            last = through
+        elif not page:
             # Where the next page starts: past a stretch retention removed, or where it was.
             last = store.last_seq if since < store.last_seq else since
         fields = {
@@ -283,6 +297,27 @@ class Api(resource.Resource):
             "ahead": since > store.last_seq,
         }
         return 200, StreamedBody(b'{"events":[', encoded, b"]," + encode_json(fields)[1:])
+
+    def _channel_arg(self, request, principal) -> tuple[str, str | None] | None:
+        """
+        The C{channel} query argument of an events read, as the stored events it carries
+        (L{channels.stored_events_of}), or C{None} without one: a 400 when it is not a channel of
+        stored events, a 403 when the caller may not receive it.
+        """
+        values = request.args.get(b"channel")
+        if not values:
+            return None
+        try:
+            name = values[0].decode("ascii")
+        except UnicodeDecodeError:
+            name = None
+        wanted = channels.stored_events_of(name) if channels.is_valid_channel(name) else None
+        if wanted is None:
+            raise ApiError(400, "bad_request", "channel must be agents, agents:<agentId>, "
+                                               "sessions or sessions:<sessionId>")
+        if not self.hub.may_receive(principal, name):
+            raise ApiError(403, "forbidden", "not allowed to receive this channel")
+        return wanted
 
     def _list_presence(self, request, principal):
         if not channels.may_subscribe(principal, channels.PRESENCE):
@@ -301,6 +336,8 @@ class Api(resource.Resource):
 
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+#: Seqs one page of GET /api/events?channel=... looks at, however few of them match.
+MAX_EVENTS_SCAN = 10_000
 #: A page of GET /api/events stops after the event that takes it past this many bytes.
 MAX_PAGE_BYTES = 1024 * 1024
 _IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")
