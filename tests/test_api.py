@@ -9,10 +9,13 @@ import gc
 import os
 import socket
 
+import jwt
+
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
+from mission_control import events
 from mission_control.web import api
 from mission_control.web import site
 from mission_control.web.site import HubHTTPChannel
@@ -148,6 +151,63 @@ class VisibilityTests(ApiTestCase):
         yield self.error(403, "forbidden", "GET", "/api/presence", token="agent")
         response = yield self.call("GET", "/api/presence", token=self.viewer)
         self.assertEqual(response.status, 200)
+
+
+class MeTests(ApiTestCase):
+    """GET /api/me: what the token says, for a page that must tell a refused token from a hub
+    that is down."""
+
+    @defer.inlineCallbacks
+    def test_every_role(self):
+        """Any valid token gets 200 with its user (id, name, role), exp as ISO 8601 and its
+        channels claim (null without one)."""
+        now = int(reactor.seconds())
+        cases = [(self.server.token("root", role="admin", name="Root", ttl=600), "root", "Root",
+                  "admin", None),
+                 (self.server.token("v2", channels=["agents:*", "presence"], ttl=600), "v2", None,
+                  "viewer", ["agents:*", "presence"]),
+                 (self.server.token("a1", role="agent", ttl=600), "a1", None, "agent", None)]
+        for token, sub, name, role, claim in cases:
+            response = yield self.call("GET", "/api/me", token=token)
+            self.assertEqual(response.status, 200, response.raw)
+            self.assertEqual(response.headers["cache-control"], "no-store")
+            body = response.json()
+            self.assertEqual(body["user"], {"id": sub, "name": name, "role": role})
+            self.assertEqual(body["channels"], claim)
+            self.assertEqual(body["expiresAt"], events.format_timestamp(now + 600))
+            self.assertEqual(sorted(body), ["channels", "expiresAt", "user"])
+
+    @defer.inlineCallbacks
+    def test_refused_tokens(self):
+        """A refused token gets 401 with the handshake's reason."""
+        now = int(reactor.seconds())
+        for token, reason in ((None, "missing token"), ("junk", "invalid token"),
+                              (self.server.token(ttl=-60), "token expired"),
+                              (jwt.encode({"sub": "v", "exp": now + 600, "nbf": now + 300},
+                                          self.server.secret, algorithm="HS256"),
+                               "token not yet valid"),
+                              (self.server.token(role="root"), "invalid claims")):
+            response = yield self.error(401, "unauthorized", "GET", "/api/me", token=token)
+            self.assertEqual(response.json()["error"]["message"], reason)
+
+    @defer.inlineCallbacks
+    def test_methods(self):
+        """HEAD is a GET without a body; other methods get 405 with Allow."""
+        response = yield self.call("HEAD", "/api/me", token=self.viewer)
+        self.assertEqual((response.status, response.body), (200, b""))
+        response = yield self.error(405, "method_not_allowed", "POST", "/api/me", {})
+        self.assertEqual(response.headers["allow"], "GET, HEAD")
+
+    @defer.inlineCallbacks
+    def test_counts_as_a_read(self):
+        """GET /api/me counts against the user's read rate like any other read."""
+        server = start_server(self, ["--max-reads-per-second", "1"])
+        token = server.token("alice")
+        statuses = []
+        for _ in range(3):
+            response = yield raw_request(server.port, http_request("GET", "/api/me", token=token))
+            statuses.append(response.status)
+        self.assertEqual(statuses, [200, 200, 429])
 
 
 class AuthenticationTests(ApiTestCase):

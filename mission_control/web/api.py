@@ -10,6 +10,7 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
          [&channel=C]                         ... of one channel only (agents, sessions:<id>, ...)
     GET  /api/presence                        any role: who is connected, one entry per user
     GET  /api/connections                     admin, operator
+    GET  /api/me                              any role: the token's user, expiry and channels
 
 POSTs are limited per user (C{--max-publishes-per-second}, 429 past it) and take an
 C{Idempotency-Key} header: a repeat of the same request with the same key within
@@ -75,6 +76,7 @@ class Api(resource.Resource):
             (("events",), {b"GET": self._list_events}),
             (("presence",), {b"GET": self._list_presence}),
             (("connections",), {b"GET": self._list_connections}),
+            (("me",), {b"GET": self._me}),
         ]
 
     def render(self, request):
@@ -324,6 +326,17 @@ class Api(resource.Resource):
             raise ApiError(403, "forbidden", "not allowed to see presence")
         return 200, StreamedBody(b'{"presence":[', map(encode_json, self.hub.iter_presence()),
                                  b"]}")
+
+    def _me(self, request, principal):
+        """
+        Who the token says the caller is, and until when: a browser cannot read why a WebSocket
+        handshake was refused, so a page asks here to tell a refused token (401, with the
+        handshake's reason) from a hub that is down.
+        """
+        claim = list(principal.channels) if principal.channels is not None else None
+        return 200, {"user": principal.as_user(),
+                     "expiresAt": events.format_timestamp(principal.expires_at),
+                     "channels": claim}
 
     def _list_connections(self, request, principal):
         if not auth.may_list_connections(principal):
