@@ -361,6 +361,11 @@ def may_list_connections(principal: Principal) -> bool:
     return principal.role in ("admin", "operator")
 
 
+def may_close_connections(principal: Principal) -> bool:
+    """Only admins close other people's connections (operators may look at them)."""
+    return principal.role == "admin"
+
+
 # The secret: generated for development, read from a file in production.
 
 

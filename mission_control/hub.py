@@ -65,6 +65,11 @@ class IConnection(Interface):
         """Bytes queued for this connection and not yet handed to the network."""
 
 
+#: The close code of a connection an administrator closed (DELETE /api/connections/ID): the
+#: client should not reconnect on its own, only after a person acts.
+CLOSED_BY_ADMIN = 4009
+
+
 @dataclass(frozen=True)
 class ConnectRequest:
     """
@@ -210,6 +215,7 @@ class Hub:
         self._live: set = set()
         self._subscribers: dict[str, set] = {}  # channel -> live connections subscribed to it
         self._by_user: dict[str, set] = {}
+        self._by_id: dict[str, Any] = {}  # connection id -> connection
         self._presence: dict[str, dict] = {}  # user -> who, since when
         self._loops: list[LoopingCall] = []
         self._empty_waiters: list[Deferred] = []
@@ -331,6 +337,7 @@ class Hub:
         request = request or ConnectRequest()
         now = self.clock.seconds()
         conn.connection_id = uuid.uuid4().hex
+        self._by_id[conn.connection_id] = conn
         session = _Session(
             conn=conn,
             request=request,
@@ -614,6 +621,7 @@ class Hub:
         session = self._sessions.pop(conn, None)
         if session is None:
             return
+        self._by_id.pop(conn.connection_id, None)
         self._live.discard(conn)
         self._remove_channels(session, tuple(session.channels))
         for timer in session.timers:
@@ -649,6 +657,29 @@ class Hub:
             {"id": user, "connections": len(conns)}
             for user, conns in sorted(self._by_user.items())
         ]
+
+    def close_connection(self, connection_id: str, admin: Principal) -> bool:
+        """
+        Close the connection C{connection_id} with 4009 (closed by an administrator), on behalf
+        of C{admin}, and leave one audit line.  It goes as any close goes: the hub forgets it,
+        with its presence and counts, when the closing handshake ends (L{unregister}).  A
+        connection already closing for another reason keeps the code it was given.
+
+        @return: whether such a connection was registered.
+        """
+        conn = self._by_id.get(connection_id)
+        session = self._sessions.get(conn) if conn is not None else None
+        if session is None:
+            return False
+        self.log.info(
+            "closing connection {connection_id} of {user} ({peer}): closed by administrator "
+            "{admin}",
+            connection_id=connection_id, user=conn.principal.sub, peer=session.request.peer,
+            admin=admin.sub,
+        )
+        if not session.closing:
+            self._close(session, CLOSED_BY_ADMIN, "closed by an administrator")
+        return True
 
     def connection_details(self) -> list[dict]:
         """One entry per connection, for operators: who, from where, since when, how far."""

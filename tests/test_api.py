@@ -20,6 +20,7 @@ from mission_control.web import api
 from mission_control.web import site
 from mission_control.web.site import HubHTTPChannel
 from tests.helpers import (
+    LogCapture,
     connect,
     fill_sessions,
     http_request,
@@ -129,6 +130,97 @@ class PublishTests(ApiTestCase):
             self.assertIsInstance(detail["bytesWaiting"], int)
         yield self.error(403, "forbidden", "GET", "/api/connections", token="viewer")
         yield self.error(403, "forbidden", "GET", "/api/connections", token="agent")
+
+
+class CloseConnectionTests(ApiTestCase):
+    """DELETE /api/connections/{id}: an admin closes one WebSocket with 4009, over real sockets."""
+
+    @defer.inlineCallbacks
+    def open(self, token):
+        """An Autobahn client connected with C{token}, and its connection id."""
+        client = yield connect(self, self.server, token)
+        welcome = yield client.next_of("welcome")
+        return client, welcome["payload"]["connectionId"]
+
+    @defer.inlineCallbacks
+    def test_admin_closes_with_4009(self):
+        """
+        The admin's DELETE answers 200 {"closed": id}; that client sees close 4009 "closed by an
+        administrator", another client of the same user stays open, and the counts and presence
+        go as after any close.
+        """
+        watcher = yield connect(self, self.server, self.server.token("w"), query="channels=presence")
+        target, target_id = yield self.open(self.viewer)
+        other, _ = yield self.open(self.viewer)
+        response = yield self.call("DELETE", f"/api/connections/{target_id}", token=self.admin)
+        self.assertEqual((response.status, response.json()), (200, {"closed": target_id}))
+        self.assertEqual(response.headers["cache-control"], "no-store")
+        was_clean, code, reason = yield target.closed
+        self.assertEqual((was_clean, code, reason), (True, 4009, "closed by an administrator"))
+        yield wait_until(lambda: self.server.hub.connection_count == 2)
+        self.assertEqual(len(self.server.hub.connections_of("v")), 1)
+        self.assertEqual(other.state, other.STATE_OPEN)
+        listing = yield self.call("GET", "/api/connections", token=self.admin)
+        self.assertNotIn(target_id, [c["id"] for c in listing.json()["connections"]])
+        self.assertFalse([f for f in watcher.received if f["type"] == "presence:leave"])
+        response = yield self.call("DELETE", f"/api/connections/{target_id}", token=self.admin)
+        self.assertEqual(response.status, 404)
+
+    @defer.inlineCallbacks
+    def test_last_connection_leaves_presence(self):
+        """Closing a user's last connection sends presence:leave, as any other close does."""
+        watcher = yield connect(self, self.server, self.server.token("w"), query="channels=presence")
+        target, target_id = yield self.open(self.viewer)
+        yield self.call("DELETE", f"/api/connections/{target_id}", token=self.admin)
+        leave = yield watcher.next_of("presence:leave")
+        self.assertEqual((leave["payload"]["userId"], leave["payload"]["connections"]), ("v", 0))
+        yield wait_until(lambda: self.server.hub.users() == [{"id": "w", "connections": 1}])
+
+    @defer.inlineCallbacks
+    def test_only_admins(self):
+        """Operators, viewers and agents get 403 and the connection stays open and answered."""
+        client, connection_id = yield self.open(self.viewer)
+        for role in ("operator", "viewer", "agent"):
+            response = yield self.error(403, "forbidden", "DELETE",
+                                        f"/api/connections/{connection_id}", token=role)
+            self.assertEqual(response.json()["error"]["message"], "admin role required")
+        client.send_json({"type": "ping", "id": "p1"})
+        pong = yield client.next_of("pong")
+        self.assertEqual(pong["id"], "p1")
+        self.assertEqual((client.state, client.close_code), (client.STATE_OPEN, None))
+        self.assertEqual(self.server.hub.connection_count, 1)
+
+    @defer.inlineCallbacks
+    def test_unknown_and_malformed_ids(self):
+        """An id no connection has, or one that cannot be an id, is 404 not_found."""
+        client, connection_id = yield self.open(self.viewer)
+        for bad in ("0" * 32, "nope", connection_id.upper(), "%FF", "a" * 5000,
+                    connection_id + "%0A"):
+            response = yield self.error(404, "not_found", "DELETE", f"/api/connections/{bad}")
+            self.assertNotIn(b"aaaaaaaaaa", response.body)
+        self.assertEqual(client.state, client.STATE_OPEN)
+
+    @defer.inlineCallbacks
+    def test_methods_and_tokens(self):
+        """Another method on a connection is 405 with Allow: DELETE; no token is 401."""
+        response = yield self.error(405, "method_not_allowed", "GET", "/api/connections/x")
+        self.assertEqual(response.headers["allow"], "DELETE")
+        yield self.error(401, "unauthorized", "DELETE", "/api/connections/x", token=None)
+
+    @defer.inlineCallbacks
+    def test_logged_without_token(self):
+        """The close is logged on one line naming the admin, the connection, its user and peer;
+        no token is in any line."""
+        logged = LogCapture(self)
+        client, connection_id = yield self.open(self.viewer)
+        yield self.call("DELETE", f"/api/connections/{connection_id}", token=self.admin)
+        yield client.closed
+        [line] = logged.matching("closed by administrator")
+        self.assertIn(f"connection {connection_id} of v (tcp4:127.0.0.1:", line)
+        self.assertTrue(line.endswith("closed by administrator root"), line)
+        for line in logged.lines():
+            for token in (self.admin, self.viewer):
+                self.assertNotIn(token, line)
 
 
 class VisibilityTests(ApiTestCase):

@@ -946,13 +946,14 @@ class WatcherLoopTests(SynchronousTestCase):
         self.assertEqual(self.endpoint.attempts[1:], [])
 
     def test_final_refusals_and_4003_end_the_watch(self):
-        """401/403/404 refusals, a URL that is no WebSocket (200) and a 4003 close end with 1;
-        429 and 503 are retried."""
+        """401/403/404 refusals, a URL that is no WebSocket (200), a 4003 close and a 4009 close
+        (an administrator's) end with 1; 429 and 503 are retried."""
         for refusal, code, expected in [((401, "invalid token"), None, 1),
                                         ((403, "origin not allowed"), None, 1),
                                         ((404, "Not Found"), None, 1),
                                         ((200, "OK"), None, 1),
                                         (None, 4003, 1),
+                                        (None, 4009, 1),
                                         ((429, "too many connections for this user"), None, None),
                                         ((503, "shutting down"), None, None)]:
             connection = FakeConnection()

@@ -778,6 +778,29 @@ class CurlExampleTests(TestCase):
         self.assertEqual([(e["seq"], e["payload"]["sessionId"]) for e in answer["events"]],
                          [(e["seq"], e["payload"]["sessionId"]) for e in documented["events"]])
 
+    @defer.inlineCallbacks
+    def test_who_am_i(self):
+        """GET /api/me answers with the fields the doc's example shows, for the token sent."""
+        [(command, expected)] = console_session(examples("docs/http-api.md")["me-curl"])
+        answer, documented = json.loads((yield self.shell(command))), json.loads(expected)
+        self.assertEqual(sorted(answer), sorted(documented))
+        self.assertEqual(sorted(answer["user"]), sorted(documented["user"]))
+        self.assertEqual((answer["user"]["id"], answer["user"]["role"], answer["channels"]),
+                         ("alice", "admin", None))
+
+    @defer.inlineCallbacks
+    def test_close_a_connection(self):
+        """The DELETE of the doc, on a real connection's id, answers as shown and closes it 4009."""
+        client = yield connect(self, self.server, self.server.token("bob"))
+        connection_id = (yield client.next_of("welcome"))["payload"]["connectionId"]
+        [(command, expected)] = console_session(
+            examples("docs/http-api.md")["close-connection-curl"])
+        documented_id = json.loads(expected)["closed"]
+        answer = yield self.shell(command.replace(documented_id, connection_id))
+        self.assertEqual(answer, expected.replace(documented_id, connection_id))
+        _, code, _ = yield client.closed
+        self.assertEqual(code, 4009)
+
 
 class DocumentedFrameTests(TestCase):
     """The frames the docs show have the fields the hub sends."""

@@ -865,6 +865,74 @@ class PublishFrameTests(HubTestCase):
         self.assertEqual(conn.delivered, [])
 
 
+class CloseByAdministratorTests(HubTestCase):
+    """Hub.close_connection: an administrator closes one connection with 4009."""
+
+    def admin(self):
+        return Principal(sub="root", role="admin", name=None, expires_at=FAR_FUTURE)
+
+    def test_closes_with_4009(self):
+        """The named connection gets close 4009 "closed by an administrator"; others do not."""
+        target, other = self.connect("alice"), self.connect("bob")
+        self.assertTrue(self.hub.close_connection(target.connection_id, self.admin()))
+        self.assertEqual(target.closed_with, (4009, "closed by an administrator"))
+        self.assertIsNone(other.closed_with)
+
+    def test_unknown_ids(self):
+        """An id no connection has, or had, is not found and closes nothing."""
+        conn = self.connect()
+        for unknown in ("0" * 32, "", "nope", conn.connection_id.upper()):
+            self.assertFalse(self.hub.close_connection(unknown, self.admin()))
+        self.assertIsNone(conn.closed_with)
+        self.hub.unregister(conn)
+        self.assertFalse(self.hub.close_connection(conn.connection_id, self.admin()))
+
+    def test_counts_as_any_close(self):
+        """
+        Once its close completes, the connection is gone from every count as after any other
+        close: its user's count drops, presence:leave goes out with the user's last connection.
+        """
+        watcher = self.connect("w", request=ConnectRequest(channels=("presence",)))
+        first, second = self.connect("alice"), self.connect("alice")
+        self.hub.close_connection(first.connection_id, self.admin())
+        self.hub.unregister(first)  # what the protocol does when the close handshake ends
+        self.assertEqual((self.hub.connection_count, len(self.hub.connections_of("alice"))),
+                         (2, 1))
+        self.assertFalse([f for f in watcher.delivered if f["type"] == "presence:leave"])
+        self.hub.close_connection(second.connection_id, self.admin())
+        self.hub.unregister(second)
+        leaves = [f["payload"] for f in watcher.delivered if f["type"] == "presence:leave"]
+        self.assertEqual([(p["userId"], p["connections"]) for p in leaves], [("alice", 0)])
+        self.assertEqual((self.hub.connection_count, self.hub.users()),
+                         (1, [{"id": "w", "connections": 1}]))
+
+    def test_closing_connection_is_not_answered(self):
+        """Frames that arrive after the close began are not answered, as after any close."""
+        conn = self.connect()
+        self.hub.close_connection(conn.connection_id, self.admin())
+        self.assertIsNone(self.hub.handle_frame(conn, b'{"type": "ping"}', False))
+
+    def test_already_closing_keeps_its_code(self):
+        """A connection already closing (its token expired) keeps that code, and is found."""
+        conn = self.connect(expires_at=self.clock.seconds() + 10)
+        self.clock.advance(20)
+        self.assertEqual(conn.closed_with[0], 4001)
+        self.assertTrue(self.hub.close_connection(conn.connection_id, self.admin()))
+        self.assertEqual(conn.closed_with[0], 4001)
+
+    def test_audit_line(self):
+        """One log line names the administrator, the connection, its user and its peer."""
+        from tests.helpers import LogCapture
+
+        logged = LogCapture(self)
+        conn = FakeConnection("alice")
+        self.hub.register(conn, ConnectRequest(peer="tcp4:192.0.2.7:5000"))
+        self.hub.close_connection(conn.connection_id, self.admin())
+        [line] = logged.matching("closed by administrator")
+        self.assertEqual(line, f"closing connection {conn.connection_id} of alice "
+                               f"(tcp4:192.0.2.7:5000): closed by administrator root")
+
+
 class PresenceTests(HubTestCase):
     """presence:join and presence:leave, per user not per connection."""
 

@@ -471,7 +471,8 @@ class Watcher:
     L{run} fires with the exit code: 1 when the hub refuses the handshake with a final status
     (L{refusal_is_final}: 401, 403, 404, ...), when its TLS certificate cannot be verified (not
     trusted, or issued for another name: the same next time), closes with 4003 (token no longer
-    accepted), or with 4001 when the token is a fixed one; 0 after L{stop}.
+    accepted) or 4009 (closed by an administrator), or with 4001 when the token is a fixed one;
+    0 after L{stop}.
     """
 
     def __init__(
@@ -646,6 +647,11 @@ class Watcher:
             return
         if code == 4003:
             self._say(f"{prefix}: the hub no longer accepts this token (4003); not reconnecting")
+            self._finish(1)
+            return
+        if code == 4009:
+            # An administrator meant this connection to end: coming back on its own would undo it.
+            self._say(f"{prefix}: an administrator closed the connection (4009); not reconnecting")
             self._finish(1)
             return
         if code == 4001 and not self.credentials.mints:

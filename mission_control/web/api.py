@@ -10,6 +10,7 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
          [&channel=C]                         ... of one channel only (agents, sessions:<id>, ...)
     GET  /api/presence                        any role: who is connected, one entry per user
     GET  /api/connections                     admin, operator
+    DELETE /api/connections/{connectionId}    admin: close it with 4009
     GET  /api/me                              any role: the token's user, expiry and channels
 
 POSTs are limited per user (C{--max-publishes-per-second}, 429 past it) and take an
@@ -76,6 +77,7 @@ class Api(resource.Resource):
             (("events",), {b"GET": self._list_events}),
             (("presence",), {b"GET": self._list_presence}),
             (("connections",), {b"GET": self._list_connections}),
+            (("connections", "*"), {b"DELETE": self._close_connection}),
             (("me",), {b"GET": self._me}),
         ]
 
@@ -326,6 +328,19 @@ class Api(resource.Resource):
             raise ApiError(403, "forbidden", "not allowed to see presence")
         return 200, StreamedBody(b'{"presence":[', map(encode_json, self.hub.iter_presence()),
                                  b"]}")
+
+    def _close_connection(self, request, principal, connection_id):
+        """
+        Close one WebSocket with 4009.  The role is checked before the id is looked up, so that
+        only an admin learns whether a connection exists; the hub logs who closed what.
+        """
+        if not auth.may_close_connections(principal):
+            self.log.warn("security: {user} ({role}) refused: admin role required to close "
+                          "a connection", user=principal.sub, role=principal.role)
+            raise ApiError(403, "forbidden", "admin role required")
+        if not self.hub.close_connection(connection_id, principal):
+            raise ApiError(404, "not_found", "no such connection")
+        return 200, {"closed": connection_id}
 
     def _me(self, request, principal):
         """
