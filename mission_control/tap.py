@@ -29,6 +29,7 @@ from mission_control.hub import Hub
 from mission_control.protocol import HubServerFactory
 from mission_control.store import MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
+from mission_control.web.dashboard import Dashboard
 from mission_control.web.site import build_site
 
 ENV_PREFIX = "MISSION_CONTROL_"
@@ -582,7 +583,8 @@ def makeService(options, reactor=None) -> MissionControlService:
     api = Api(hub, verifier, publish_rate=options["max-publishes-per-second"],
               read_rate=options["max-reads-per-second"])
     site = build_site(factory, api, reactor=reactor,
-                      max_http_connections=options["max-http-connections"])
+                      max_http_connections=options["max-http-connections"],
+                      dashboard=Dashboard())
     root = MissionControlService(hub, site, options["listen"], reactor, options)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)

@@ -659,7 +659,8 @@ class NginxExampleTests(TestCase):
     def test_every_hub_path_is_proxied(self):
         """
         /ws and /ws/ (both WebSocket paths of the hub) reach it with the upgrade headers, and
-        the API and the health check reach it; the paths are chosen as nginx chooses locations.
+        the API, the health check and the dashboard reach it; the paths are chosen as nginx
+        chooses locations.
         """
         config = examples("docs/deployment.md")["nginx"]
         for uri in ("/ws", "/ws/"):
@@ -668,7 +669,8 @@ class NginxExampleTests(TestCase):
             self.assertIn("proxy_pass http://127.0.0.1:8080;", body, uri)
             self.assertIn("proxy_set_header Upgrade $http_upgrade;", body, uri)
             self.assertIn("proxy_set_header Connection $connection_upgrade;", body, uri)
-        for uri in ("/api/agents", "/api/events", "/healthz"):
+        for uri in ("/api/agents", "/api/events", "/healthz", "/", "/assets/app.js",
+                    "/assets/vendor/uplot.min.css"):
             body = nginx_location(config, uri)
             self.assertIsNotNone(body, uri)
             self.assertIn("proxy_pass http://127.0.0.1:8080;", body, uri)
@@ -800,6 +802,27 @@ class CurlExampleTests(TestCase):
         self.assertEqual(answer, expected.replace(documented_id, connection_id))
         _, code, _ = yield client.closed
         self.assertEqual(code, 4009)
+
+    @defer.inlineCallbacks
+    def test_dashboard_head(self):
+        """
+        HEAD / answers the headers the doc shows, in that order, with the same values but for
+        the date, the ETag and the length of the page.
+        """
+        [(command, expected)] = console_session(
+            examples("docs/http-api.md")["dashboard-head-curl"])
+        answer = yield self.shell(command)
+
+        def headers(text):
+            lines = text.replace("\r", "").splitlines()
+            return lines[0], [line.split(":", 1) for line in lines[1:] if line.strip()]
+
+        (status, got), (documented_status, documented) = headers(answer), headers(expected)
+        self.assertEqual(status, documented_status)
+        self.assertEqual([name for name, _ in got], [name for name, _ in documented])
+        for (name, value), (_, documented_value) in zip(got, documented):
+            if name not in ("Date", "ETag", "Content-Length"):
+                self.assertEqual(value, documented_value, name)
 
 
 class DocumentedFrameTests(TestCase):

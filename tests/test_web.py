@@ -30,10 +30,11 @@ class SiteTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_root(self):
-        """GET / says what this is and where the WebSocket is."""
+        """GET / is the dashboard's page (tests/test_web_dashboard.py has the rest of it)."""
         response = yield self.get("/")
         self.assertEqual(response.status, 200)
-        self.assertEqual(response.json()["websocket"], "/ws")
+        self.assertEqual(response.headers["content-type"], "text/html; charset=utf-8")
+        self.assertIn("frame-ancestors 'none'", response.headers["content-security-policy"])
 
     @defer.inlineCallbacks
     def test_wrong_method_on_health(self):

@@ -6,7 +6,8 @@ The HTTP side of the listener: the C{Site}, its hardened channel and request, an
                  L{HubServerFactory}, behind a check of what Autobahn will re-read)
     /api/...     the JSON API (L{mission_control.web.api})
     /healthz     200 {"status": "ok"} while serving
-    /            what this is and where to connect (the dashboard comes later)
+    /, /assets/  the dashboard's page and files (L{mission_control.web.dashboard})
+    anything else  a JSON 404
 
 Hardening, on top of twisted.web's own limits (16 KiB of request line plus headers, then 400):
   - a request must have sent all its headers within C{handshake_timeout} seconds of the connection
@@ -533,35 +534,15 @@ class JSONErrorResource(resource.Resource):
 
 
 class Root(resource.Resource):
-    """The tree's root: named children, JSON 404 for everything else."""
-
-    def __init__(self) -> None:
-        super().__init__()
+    """The tree's root: named children (C{/} itself is the dashboard's), a JSON 404 for the rest."""
 
     def getChild(self, path, request):
-        if path == b"" and not request.postpath:
-            return self
         return JSONErrorResource(404, "not_found", "no such resource")
 
-    def render_GET(self, request):
-        request.setHeader(b"Content-Type", b"application/json")
-        return encode_json(
-            {
-                "service": "mission-control",
-                "websocket": "/ws",
-                "api": ["/api/agents", "/api/sessions", "/api/events", "/api/presence",
-                        "/api/connections"],
-                "health": "/healthz",
-            }
-        )
-
     def render(self, request):
-        if request.method not in (b"GET", b"HEAD"):
-            request.setHeader(b"Allow", b"GET, HEAD")
-            request.setResponseCode(405)
-            request.setHeader(b"Content-Type", b"application/json")
-            return error_body("method_not_allowed", "method not allowed")
-        return super().render(request)
+        # Not reached through a Site (a path always names a child, b"" for /); here for
+        # completeness, as the same JSON 404.
+        return JSONErrorResource(404, "not_found", "no such resource").render(request)
 
 
 class Health(resource.Resource):
@@ -595,17 +576,22 @@ def build_site(
     request_timeout: float = REQUEST_TIMEOUT,
     idle_timeout: float = IDLE_TIMEOUT,
     max_http_connections: int = MAX_HTTP_CONNECTIONS,
+    dashboard=None,
 ) -> HubSite:
     """
-    Put the WebSocket, the API and the health check under one C{Site}.
+    Put the WebSocket, the API, the health check and the dashboard under one C{Site}.
 
     @param handshake_timeout: seconds for a request head (and a WebSocket handshake) to arrive.
     @param request_timeout: seconds for a whole request, head and body, to arrive; then 408.
     @param idle_timeout: seconds without a byte before twisted.web closes a connection.
     @param max_http_connections: HTTP connections open at once; the next one gets 503.
         WebSocket connections are not counted here (see the hub's C{max_connections}).
+    @param dashboard: the L{mission_control.web.dashboard.Dashboard} to serve at C{/} and under
+        C{/assets/} (the tap gives the package's own); without one those paths are JSON 404s.
     """
     root = Root()
+    if dashboard is not None:
+        dashboard.mount(root)
     root.putChild(b"ws", HubWebSocketResource(ws_factory))
     root.putChild(b"api", api)
     root.putChild(b"healthz", Health(lambda: getattr(api.hub, "accepting", True)))
