@@ -440,10 +440,15 @@ class MissionControlService(service.MultiService):
         if renewed:
             self.log.warn("store history has a new epoch ({why}): resuming clients will redraw",
                           why=renewed)
-        for description, port in self.ports:
-            for url in urls_of(description, port):
-                self.log.info("mission-control listening: {url}", url=url)
+        urls = [url for description, port in self.ports for url in urls_of(description, port)]
+        for url in urls:
+            self.log.info("mission-control listening: {url}", url=url)
         if self.options.get("generated-secret") is not None:
+            # The one log line that holds a token, and only with the development secret: whoever
+            # reads this log can read the secret file too (it is in the data dir beside it).
+            token = dashboard_token(self.options["verifier"], self.reactor.seconds())
+            for url in dashboard_urls(urls):
+                self.log.info("dashboard: {url}#token={token}", url=url, token=token)
             data_dir = self.options["data-dir"]
             self.log.info(
                 "development secret {how} {path}; mint a token with: "
@@ -538,6 +543,32 @@ def urls_of(description: str, port) -> list[str]:
     if isinstance(name, bytes):
         name = os.fsdecode(name)
     return [f"unix socket {name} (HTTP, and WebSocket at /ws)"]
+
+
+#: The user of the signed-in dashboard link of the start-up log, and how long its token lasts.
+DASHBOARD_SUB = "admin"
+DASHBOARD_NAME = "Administrator"
+DASHBOARD_TTL = 12 * 3600.0
+
+
+def dashboard_token(verifier: TokenVerifier, now: float) -> str:
+    """
+    An admin token for the start-up log's dashboard link, minted as C{mission-control token}
+    mints (L{auth.mint_token}) with the hub's own key, issuer, audience and first algorithm, so
+    that the hub accepts it whatever those are.
+    """
+    return auth.mint_token(verifier.key, DASHBOARD_SUB, now, ttl=DASHBOARD_TTL, role="admin",
+                           name=DASHBOARD_NAME, issuer=verifier.issuer,
+                           audience=verifier.audience, algorithm=verifier.algorithms[0])
+
+
+def dashboard_urls(urls: list[str]) -> list[str]:
+    """
+    The dashboard's address on each HTTP(S) listener among C{urls} (as L{urls_of} gives them):
+    the token goes after it in the fragment (C{#token=}), which a browser never sends, so it
+    reaches no access log, the hub's or a proxy's.
+    """
+    return [url for url in urls if url.startswith(("http://", "https://"))]
 
 
 def open_store(options):

@@ -559,6 +559,14 @@ class LogCapture:
         return [line for line in self.lines() if all(f in line for f in fragments)]
 
 
+def is_dashboard_link(event: dict) -> bool:
+    """
+    Whether a log event is the start-up log's C{dashboard:} link, the one line that holds a
+    token (an admin token in the link's fragment, logged only with the development secret).
+    """
+    return str(event.get("log_format", "")).startswith("dashboard: ")
+
+
 def fill_sessions(server: RunningServer, count: int, size: int = 8000) -> None:
     """Publish C{count} sessions (naming no agent) of about C{size} bytes each, through the hub."""
     from mission_control import events

@@ -676,6 +676,80 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
         for message in self.messages():
             self.assertNotIn(secret, message)
 
+    def dashboard_links(self) -> list[str]:
+        return [m for m in self.messages() if m.startswith("dashboard: ")]
+
+    def test_start_log_links_the_dashboard(self):
+        """
+        With the development secret the start-up log has one link per HTTP listener that opens
+        the dashboard signed in: the page's URL and, in the fragment, a token the hub accepts,
+        for sub admin, name Administrator, role admin, valid 12 hours.  A unix socket gets none;
+        the token is in no other line, and the secret in none.
+        """
+        socket_path = os.path.join(self.data_dir(), "hub.sock")
+        options, service = self.build("--listen", "tcp:0:interface=127.0.0.1",
+                                      "--listen", "tcp:9999:interface=127.0.0.1",
+                                      "--listen", f"unix:{socket_path}")
+        self.reactor.advance(1_800_000_000)
+        service.startService()
+        self.addCleanup(service.stopService)
+        links = self.dashboard_links()
+        # The memory reactor's ports say they listen on every interface: "localhost".
+        self.assertEqual([link.split("#", 1)[0] for link in links],
+                         ["dashboard: http://localhost:0/", "dashboard: http://localhost:9999/"])
+        [token] = {link.split("#token=", 1)[1] for link in links}
+        now = self.reactor.seconds()
+        principal = options["verifier"].verify(token, now)
+        self.assertEqual((principal.sub, principal.name, principal.role),
+                         ("admin", "Administrator", "admin"))
+        self.assertEqual(principal.expires_at, int(now) + 12 * 3600)
+        self.assertEqual([m for m in self.messages() if token in m], links)
+        secret = options["verifier"].key.decode()
+        self.assertFalse([m for m in self.messages() if secret in m])
+
+    def test_dashboard_link_with_a_read_secret(self):
+        """A development secret read from an earlier start (not generated now) links too."""
+        data_dir = self.data_dir()
+        auth.load_or_create_secret(data_dir)
+        options, service = self.build("--data-dir", data_dir)
+        self.assertFalse(options["generated-secret"])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(len(self.dashboard_links()), 1)
+
+    def test_dashboard_token_fits_the_verifier(self):
+        """
+        The link's token carries the configured iss and aud and is signed with the first
+        configured algorithm, so the hub accepts it whatever those options say.
+        """
+        options, service = self.build("--jwt-algorithm", "HS512", "--jwt-issuer", "mc",
+                                      "--jwt-audience", "dash")
+        service.startService()
+        self.addCleanup(service.stopService)
+        [link] = self.dashboard_links()
+        token = link.split("#token=", 1)[1]
+        self.assertEqual(jwt.get_unverified_header(token)["alg"], "HS512")
+        self.assertEqual(options["verifier"].verify(token, self.reactor.seconds()).role, "admin")
+
+    def test_dashboard_urls(self):
+        """Only http:// and https:// listener URLs are dashboard pages."""
+        self.assertEqual(tap.dashboard_urls(["http://a:1/", "ws://a:1/ws", "https://b:2/",
+                                             "wss://b:2/ws", "unix socket /x (HTTP, ...)"]),
+                         ["http://a:1/", "https://b:2/"])
+
+    def test_no_dashboard_link_without_the_development_secret(self):
+        """With --jwt-secret-file or --jwt-public-key no token is logged at all."""
+        path = write_file(self, "secret", b"q" * 32)
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = write_file(self, "key.pem", key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        for args in (("--jwt-secret-file", path), ("--jwt-public-key", pem)):
+            _, service = self.build(*args)
+            service.startService()
+            self.addCleanup(service.stopService)
+            self.assertEqual(self.dashboard_links(), [], args)
+            self.assertFalse([m for m in self.messages() if "token=" in m or "eyJ" in m], args)
+
     def test_no_token_hint_with_secret_file(self):
         """With --jwt-secret-file there is no data-dir secret, so no hint to use it."""
         path = write_file(self, "secret", b"q" * 32)
@@ -937,6 +1011,16 @@ class TwistdCommandTests(TestCase):
             f"mission-control token --data-dir {shlex.quote(data_dir)} --sub alice --role admin",
             proto.output,
         )
+        # The dashboard's link opens it signed in: its token is the hub's admin.
+        [link] = [line.split("dashboard: ", 1)[1] for line in proto.output.splitlines()
+                  if "dashboard: " in line]
+        page, _, fragment = link.partition("#token=")
+        self.assertEqual(page, f"http://127.0.0.1:{port}/")
+        response = yield raw_request(port, http_request("GET", "/api/me", token=fragment))
+        self.assertEqual((response.status, response.json()["user"]),
+                         (200, {"id": "admin", "name": "Administrator", "role": "admin"}))
+        response = yield raw_request(port, http_request("GET", "/"))
+        self.assertEqual(response.status, 200)
 
         response = yield raw_request(port, http_request("GET", "/healthz"))
         self.assertEqual(response.status, 200)

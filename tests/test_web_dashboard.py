@@ -92,7 +92,7 @@ class LoadTests(unittest.SynchronousTestCase):
         logged = LogCapture(self)
         files = load_files(folder)
         self.assertEqual(sorted(files), ["index.html"])
-        skipped = logged.matching("dashboard: not serving")
+        skipped = logged.matching("not serving the dashboard file")
         for name in ("notes.md", "app.js.map", "img", "vendor/deep", "linked.js", "again.html"):
             self.assertEqual(len([line for line in skipped if f" {name}:" in line]), 1, name)
         self.assertEqual(len(skipped), 6)
@@ -100,7 +100,7 @@ class LoadTests(unittest.SynchronousTestCase):
         shutil.rmtree(os.path.join(folder, "vendor"))
         os.symlink(outside, os.path.join(folder, "vendor"))
         self.assertEqual(sorted(load_files(folder)), ["index.html"])
-        self.assertEqual(len(logged.matching("dashboard: not serving vendor: a symlink")), 1)
+        self.assertEqual(len(logged.matching("not serving the dashboard file vendor: a symlink")), 1)
 
     def test_missing_folder(self):
         """A folder that is not there serves nothing, and / the placeholder page."""

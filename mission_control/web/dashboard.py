@@ -128,7 +128,7 @@ def load_files(folder, log: Logger | None = None) -> dict[str, StaticFile]:
     files: dict[str, StaticFile] = {}
 
     def skip(name: str, why: str) -> None:
-        log.warn("dashboard: not serving {name}: {why}", name=name, why=why)
+        log.warn("not serving the dashboard file {name}: {why}", name=name, why=why)
 
     def load(directory, prefix: str) -> None:
         for entry in sorted(directory.iterdir(), key=lambda e: e.name):
@@ -199,7 +199,7 @@ class Dashboard(resource.Resource):
         self.files = load_files(default_folder() if folder is None else folder, self.log)
         index = self.files.get(INDEX)
         if index is None:
-            self.log.info("dashboard: no {index} to serve; / answers a placeholder page",
+            self.log.info("the dashboard has no {index}: / answers a placeholder page",
                           index=INDEX)
             index = StaticFile.of(PLACEHOLDER_PAGE, CONTENT_TYPES[".html"])
         self.index = index
