@@ -102,6 +102,13 @@ class LoadTests(unittest.SynchronousTestCase):
         self.assertEqual(sorted(load_files(folder)), ["index.html"])
         self.assertEqual(len(logged.matching("not serving the dashboard file vendor: a symlink")), 1)
 
+    def test_folder_may_be_a_symlink(self):
+        """The folder itself may be a symlink: what it holds is loaded, checked as ever."""
+        folder = make_folder(self, {"index.html": INDEX, "app.js": b"x"})
+        link = os.path.join(os.path.abspath(self.mktemp()))
+        os.symlink(folder, link)
+        self.assertEqual(sorted(load_files(link)), ["app.js", "index.html"])
+
     def test_missing_folder(self):
         """A folder that is not there serves nothing, and / the placeholder page."""
         missing = os.path.join(os.path.abspath(self.mktemp()), "nope")

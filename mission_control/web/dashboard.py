@@ -144,18 +144,20 @@ def load_files(folder, log: Logger | None = None) -> dict[str, StaticFile]:
                     skip(prefix + name, "only the vendor/ subfolder is served")
             elif not entry.is_file():
                 skip(prefix + name, "not a regular file")
-            elif os.path.splitext(name)[1].lower() not in CONTENT_TYPES:
+            elif _extension(name) not in CONTENT_TYPES:
                 skip(prefix + name, "only " + " ".join(sorted(CONTENT_TYPES)) + " files are served")
             else:
-                content_type = CONTENT_TYPES[os.path.splitext(name)[1].lower()]
+                content_type = CONTENT_TYPES[_extension(name)]
                 files[prefix + name] = StaticFile.of(entry.read_bytes(), content_type)
 
-    if _is_symlink(folder):
-        skip(str(folder), "a symlink")
-    elif folder.is_dir():
+    # The folder itself is the operator's choice, a symlink or not; what is in it is checked.
+    if folder.is_dir():
         load(folder, "")
-
     return files
+
+
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1].lower()
 
 
 def _is_symlink(entry) -> bool:
