@@ -1229,5 +1229,9 @@ class TwistdFilesTests(TestCase):
         self.addCleanup(stop)
         yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in open(logfile).read(), timeout=15)
         self.assertEqual(oct(os.stat(logfile).st_mode & 0o777), oct(0o600))
+        # An answer means the daemon's reactor runs, so its SIGTERM handler is in place: the
+        # start-up log is written before that, and a SIGTERM sooner would kill it outright.
+        response = yield raw_request(port, http_request("GET", "/healthz"))
+        self.assertEqual(response.status, 200)
         yield stop()
         self.assertIn("Server Shut Down", open(logfile).read())
