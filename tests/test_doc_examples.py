@@ -26,7 +26,7 @@ import sys
 import urllib.error
 
 from twisted.internet import defer, reactor, threads, utils
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from twisted.web import resource
 from twisted.web import server as web_server
 
@@ -363,6 +363,21 @@ class _Reports(resource.Resource):
 
     def of(self, kind) -> list[dict]:
         return [report for report in self.received if report["kind"] == kind]
+
+
+class DashboardClientTests(SynchronousTestCase):
+    """
+    The hub's own dashboard connects with the documented browser client: the file it serves at
+    C{/assets/client.js} is the example of docs/websocket-api.md, so the example is what the
+    dashboard's own browser tests exercise, and the two cannot drift apart.
+    """
+
+    def test_dashboard_client_is_the_documented_example(self):
+        """mission_control/static/dashboard/client.js is the C{browser-client} example, byte for byte."""
+        path = os.path.join(PROJECT_ROOT, "mission_control", "static", "dashboard", "client.js")
+        with open(path, encoding="utf-8") as f:
+            served = f.read()
+        self.assertEqual(served.rstrip("\n"), examples("docs/websocket-api.md")["browser-client"].rstrip("\n"))
 
 
 class BrowserTests(TestCase):
@@ -748,6 +763,8 @@ class DocumentedFrameTests(TestCase):
         """Every C{frame_type} frame written out in docs/*.md (a trailing C{,...} closed)."""
         found = []
         for name in sorted(os.listdir(os.path.join(PROJECT_ROOT, "docs"))):
+            if not name.endswith(".md"):
+                continue
             with open(os.path.join(PROJECT_ROOT, "docs", name), encoding="utf-8") as f:
                 text = f.read()
             for match in re.finditer(r'\{"type":"%s".*?\}(?=`|\n)' % re.escape(frame_type), text):

@@ -1,0 +1,1 @@
+The dashboard: a page served at `/` by the hub itself (fleet board, live activity feed with pause, session timelines, who is watching and connection analytics), plain HTML, CSS and JavaScript modules with no build step, signed in from the link the hub prints at start.
