@@ -8,7 +8,8 @@ li[data-agent-id]}, C{#feed li.activity[data-seq]}, C{#analytics}, C{#connection
 Events are published over the HTTP API, as agents publish them.
 
 The browser runs on a thread of its own (L{tests.browser}); every check that waits uses
-Playwright's auto-waiting C{expect} or C{wait_for_function}, bounded by a timeout that only
+Playwright's auto-waiting C{expect} on a locator (not C{wait_for_function}, whose predicate
+needs an eval that the page's CSP forbids), bounded by a timeout that only
 says how long to wait for something that must happen: none of them measures speed, except the
 one second the contract gives a published status to reach the board.  The benchmark measures.
 
@@ -143,7 +144,7 @@ class SignInTests(DashboardTestCase):
             page = session.page
             page.goto(self.hub.url("/"))
             expect(page.locator("#signin")).to_be_visible()
-            page.get_by_label("Token").fill(operator)
+            page.get_by_label("Token", exact=True).fill(operator)
             page.locator("#signin button[type=submit]").click()
             live(page)
             expect(page.locator("#signin")).to_be_hidden()
@@ -230,8 +231,8 @@ class BoardTests(DashboardTestCase):
                 "summarizing the weekly report", timeout=ONE_SECOND_MS)
             expect(a).to_have_attribute("data-status", "busy", timeout=ONE_SECOND_MS)
             b = card(page, "test-b")
-            self.assertEqual(b.locator(".agent-status").inner_text().strip(), "idle")
-            self.assertEqual(b.locator(".agent-message").inner_text().strip(), "ready b")
+            self.assertEqual(b.locator(".agent-status").text_content().strip(), "idle")
+            self.assertEqual(b.locator(".agent-message").text_content().strip(), "ready b")
             self.assertEqual(b.get_attribute("data-status"), "idle")
 
         yield self.browse(check)
@@ -500,8 +501,7 @@ class ScreenshotTests(DashboardTestCase):
             page = session.page
             sign_in(self.hub, page, self.admin)
             expect(page.locator("#analytics")).to_be_visible()
-            page.wait_for_function(
-                "document.querySelectorAll('#feed li.activity').length >= 10", timeout=30_000)
+            expect(page.locator("#feed li.activity").nth(9)).to_be_attached(timeout=30_000)
             page.screenshot(path=path)
 
         yield self.browse(check, viewport={"width": 1280, "height": 800})
