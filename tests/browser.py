@@ -60,6 +60,8 @@ CHROMIUM_ARGS = (
 DEFAULT_TIMEOUT_MS = 10_000
 #: Seconds a call from the browser thread into the reactor may take.
 REACTOR_CALL_TIMEOUT = 30.0
+#: Seconds a test waits, once it ended, for its browser session to close.
+SESSION_END_TIMEOUT = 60.0
 
 
 def find_chromium() -> str | None:
@@ -229,9 +231,22 @@ def run_browser(testcase, fn, **context_options) -> defer.Deferred:
             outcome = failure.Failure()
         reactor.callFromThread(deliver, outcome)
 
+    def closed():
+        """The test ends once the browser is closed: Playwright's timeouts bound each action."""
+        if ended.called:
+            return None
+        waiting = defer.Deferred()
+        ended.addCallback(lambda _: waiting.called or waiting.callback(None))
+
+        def still_running(f):
+            f.trap(defer.TimeoutError)
+            raise AssertionError(f"the browser session still ran {SESSION_END_TIMEOUT} s after "
+                                 "the test ended")
+
+        return waiting.addTimeout(SESSION_END_TIMEOUT, reactor).addErrback(still_running)
+
     thread = threading.Thread(target=main, name=f"browser: {testcase.id()}", daemon=True)
-    # Playwright's own timeouts bound every action in fn, so the thread ends on its own.
-    testcase.addCleanup(lambda: ended)
+    testcase.addCleanup(closed)
     thread.start()
     return result
 

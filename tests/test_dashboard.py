@@ -191,20 +191,26 @@ class BoardTests(DashboardTestCase):
     def test_demo_agents_are_on_the_board(self):
         """
         The board shows one card per agent the hub knows, which with --demo is the demo's
-        fleet: the same agent ids as GET /api/agents, each card with the agent's name.
+        fleet: every demo agent, no other card than the agents of GET /api/agents, and each card
+        with the agent's name.
         """
         demo_ids = {f"agent-{name.lower()}" for name in AGENT_NAMES}
 
         def check(session):
-            agents = wait_for_demo(self.hub, self.admin, demo_ids)
             page = session.page
             sign_in(self.hub, page, self.admin)
+            for agent_id in sorted(demo_ids):
+                expect(card(page, agent_id)).to_have_count(1)
+            status, answer = self.hub.request("GET", "/api/agents", self.admin)
+            self.assertEqual(status, 200, answer)
+            agents = answer["agents"]
+            self.assertEqual({agent["agentId"] for agent in agents}, demo_ids)
             for agent in agents:
                 expect(card(page, agent["agentId"]).locator(".agent-name")).to_have_text(
                     agent["name"])
             shown = page.eval_on_selector_all(
                 "#agents li.agent", "cards => cards.map(card => card.dataset.agentId)")
-            self.assertEqual(sorted(shown), sorted(a["agentId"] for a in agents))
+            self.assertEqual(sorted(shown), sorted(demo_ids))
 
         yield self.browse(check)
 
@@ -512,22 +518,6 @@ class ScreenshotTests(DashboardTestCase):
         if os.environ.get("MISSION_CONTROL_SCREENSHOT") == "1":
             os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
             shutil.copyfile(path, SCREENSHOT)
-
-
-def wait_for_demo(hub: DashboardHub, token: str, ids: set) -> list[dict]:
-    """On the browser thread: the hub's agents, once every one of C{ids} has published."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while True:
-        status, answer = hub.request("GET", "/api/agents", token)
-        assert status == 200, answer
-        agents = answer["agents"]
-        if ids <= {agent["agentId"] for agent in agents}:
-            return agents
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the demo agents did not all publish: {agents!r}")
-        time.sleep(0.05)
 
 
 class HarnessTests(TestCase):
