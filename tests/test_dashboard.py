@@ -104,8 +104,9 @@ class SignInTests(DashboardTestCase):
         """
         The link the hub logs at start-up when it uses its development secret
         (C{dashboard: http://127.0.0.1:PORT/#token=...}) opens a signed-in, live board, and the
-        token is gone from the address bar at once: C{location.hash} is empty and the URL does
-        not contain it; the token is kept in sessionStorage, so a reload stays signed in.
+        token is gone from the address bar at once (by the load event, before the page has even
+        connected): C{location.hash} is empty and the URL does not contain it; the token is kept
+        in sessionStorage, so a reload stays signed in.
         """
         yield wait_until(lambda: self.hub.dashboard_link() is not None, timeout=10).addErrback(
             lambda _: self.fail("no `dashboard: http://...#token=...` line in the start-up "
@@ -115,11 +116,11 @@ class SignInTests(DashboardTestCase):
 
         def check(session):
             page = session.page
-            page.goto(link)
-            live(page)
+            page.goto(link)  # returns on the load event, before the page has connected
             self.assertEqual(page.evaluate("location.hash"), "")
             self.assertNotIn(token, page.url)
             self.assertNotIn("token", page.evaluate("location.href"))
+            live(page)
             expect(page.locator("#signin")).to_be_hidden()
             expect(page.locator("#whoami")).not_to_be_empty()
             self.assertEqual(
