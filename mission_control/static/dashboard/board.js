@@ -54,7 +54,6 @@ export class Board {
   }
 
   render() {
-    let reorder = false;
     if (this.all) {
       for (const [id, card] of this.cards) {
         if (!this.agents.has(id)) {
@@ -62,16 +61,49 @@ export class Board {
           this.cards.delete(id);
         }
       }
-      for (const id of this.agents.keys()) reorder = this.draw(id) || reorder;
-      reorder = true;
+      for (const id of this.agents.keys()) this.draw(id);
+      this.sort();
       this.all = false;
     } else {
-      for (const id of this.dirty) reorder = this.draw(id) || reorder;
+      const moved = [...this.dirty].filter((id) => this.draw(id));
+      this.reorder(moved);
     }
     this.dirty.clear();
-    if (reorder) this.sort();
     this.empty.hidden = this.agents.size > 0;
     this.count.textContent = `(${this.agents.size})`;
+  }
+
+  // Puts the cards whose rank or name changed in their place. Moving a handful of nodes keeps
+  // a busy board cheap: re-appending a thousand cards every frame costs the browser a full
+  // style and layout pass each time.
+  reorder(moved) {
+    if (!moved.length) return;
+    if (moved.length > 64) {
+      this.sort();
+      return;
+    }
+    for (const id of moved) {
+      const card = this.cards.get(id);
+      const at = this.order.indexOf(id);
+      if (at >= 0) this.order.splice(at, 1);
+      let lo = 0;
+      let hi = this.order.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (this.compare(id, card, this.order[mid], this.cards.get(this.order[mid])) > 0) lo = mid + 1;
+        else hi = mid;
+      }
+      this.order.splice(lo, 0, id);
+      const next = lo + 1 < this.order.length ? this.cards.get(this.order[lo + 1]).node : null;
+      if (card.node.nextSibling !== next || card.node.parentNode !== this.list) {
+        this.list.insertBefore(card.node, next);
+      }
+    }
+  }
+
+  compare(aId, a, bId, b) {
+    return a.rankNow - b.rankNow
+      || (a.name < b.name ? -1 : a.name > b.name ? 1 : aId < bId ? -1 : aId > bId ? 1 : 0);
   }
 
   // Draws one card; true when its place in the order may have changed.
@@ -90,6 +122,8 @@ export class Board {
     card.payload = payload;
     card.stale = stale;
     card.key = key;
+    card.name = name.toLowerCase();
+    card.rankNow = this.rank(card);
     const { node, parts } = card;
     node.dataset.status = payload.status;
     node.dataset.stale = String(stale);
@@ -102,7 +136,8 @@ export class Board {
     parts.time.dateTime = payload.timestamp;
     parts.time.title = payload.timestamp;
     parts.time.textContent = formatAge(payload.timestamp);
-    node.hidden = !this.matches(id, payload, stale);
+    const hidden = !this.matches(id, payload, stale);
+    if (node.hidden !== hidden) node.hidden = hidden;
     return moved;
   }
 
@@ -138,14 +173,8 @@ export class Board {
   }
 
   sort() {
-    const cards = [...this.cards.entries()];
-    cards.sort(([aId, a], [bId, b]) => {
-      const r = this.rank(a) - this.rank(b);
-      if (r) return r;
-      const an = (a.payload.name || aId).toLowerCase();
-      const bn = (b.payload.name || bId).toLowerCase();
-      return an < bn ? -1 : an > bn ? 1 : aId < bId ? -1 : aId > bId ? 1 : 0;
-    });
+    const cards = [...this.cards.entries()].filter(([, card]) => card.payload);
+    cards.sort(([aId, a], [bId, b]) => this.compare(aId, a, bId, b));
     const order = cards.map(([id]) => id);
     if (order.length === this.order.length && order.every((id, i) => id === this.order[i])) return;
     this.order = order;
@@ -169,16 +198,14 @@ export class Board {
 
   // Once a second: ages move on, and agents may turn stale without any event.
   tick() {
-    let reorder = false;
-    for (const card of this.cards.values()) {
+    const moved = [];
+    for (const [id, card] of this.cards) {
       if (!card.payload) continue;
-      card.parts.time.textContent = formatAge(card.payload.timestamp);
-      if (this.isStale(card.payload) !== card.stale) {
-        this.draw(card.node.dataset.agentId);
-        reorder = true;
-      }
+      const age = formatAge(card.payload.timestamp);
+      if (card.parts.time.textContent !== age) card.parts.time.textContent = age;
+      if (this.isStale(card.payload) !== card.stale && this.draw(id)) moved.push(id);
     }
-    if (reorder) this.sort();
+    this.reorder(moved);
   }
 
   counts() {
