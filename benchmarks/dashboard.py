@@ -13,9 +13,9 @@ Chromium with Playwright, signed in as an admin (the heaviest page: analytics an
   (the document and ``/assets/``) as bytes on the wire (response headers and bodies, as Chromium
   counted them), decoded, and on disk; then the API calls and the WebSocket frames received;
 - **first paint**: from the start of navigation (``performance.now()`` is 0 there) to the moment
-  the page holds ``--agents`` cards (``#agents li``, seen by a MutationObserver installed before
-  any of the page's scripts), and to the next animation frame after it; a fresh browser context
-  each time, ``--repeat`` times, median and best;
+  the board holds ``--agents`` agents and draws the cards in view (the list is windowed), seen by
+  a MutationObserver installed before any of the page's scripts, and to the next animation frame
+  after it; a fresh browser context each time, ``--repeat`` times, median and best;
 - **frames per second** while a publisher thread makes the hub deliver ``--rate`` events a second
   (half ``session:activity``, half ``agent:status`` of the board's agents) for ``--seconds``:
   ``requestAnimationFrame`` callbacks counted in the page, and long tasks (over 50 ms) reported by
@@ -58,15 +58,18 @@ MAX_BODY = 60 * 1024
 #: How long (seconds) to wait for the page to draw the board, unless --timeout says otherwise.
 WAIT = 120.0
 
-# Installed before the page's own scripts: when the board first holds `want` cards, and the
-# animation frame after that (marked on <html> for a locator to wait on: the page's CSP forbids
+# Installed before the page's own scripts: when the board first holds `want` agents (its count
+# says so and the cards in view are drawn: the list is windowed), and the animation frame after
+# that (marked on <html> for a locator to wait on: the page's CSP forbids
 # the eval that a wait_for_function predicate needs).
 BOARD_WATCH = """
 (() => {
   const want = %d;
   window.__board = null;
   const observer = new MutationObserver(() => {
-    if (window.__board === null && document.querySelectorAll("#agents li").length >= want) {
+    const count = document.getElementById("agent-count");
+    if (window.__board === null && count && count.textContent === `(${want})`
+        && document.querySelector("#agents li")) {
       window.__board = {cards: performance.now(), frame: null};
       observer.disconnect();
       requestAnimationFrame(() => {
@@ -75,7 +78,7 @@ BOARD_WATCH = """
       });
     }
   });
-  observer.observe(document, {childList: true, subtree: true});
+  observer.observe(document, {childList: true, subtree: true, characterData: true});
 })();
 """
 
@@ -251,8 +254,12 @@ def steady_load(port: int, token: str, agents: int, rate: int, stop: threading.E
 
 
 def board_drawn(page, agents: int, wait_ms: float) -> None:
-    """Wait until the page holds C{agents} cards (a locator: the page's CSP forbids eval)."""
-    page.locator("#agents li").nth(agents - 1).wait_for(state="attached", timeout=wait_ms)
+    """
+    Wait until the board holds C{agents} agents and shows its first cards (locators: the page's
+    CSP forbids eval). The list is windowed: only the cards in view are in the document.
+    """
+    page.locator("#agent-count", has_text=f"({agents})").wait_for(timeout=wait_ms)
+    page.locator("#agents li").first.wait_for(state="attached", timeout=wait_ms)
 
 
 def page_weight(browser, url: str, agents: int, wait_ms: float) -> dict:

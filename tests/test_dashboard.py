@@ -293,6 +293,44 @@ class BoardTests(DashboardTestCase):
         yield self.browse(check)
 
 
+    @defer.inlineCallbacks
+    def test_a_large_board_is_windowed_with_errors_first(self):
+        """
+        A board larger than its box holds only the cards in view in the document (so a fleet of
+        thousands costs the browser what a screenful does), while its count says how many agents
+        there are; errors sort first; scrolling to the end and searching by id bring any card
+        into the document.
+        """
+        def check(session):
+            page = session.page
+            for i in range(150):
+                self.hub.publish_status(self.admin, f"fleet-{i:03d}", status="idle",
+                                        name=f"Fleet {i:03d}")
+            self.hub.publish_status(self.admin, "zz-broken", status="error", name="Zz Broken",
+                                    message="disk full")
+            self.hub.publish_status(self.admin, "zz-gone", status="offline", name="Zz Gone")
+            sign_in(self.hub, page, self.admin)
+            total = 150 + 2 + len(AGENT_NAMES)
+            expect(page.locator("#agent-count")).to_have_text(f"({total})")
+            drawn = page.locator("#agents li.agent").count()
+            self.assertGreater(drawn, 0)
+            self.assertLess(drawn, total // 2)
+            first = page.locator("#agents li.agent").first
+            expect(first).to_have_attribute("data-status", "error")
+            expect(card(page, "zz-broken")).to_have_count(1)
+
+            expect(card(page, "zz-gone")).to_have_count(0)
+            page.locator("#agents-scroll").evaluate("box => { box.scrollTop = box.scrollHeight; }")
+            expect(card(page, "zz-gone")).to_have_count(1)
+
+            page.locator("#agents-scroll").evaluate("box => { box.scrollTop = 0; }")
+            page.locator("#agent-search").fill("fleet-123")
+            expect(page.locator("#agents li.agent")).to_have_count(1)
+            expect(card(page, "fleet-123").locator(".agent-name")).to_have_text("Fleet 123")
+
+        yield self.browse(check)
+
+
 class ReconnectTests(DashboardTestCase):
     """The page across a restart of the hub."""
 
