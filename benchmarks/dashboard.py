@@ -398,7 +398,7 @@ def main() -> None:
                         f"{files['on_disk'] / 1024:,.1f} KiB on disk)"),
         ("  then", f"{api['count']} API calls, {api['wire'] / 1024:,.1f} KiB; "
                    f"{weight['ws_frames']} WebSocket frames, {weight['ws_bytes'] / 1024:,.1f} KiB"),
-        ("first paint", f"{args.agents} cards at {statistics.median(cards):,.0f} ms "
+        ("first paint", f"{args.agents} agents at {statistics.median(cards):,.0f} ms "
                         f"(best {min(cards):,.0f}), next frame at "
                         f"{statistics.median(frames):,.0f} ms (best {min(frames):,.0f}); "
                         f"median of {len(paints)}"),

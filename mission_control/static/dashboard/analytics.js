@@ -44,14 +44,15 @@ export class RateCounter {
     if (this.since === undefined) this.since = Math.floor(nowMs / 1000);
   }
 
-  // [seconds[], counts[]] for the whole seconds of the last CHART_SECONDS, oldest first.
+  // [seconds[], counts[]] for the whole seconds of the last CHART_SECONDS, oldest first; null
+  // for the seconds before this page started counting (unknown, not quiet: the chart shows a gap).
   series(nowMs) {
     const now = Math.floor(nowMs / 1000) - 1; // the current second is not over yet
     const xs = [];
     const ys = [];
     for (let s = now - CHART_SECONDS + 1; s <= now; s++) {
       xs.push(s);
-      ys.push(this.buckets.get(s) || 0);
+      ys.push(this.since === undefined || s < this.since ? null : this.buckets.get(s) || 0);
     }
     return [xs, ys];
   }
@@ -142,7 +143,7 @@ export class Analytics {
       this.message.textContent = `Connections unavailable: ${err.message}`;
       return;
     }
-    this.count.textContent = String(body.total);
+    this.count.textContent = `${body.total} connection${body.total === 1 ? "" : "s"}`;
     const lastSeq = this.hubLastSeq();
     const now = this.hubNow();
     const seen = new Set();
@@ -230,8 +231,10 @@ export class Analytics {
       scales: { x: { time: true } },
       axes: [
         {
-          stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid }, space: 70,
-          values: (u, ticks) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false })),
+          stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid }, space: 80,
+          incrs: [15, 30, 60, 120, 300],
+          values: (u, ticks, axis, space, incr) => ticks.map((t) => new Date(t * 1000).toLocaleTimeString(
+            [], { hour: "2-digit", minute: "2-digit", second: incr < 60 ? "2-digit" : undefined, hour12: false })),
         },
         { stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid }, size: 40 },
       ],
@@ -261,9 +264,11 @@ export class Analytics {
     const rows = [];
     for (let end = xs.length; end > 0 && rows.length < CHART_SECONDS / TABLE_STEP; end -= TABLE_STEP) {
       const start = Math.max(0, end - TABLE_STEP);
-      const sum = ys.slice(start, end).reduce((a, b) => a + b, 0);
+      const known = ys.slice(start, end).filter((y) => y !== null);
+      if (!known.length) break; // before this page started counting
+      const sum = known.reduce((a, b) => a + b, 0);
       const at = new Date(xs[end - 1] * 1000 + 1000).toLocaleTimeString([], { hour12: false });
-      rows.push(el("tr", {}, el("td", { text: at }), el("td", { text: (sum / (end - start)).toFixed(1) })));
+      rows.push(el("tr", {}, el("td", { text: at }), el("td", { text: (sum / known.length).toFixed(1) })));
     }
     this.tableBody.replaceChildren(...rows);
   }

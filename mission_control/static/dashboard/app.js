@@ -400,7 +400,8 @@ function tick() {
   updateCountdown();
   $("heartbeat-age").textContent = page.heartbeatInterval === 0 && page.conn === "live"
     ? "off"
-    : page.heartbeatAt ? `${formatDuration(performance.now() - page.heartbeatAt)} ago` : "none yet";
+    : page.heartbeatAt ? `${formatDuration(performance.now() - page.heartbeatAt)} ago`
+      : page.heartbeatInterval ? `none yet (every ${page.heartbeatInterval} s)` : "none yet";
   updateExpiry();
   analytics?.tick();
 }
