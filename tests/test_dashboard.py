@@ -23,11 +23,13 @@ import re
 import shutil
 import struct
 import sys
+import time
 import types
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from mission_control import auth
 from mission_control.demo import AGENT_NAMES
 from tests import browser
 from tests.browser import UNAVAILABLE, DashboardHub, PageError, run_browser
@@ -164,23 +166,27 @@ class SignInTests(DashboardTestCase):
     @defer.inlineCallbacks
     def test_invalid_and_expired_tokens_show_sign_in_with_a_reason(self):
         """
-        A token that is not one (C{/#token=garbage}) and a token of the hub's own secret that
-        has expired each leave the page signed out: #signin is shown with a message in
-        #signin-message (for the expired one, saying that it expired), and the connection is
-        not live.
+        A token that is not one (C{/#token=garbage}), a token of the hub's own secret that has
+        expired, and a well-formed token signed with another secret (which only the hub can
+        tell apart) each leave the page refused: #signin is shown with a message in
+        #signin-message saying why (for the expired one that it expired, for the foreign one
+        the hub's reason), and #connection says refused.
         """
         expired = self.hub.expired_token("alice", "admin")
+        foreign = auth.mint_token(b"another hub's secret, 32 bytes long", "alice", time.time(),
+                                  role="admin")
 
         def check(session):
-            for label, token, reason in (("garbage", "garbage", re.compile(r"\S")),
-                                         ("expired", expired, re.compile("expired", re.I))):
+            for label, token, reason in (
+                    ("garbage", "garbage", re.compile(r"\S")),
+                    ("expired", expired, re.compile("expired", re.I)),
+                    ("foreign", foreign, re.compile("refused this token: invalid token"))):
                 page = session.new_page(label)
                 page.goto(self.hub.page_url(token))
                 expect(page.locator("#signin")).to_be_visible()
                 expect(page.locator("#signin-message")).to_be_visible()
                 expect(page.locator("#signin-message")).to_have_text(reason)
-                self.assertNotEqual(page.locator("#connection").get_attribute("data-state"),
-                                    "live", label)
+                expect(page.locator("#connection")).to_have_attribute("data-state", "refused")
 
         yield self.browse(check)
 

@@ -136,11 +136,13 @@ async function start() {
   page.token = storedToken();
   if (!page.token) return showSignIn("");
   page.claims = readClaims(page.token);
-  if (!page.claims) return signOut("That is not a token: a token is three parts separated by dots.");
-  if (tokenExpired()) return signOut(expiredMessage());
+  if (!page.claims) {
+    return signOut("That is not a token: a token is three parts separated by dots.", "refused");
+  }
+  if (tokenExpired()) return signOut(expiredMessage(), "refused");
   setConnection("connecting");
   const check = await checkToken();
-  if (check.refused) return signOut(check.refused);
+  if (check.refused) return signOut(check.refused, "refused");
   page.user = check.user || {
     id: page.claims.sub, name: page.claims.name ?? null, role: page.claims.role || "viewer",
   };
@@ -161,7 +163,9 @@ function connect() {
   });
 }
 
-function showSignIn(message) {
+// The sign-in form, saying why. `state` is what the header shows: "signed-out" when nobody is
+// signed in, "refused" when the hub would not take (or no longer takes) the token given.
+function showSignIn(message, state = "signed-out") {
   $("board").hidden = true;
   $("expiry").hidden = true;
   $("stopped").hidden = true;
@@ -170,7 +174,7 @@ function showSignIn(message) {
   $("signin").hidden = false;
   $("signin-message").textContent = message;
   $("signin-message").hidden = !message;
-  setConnection("signed-out");
+  setConnection(state);
   $("token-input").focus();
 }
 
@@ -190,13 +194,13 @@ function showBoard() {
   }
 }
 
-function signOut(message) {
+function signOut(message, state = "signed-out") {
   page.mc?.close();
   page.mc = null;
   analytics?.stop();
   storeToken(null);
   page.token = page.claims = page.user = null;
-  showSignIn(message);
+  showSignIn(message, state);
 }
 
 $("signin-form").addEventListener("submit", (ev) => {
@@ -274,7 +278,7 @@ function onStatus(status, detail) {
     case "stopped":
       if (detail?.fatal) {
         if (page.conn === "live") announce("Connection lost");
-        signOut(detail.message);
+        signOut(detail.message, page.token ? "refused" : "signed-out");
       } else if (detail?.code === 4009) {
         setConnection("closed", "Disconnected by an administrator");
         announce("Disconnected by an administrator");
