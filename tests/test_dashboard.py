@@ -715,6 +715,67 @@ class TimelineTests(QuietDashboardTestCase):
         yield self.browse(check)
 
 
+class PreferenceTests(QuietDashboardTestCase):
+    """The theme, remembered; the "/" shortcut."""
+
+    @defer.inlineCallbacks
+    def test_dark_theme_is_remembered_and_system_removes_it(self):
+        """
+        Choosing Dark in #theme sets <html data-theme="dark"> at once and keeps it across a
+        reload (localStorage), with #theme still on Dark; choosing System removes the
+        attribute, and a reload keeps it removed.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            html = page.locator("html")
+            self.assertIsNone(html.get_attribute("data-theme"))
+            page.locator("#theme").select_option("dark")
+            expect(html).to_have_attribute("data-theme", "dark")
+            page.reload()
+            live(page)
+            expect(html).to_have_attribute("data-theme", "dark")
+            expect(page.locator("#theme")).to_have_value("dark")
+
+            page.locator("#theme").select_option("system")
+            expect(html).not_to_have_attribute("data-theme", re.compile(".*"))
+            page.reload()
+            live(page)
+            expect(page.locator("#theme")).to_have_value("system")
+            self.assertIsNone(html.get_attribute("data-theme"))
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_slash_focuses_the_agent_search_outside_fields(self):
+        """
+        "/" pressed while the focus is on no field moves it to #agent-search without typing
+        the "/"; inside a field (the feed's filter, the search itself) "/" is typed as usual
+        and the focus stays.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            search = page.locator("#agent-search")
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            expect(search).not_to_be_focused()
+            page.keyboard.press("/")
+            expect(search).to_be_focused()
+            expect(search).to_have_value("")
+
+            page.locator("#feed-agent").focus()
+            page.keyboard.type("a/b")
+            expect(page.locator("#feed-agent")).to_have_value("a/b")
+            expect(page.locator("#feed-agent")).to_be_focused()
+
+            search.focus()
+            page.keyboard.type("x/y")
+            expect(search).to_have_value("x/y")
+            expect(search).to_be_focused()
+
+        yield self.browse(check)
+
+
 class QualityTests(DashboardTestCase):
     """Accessibility and the Content-Security-Policy."""
 
