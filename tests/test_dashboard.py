@@ -96,6 +96,38 @@ def timeline_seqs(page) -> list[int]:
                                      "items => items.map(item => Number(item.dataset.seq))")
 
 
+def record_websockets(page):
+    """
+    What C{page} does with WebSockets from now on: C{opened}, the URL of each one it opens, and
+    C{sent}, every frame it sends on them, decoded.  Call it before the page opens its first.
+    """
+    record = types.SimpleNamespace(opened=[], sent=[])
+
+    def opened(websocket):
+        record.opened.append(websocket.url)
+        websocket.on("framesent", lambda payload: record.sent.append(json.loads(payload)))
+
+    page.on("websocket", opened)
+    return record
+
+
+def auth_frames(record) -> list:
+    return [frame for frame in record.sent if frame.get("type") == "auth"]
+
+
+#: Before the page's own scripts: keep the code of every close of its WebSockets in
+#: C{window.__closeCodes}, as the page itself received them.
+RECORD_CLOSE_CODES = """
+    window.__closeCodes = [];
+    window.WebSocket = class extends window.WebSocket {
+        constructor(...args) {
+            super(...args);
+            this.addEventListener("close", (event) => window.__closeCodes.push(event.code));
+        }
+    };
+"""
+
+
 def read_download(page, button: str):
     """Click C{button}, which must start a download; its suggested file name and its text."""
     with page.expect_download() as info:
@@ -772,6 +804,70 @@ class PreferenceTests(QuietDashboardTestCase):
             page.keyboard.type("x/y")
             expect(search).to_have_value("x/y")
             expect(search).to_be_focused()
+
+        yield self.browse(check)
+
+
+class ExpiryTests(QuietDashboardTestCase):
+    """A token that runs out: the warning, the renewal, the end."""
+
+    @defer.inlineCallbacks
+    def test_a_short_token_warns_and_a_fresh_one_renews_it(self):
+        """
+        With a token of about 4 minutes, #expiry shows at once with the time left.  A token for
+        another user pasted into #renew-input is refused by the page, which sends nothing.  A
+        fresh token for the same user sends one auth frame carrying it on the open connection
+        (no reconnect), the page says "Renewed." in #renew-message, and the warning goes away.
+        """
+        short = yield self.hub.token("alice", "admin", ttl="4m")
+        fresh = yield self.hub.token("alice", "admin", ttl="1h")
+        other = yield self.hub.token("bob", "admin", ttl="1h")
+
+        def check(session):
+            page = session.page
+            sockets = record_websockets(page)
+            sign_in(self.hub, page, short)
+            expect(page.locator("#expiry")).to_be_visible()
+            expect(page.locator("#expiry-text")).to_contain_text(
+                re.compile(r"expires in [34] min"))
+
+            page.locator("#renew-input").fill(other)
+            page.locator("#renew-form button[type=submit]").click()
+            expect(page.locator("#renew-message")).to_contain_text("bob")
+            self.assertEqual(auth_frames(sockets), [])
+
+            page.locator("#renew-input").fill(fresh)
+            page.locator("#renew-form button[type=submit]").click()
+            expect(page.locator("#renew-message")).to_have_text("Renewed.")
+            self.assertEqual(auth_frames(sockets), [{"type": "auth", "token": fresh}])
+            expect(page.locator("#expiry")).to_be_hidden()
+            live(page)
+            self.assertEqual(len(sockets.opened), 1, sockets.opened)
+            self.assertEqual(
+                page.evaluate("sessionStorage.getItem('mission-control.token')"), fresh)
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_a_token_that_runs_out_ends_on_the_sign_in_form(self):
+        """
+        A token of a few seconds (mission-control token --ttl 6) signs in and goes live; the
+        page sends no auth frame of its own (it has no fresh token to send); when the hub
+        closes the connection with 4001 at the token's end, the page shows the sign-in form,
+        #signin-message saying the token expired, with #connection data-state "signed-out".
+        """
+        def check(session):
+            page = session.page
+            page.add_init_script(RECORD_CLOSE_CODES)
+            sockets = record_websockets(page)
+            token = session.call(self.hub.token, "alice", "admin", ttl="6")
+            sign_in(self.hub, page, token)
+            expect(page.locator("#expiry")).to_be_visible()
+            expect(page.locator("#signin")).to_be_visible(timeout=30_000)
+            expect(page.locator("#signin-message")).to_contain_text("expired")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
+            self.assertEqual(page.evaluate("window.__closeCodes"), [4001])
+            self.assertEqual(auth_frames(sockets), [])
 
         yield self.browse(check)
 
