@@ -26,6 +26,7 @@ import re
 import shutil
 import struct
 import sys
+import time
 import types
 from urllib.parse import parse_qs, urlsplit
 
@@ -50,6 +51,9 @@ SCREENSHOT = os.path.join(PROJECT_ROOT, "docs", "images", "dashboard.png")
 ONE_SECOND_MS = 1000
 #: How long a page may take to reconnect after the hub came back (its backoff included).
 RECONNECT_MS = 30_000
+#: Seconds a page closed by an administrator is watched for a reconnect of its own: many times
+#: the half second its first retry would wait at most.
+NO_RECONNECT_SECONDS = 3
 #: Text that an agent controls, and that must stay text.
 HOSTILE = "<img src=x onerror=alert(1)><b>bold</b>"
 
@@ -868,6 +872,52 @@ class ExpiryTests(QuietDashboardTestCase):
             expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
             self.assertEqual(page.evaluate("window.__closeCodes"), [4001])
             self.assertEqual(auth_frames(sockets), [])
+
+        yield self.browse(check)
+
+
+class StoppedTests(QuietDashboardTestCase):
+    """A connection an administrator closed."""
+
+    @defer.inlineCallbacks
+    def test_disconnected_by_an_administrator_waits_for_reconnect(self):
+        """
+        After an admin's DELETE /api/connections/<id> of the page's own connection, #connection
+        says "Disconnected by an administrator" and the page does not reconnect by itself (for
+        a few seconds, far longer than its first retry would wait, GET /api/connections lists
+        no connection of its user); pressing #reconnect makes it live again, on a new
+        connection.
+        """
+        viewer = yield self.hub.token("victor", "viewer")
+
+        def own_connections():
+            status, answer = self.hub.request("GET", "/api/connections", self.admin)
+            self.assertEqual(status, 200, answer)
+            return [c["id"] for c in answer["connections"] if c["user"] == "victor"]
+
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, viewer)
+            first = own_connections()
+            self.assertEqual(len(first), 1, first)
+            status, answer = self.hub.request("DELETE", f"/api/connections/{first[0]}",
+                                              self.admin)
+            self.assertEqual((status, answer), (200, {"closed": first[0]}))
+            expect(page.locator("#connection")).to_have_text("Disconnected by an administrator")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "closed")
+            expect(page.locator("#reconnect")).to_be_visible()
+            deadline = time.monotonic() + NO_RECONNECT_SECONDS
+            while time.monotonic() < deadline:
+                self.assertEqual(own_connections(), [])
+                page.wait_for_timeout(250)
+            expect(page.locator("#connection")).to_have_attribute("data-state", "closed")
+
+            page.locator("#reconnect").click()
+            live(page)
+            expect(page.locator("#reconnect")).to_be_hidden()
+            again = own_connections()
+            self.assertEqual(len(again), 1, again)
+            self.assertNotEqual(again, first)
 
         yield self.browse(check)
 
