@@ -922,6 +922,31 @@ class StoppedTests(QuietDashboardTestCase):
         yield self.browse(check)
 
 
+class SmallScreenTests(DashboardTestCase):
+    """The page on a phone."""
+
+    @defer.inlineCallbacks
+    def test_phone_viewport_has_no_horizontal_scrolling(self):
+        """
+        At 390x844 CSS pixels the signed-in page (with the demo fleet, its feed and the
+        analytics of an admin) is no wider than the screen (document.documentElement's
+        scrollWidth is at most 390), and the board and the feed are shown.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            expect(page.locator("#agents li.agent").first).to_be_visible()
+            expect(page.locator("#feed li.activity").first).to_be_visible()
+            expect(page.locator("#analytics")).to_be_visible()
+            expect(page.locator("#connections tbody tr").first).to_be_attached()
+            for box in ("#board", "#agents-scroll", "#feed-log"):
+                expect(page.locator(box)).to_be_visible()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            self.assertLessEqual(width, 390)
+
+        yield self.browse(check, viewport={"width": 390, "height": 844})
+
+
 class QualityTests(DashboardTestCase):
     """Accessibility and the Content-Security-Policy."""
 
