@@ -18,6 +18,9 @@ Set C{MISSION_CONTROL_SCREENSHOT=1} to write docs/images/dashboard.png from the 
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import re
 import shutil
@@ -25,6 +28,7 @@ import struct
 import sys
 import time
 import types
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
@@ -48,6 +52,9 @@ SCREENSHOT = os.path.join(PROJECT_ROOT, "docs", "images", "dashboard.png")
 ONE_SECOND_MS = 1000
 #: How long a page may take to reconnect after the hub came back (its backoff included).
 RECONNECT_MS = 30_000
+#: Seconds a page closed by an administrator is watched for a reconnect of its own: many times
+#: the half second its first retry would wait at most.
+NO_RECONNECT_SECONDS = 3
 #: Text that an agent controls, and that must stay text.
 HOSTILE = "<img src=x onerror=alert(1)><b>bold</b>"
 
@@ -82,6 +89,59 @@ def has_path(log, prefix: str) -> list[str]:
     return [path for path in log.request_paths() if path.startswith(prefix)]
 
 
+def shown_seqs(page) -> list[int]:
+    """The seqs of every item #feed shows, in its order (newest first)."""
+    return page.eval_on_selector_all("#feed li.activity",
+                                     "items => items.map(item => Number(item.dataset.seq))")
+
+
+def timeline_seqs(page) -> list[int]:
+    """The seqs of the items #timeline-events shows, in its order (oldest first)."""
+    return page.eval_on_selector_all("#timeline-events li",
+                                     "items => items.map(item => Number(item.dataset.seq))")
+
+
+def record_websockets(page):
+    """
+    What C{page} does with WebSockets from now on: C{opened}, the URL of each one it opens, and
+    C{sent}, every frame it sends on them, decoded.  Call it before the page opens its first.
+    """
+    record = types.SimpleNamespace(opened=[], sent=[])
+
+    def opened(websocket):
+        record.opened.append(websocket.url)
+        websocket.on("framesent", lambda payload: record.sent.append(json.loads(payload)))
+
+    page.on("websocket", opened)
+    return record
+
+
+def auth_frames(record) -> list:
+    return [frame for frame in record.sent if frame.get("type") == "auth"]
+
+
+#: Before the page's own scripts: keep the code of every close of its WebSockets in
+#: C{window.__closeCodes}, as the page itself received them.
+RECORD_CLOSE_CODES = """
+    window.__closeCodes = [];
+    window.WebSocket = class extends window.WebSocket {
+        constructor(...args) {
+            super(...args);
+            this.addEventListener("close", (event) => window.__closeCodes.push(event.code));
+        }
+    };
+"""
+
+
+def read_download(page, button: str):
+    """Click C{button}, which must start a download; its suggested file name and its text."""
+    with page.expect_download() as info:
+        page.locator(button).click()
+    download = info.value
+    with open(download.path(), encoding="utf-8", newline="") as f:
+        return download.suggested_filename, f.read()
+
+
 class DashboardTestCase(TestCase):
     """A hub with the demo fleet, and an admin token (alice), for each test."""
 
@@ -96,6 +156,19 @@ class DashboardTestCase(TestCase):
 
     def browse(self, fn, **context_options):
         return run_browser(self, fn, **context_options)
+
+
+class QuietDashboardTestCase(DashboardTestCase):
+    """
+    A hub without the demo fleet: nothing is published but what the test publishes, so counts
+    and orders are exact.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.hub = DashboardHub(self, demo=False)
+        yield self.hub.start()
+        self.admin = yield self.hub.token("alice", "admin", name="Alice")
 
 
 class SignInTests(DashboardTestCase):
@@ -450,6 +523,433 @@ class RoleTests(DashboardTestCase):
             self.assertEqual(status, 403, answer)
 
         yield self.browse(check)
+
+
+class FeedTests(QuietDashboardTestCase):
+    """The activity feed: pausing it, filtering it, exporting what it shows."""
+
+    @defer.inlineCallbacks
+    def test_scrolling_down_pauses_and_jump_to_live_catches_up(self):
+        """
+        Scrolling #feed-log down pauses the feed: #feed-live appears and #feed-mode says
+        "Paused".  Events published meanwhile do not enter #feed; #feed-missed counts them.
+        Pressing #feed-live shows them (newest first, above what was there), scrolls back to
+        the top, hides the button again and says "Following live"; scrolling back to the top
+        by hand after another pause does the same.
+        """
+        def check(session):
+            page = session.page
+            earlier = [self.hub.publish_activity(self.admin, "sess-long", activity="message",
+                                                 agentId="test-a", summary=f"earlier {i}")["seq"]
+                       for i in range(40)]
+            sign_in(self.hub, page, self.admin)
+            items = page.locator("#feed li.activity")
+            expect(items).to_have_count(40)
+            expect(page.locator("#feed-live")).to_be_hidden()
+            expect(page.locator("#feed-mode")).to_have_text("Following live")
+
+            page.locator("#feed-log").hover()
+            page.mouse.wheel(0, 600)
+            expect(page.locator("#feed-mode")).to_have_text("Paused")
+            expect(page.locator("#feed-live")).to_be_visible()
+            expect(page.locator("#feed-missed")).to_have_text("0")
+
+            held = [self.hub.publish_activity(self.admin, "sess-new", activity="message",
+                                              agentId="test-a", summary=f"while paused {i}")
+                    ["seq"] for i in range(3)]
+            expect(page.locator("#feed-missed")).to_have_text("3")
+            for seq in held:
+                expect(feed_item(page, seq)).to_have_count(0)
+            self.assertEqual(shown_seqs(page), sorted(earlier, reverse=True))
+            self.assertGreater(page.locator("#feed-log").evaluate("box => box.scrollTop"), 24)
+
+            page.locator("#feed-live").click()
+            expect(items).to_have_count(43)
+            self.assertEqual(shown_seqs(page), sorted(earlier + held, reverse=True))
+            expect(page.locator("#feed-live")).to_be_hidden()
+            expect(page.locator("#feed-mode")).to_have_text("Following live")
+            self.assertEqual(page.locator("#feed-log").evaluate("box => box.scrollTop"), 0)
+
+            page.locator("#feed-log").hover()
+            page.mouse.wheel(0, 600)
+            expect(page.locator("#feed-mode")).to_have_text("Paused")
+            more = self.hub.publish_activity(self.admin, "sess-new", activity="message",
+                                             agentId="test-a", summary="paused again")["seq"]
+            expect(page.locator("#feed-missed")).to_have_text("1")
+            expect(feed_item(page, more)).to_have_count(0)
+            page.locator("#feed-log").evaluate("box => { box.scrollTop = 0; }")
+            expect(feed_item(page, more)).to_have_count(1)
+            expect(page.locator("#feed-live")).to_be_hidden()
+            expect(page.locator("#feed-mode")).to_have_text("Following live")
+            self.assertEqual(shown_seqs(page)[0], more)
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_agent_and_session_filters_narrow_the_feed(self):
+        """
+        #feed-agent and #feed-session each narrow #feed to the items whose agent id, or
+        session id, contains what was typed (in any case); both together narrow to what matches
+        both, live events included; clearing them shows every item again, in order.
+        """
+        def check(session):
+            page = session.page
+            published = {}
+            for agent, sess in (("test-a", "sess-one"), ("test-b", "sess-one"),
+                                ("test-a", "sess-two"), ("test-b", "sess-two"),
+                                ("test-a", "sess-one"), ("test-b", "sess-two")):
+                event = self.hub.publish_activity(self.admin, sess, activity="message",
+                                                  agentId=agent, summary=f"{agent} in {sess}")
+                published[event["seq"]] = (agent, sess)
+            sign_in(self.hub, page, self.admin)
+            items = page.locator("#feed li.activity")
+            expect(items).to_have_count(len(published))
+
+            def seqs(agent=None, sess=None):
+                return sorted((seq for seq, (a, s) in published.items()
+                               if (agent is None or a == agent) and (sess is None or s == sess)),
+                              reverse=True)
+
+            page.locator("#feed-agent").fill("T-A")
+            expect(items).to_have_count(len(seqs(agent="test-a")))
+            self.assertEqual(shown_seqs(page), seqs(agent="test-a"))
+
+            page.locator("#feed-session").fill("two")
+            expect(items).to_have_count(len(seqs("test-a", "sess-two")))
+            self.assertEqual(shown_seqs(page), seqs("test-a", "sess-two"))
+
+            for agent in ("test-b", "test-a"):  # one filtered out, one shown
+                event = self.hub.publish_activity(self.admin, "sess-two", activity="message",
+                                                  agentId=agent, summary="live")
+                published[event["seq"]] = (agent, "sess-two")
+            expect(items).to_have_count(len(seqs("test-a", "sess-two")))
+            self.assertEqual(shown_seqs(page), seqs("test-a", "sess-two"))
+
+            page.locator("#feed-agent").fill("")
+            expect(items).to_have_count(len(seqs(sess="sess-two")))
+            self.assertEqual(shown_seqs(page), seqs(sess="sess-two"))
+
+            page.locator("#feed-session").fill("")
+            expect(items).to_have_count(len(published))
+            self.assertEqual(shown_seqs(page), seqs())
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_export_json_downloads_the_frames_shown(self):
+        """
+        #export-json downloads a .json file holding exactly the frames the feed shows (with
+        a filter on, only the matching ones), oldest first, each as the hub stored it: its
+        seq, type, ts and payload.
+        """
+        def check(session):
+            page = session.page
+            kept = []
+            for i in range(4):
+                kept.append(self.hub.publish_activity(
+                    self.admin, "sess-export", activity="tool_call", agentId="test-e",
+                    summary=f'step {i}, "quoted"', detail={"tool": "web.search"}))
+                self.hub.publish_activity(self.admin, "sess-other", activity="message",
+                                          agentId="test-e", summary=f"other {i}")
+            sign_in(self.hub, page, self.admin)
+            expect(page.locator("#feed li.activity")).to_have_count(8)
+            page.locator("#feed-session").fill("export")
+            expect(page.locator("#feed li.activity")).to_have_count(4)
+
+            name, text = read_download(page, "#export-json")
+            self.assertRegex(name, r"^mission-control-activity-.*\.json$")
+            exported = json.loads(text)
+            self.assertEqual([frame["seq"] for frame in exported],
+                             sorted(shown_seqs(page)))
+            self.assertEqual([{k: frame[k] for k in ("seq", "type", "ts", "payload")}
+                              for frame in exported],
+                             [{k: event[k] for k in ("seq", "type", "ts", "payload")}
+                              for event in kept])
+
+        yield self.browse(check)
+
+
+class TimelineTests(QuietDashboardTestCase):
+    """A session's timeline, opened from the feed."""
+
+    @defer.inlineCallbacks
+    def test_session_link_opens_its_history_then_live_events(self):
+        """
+        A feed item's button.session-link opens #timeline: #timeline-title contains the
+        session id and #timeline-events holds that session's events, oldest first, even those
+        published long before the page opened (more than the feed reads back, so absent from
+        the feed: they come from GET /api/events?channel=sessions:<id>); a later activity of
+        that session is appended live, one of another session is not; #timeline-close hides it.
+        """
+        def check(session):
+            page = session.page
+            old = [self.hub.publish_activity(self.admin, "sess-story", activity=activity,
+                                             agentId="test-t", summary=f"old {i}")["seq"]
+                   for i, activity in enumerate(("started", "tool_call", "message"))]
+            for i in range(310):  # more than the feed's backfill of 300 reaches back
+                self.hub.publish_activity(self.admin, "sess-filler", activity="message",
+                                          agentId="test-f", summary=f"filler {i}")
+            recent = self.hub.publish_activity(self.admin, "sess-story", activity="message",
+                                               agentId="test-t", summary="recent")["seq"]
+            sign_in(self.hub, page, self.admin)
+            expect(feed_item(page, recent)).to_have_count(1)
+            for seq in old:
+                expect(feed_item(page, seq)).to_have_count(0)
+            expect(page.locator("#timeline")).to_be_hidden()
+
+            feed_item(page, recent).locator("button.session-link").click()
+            expect(page.locator("#timeline")).to_be_visible()
+            expect(page.locator("#timeline-title")).to_contain_text("sess-story")
+            steps = page.locator("#timeline-events li")
+            expect(steps).to_have_count(4)
+            self.assertEqual(timeline_seqs(page), old + [recent])
+            channels = [parse_qs(urlsplit(path).query).get("channel")
+                        for path in has_path(session.log(page), "/api/events?")]
+            self.assertIn(["sessions:sess-story"], channels)
+
+            self.hub.publish_activity(self.admin, "sess-filler", activity="message",
+                                      agentId="test-f", summary="not this one")
+            later = self.hub.publish_activity(self.admin, "sess-story", activity="completed",
+                                              agentId="test-t", summary="later")["seq"]
+            expect(steps).to_have_count(5)
+            self.assertEqual(timeline_seqs(page), old + [recent, later])
+            expect(steps.last).to_have_attribute("data-activity", "completed")
+
+            page.locator("#timeline-close").click()
+            expect(page.locator("#timeline")).to_be_hidden()
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_export_csv_writes_one_row_per_event_and_formulas_as_text(self):
+        """
+        #timeline-export-csv downloads a .csv file: the header line, then one row per event of
+        the timeline, oldest first, with its seq, ts, type, agent, session, activity and
+        summary; commas and quotes survive quoting, and a summary beginning with "=" is written
+        as text, prefixed with a quote.
+        """
+        def check(session):
+            page = session.page
+            summaries = ["plain", 'with, a comma and "quotes"', "=SUM(A1:A9)", "=1,2"]
+            events = [self.hub.publish_activity(self.admin, "sess-csv", activity="message",
+                                                agentId="test-c", summary=summary)
+                      for summary in summaries]
+            sign_in(self.hub, page, self.admin)
+            expect(page.locator("#feed li.activity")).to_have_count(len(events))
+            feed_item(page, events[0]["seq"]).locator("button.session-link").click()
+            expect(page.locator("#timeline-events li")).to_have_count(len(events))
+
+            name, text = read_download(page, "#timeline-export-csv")
+            self.assertRegex(name, r"^mission-control-session-sess-csv-.*\.csv$")
+            self.assertTrue(text.startswith(
+                "seq,ts,type,agentId,sessionId,status,activity,message,summary\r\n"), text)
+            self.assertIn(",'=SUM(A1:A9)\r\n", text)
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+            self.assertEqual(rows[0], ["seq", "ts", "type", "agentId", "sessionId", "status",
+                                       "activity", "message", "summary"])
+            expected = [[str(e["seq"]), e["ts"], "session:activity", "test-c", "sess-csv", "",
+                         "message", "", summary]
+                        for e, summary in zip(events, ["plain", 'with, a comma and "quotes"',
+                                                       "'=SUM(A1:A9)", "'=1,2"])]
+            self.assertEqual(rows[1:], expected)
+
+        yield self.browse(check)
+
+
+class PreferenceTests(QuietDashboardTestCase):
+    """The theme, remembered; the "/" shortcut."""
+
+    @defer.inlineCallbacks
+    def test_dark_theme_is_remembered_and_system_removes_it(self):
+        """
+        Choosing Dark in #theme sets <html data-theme="dark"> at once and keeps it across a
+        reload (localStorage), with #theme still on Dark; choosing System removes the
+        attribute, and a reload keeps it removed.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            html = page.locator("html")
+            self.assertIsNone(html.get_attribute("data-theme"))
+            page.locator("#theme").select_option("dark")
+            expect(html).to_have_attribute("data-theme", "dark")
+            page.reload()
+            live(page)
+            expect(html).to_have_attribute("data-theme", "dark")
+            expect(page.locator("#theme")).to_have_value("dark")
+
+            page.locator("#theme").select_option("system")
+            expect(html).not_to_have_attribute("data-theme", re.compile(".*"))
+            page.reload()
+            live(page)
+            expect(page.locator("#theme")).to_have_value("system")
+            self.assertIsNone(html.get_attribute("data-theme"))
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_slash_focuses_the_agent_search_outside_fields(self):
+        """
+        "/" pressed while the focus is on no field moves it to #agent-search without typing
+        the "/"; inside a field (the feed's filter, the search itself) "/" is typed as usual
+        and the focus stays.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            search = page.locator("#agent-search")
+            page.evaluate("document.activeElement && document.activeElement.blur()")
+            expect(search).not_to_be_focused()
+            page.keyboard.press("/")
+            expect(search).to_be_focused()
+            expect(search).to_have_value("")
+
+            page.locator("#feed-agent").focus()
+            page.keyboard.type("a/b")
+            expect(page.locator("#feed-agent")).to_have_value("a/b")
+            expect(page.locator("#feed-agent")).to_be_focused()
+
+            search.focus()
+            page.keyboard.type("x/y")
+            expect(search).to_have_value("x/y")
+            expect(search).to_be_focused()
+
+        yield self.browse(check)
+
+
+class ExpiryTests(QuietDashboardTestCase):
+    """A token that runs out: the warning, the renewal, the end."""
+
+    @defer.inlineCallbacks
+    def test_a_short_token_warns_and_a_fresh_one_renews_it(self):
+        """
+        With a token of about 4 minutes, #expiry shows at once with the time left.  A token for
+        another user pasted into #renew-input is refused by the page, which sends nothing.  A
+        fresh token for the same user sends one auth frame carrying it on the open connection
+        (no reconnect), the page says "Renewed." in #renew-message, and the warning goes away.
+        """
+        short = yield self.hub.token("alice", "admin", ttl="4m")
+        fresh = yield self.hub.token("alice", "admin", ttl="1h")
+        other = yield self.hub.token("bob", "admin", ttl="1h")
+
+        def check(session):
+            page = session.page
+            sockets = record_websockets(page)
+            sign_in(self.hub, page, short)
+            expect(page.locator("#expiry")).to_be_visible()
+            expect(page.locator("#expiry-text")).to_contain_text(
+                re.compile(r"expires in [34] min"))
+
+            page.locator("#renew-input").fill(other)
+            page.locator("#renew-form button[type=submit]").click()
+            expect(page.locator("#renew-message")).to_contain_text("bob")
+            self.assertEqual(auth_frames(sockets), [])
+
+            page.locator("#renew-input").fill(fresh)
+            page.locator("#renew-form button[type=submit]").click()
+            expect(page.locator("#renew-message")).to_have_text("Renewed.")
+            self.assertEqual(auth_frames(sockets), [{"type": "auth", "token": fresh}])
+            expect(page.locator("#expiry")).to_be_hidden()
+            live(page)
+            self.assertEqual(len(sockets.opened), 1, sockets.opened)
+            self.assertEqual(
+                page.evaluate("sessionStorage.getItem('mission-control.token')"), fresh)
+
+        yield self.browse(check)
+
+    @defer.inlineCallbacks
+    def test_a_token_that_runs_out_ends_on_the_sign_in_form(self):
+        """
+        A token of a few seconds (mission-control token --ttl 6) signs in and goes live; the
+        page sends no auth frame of its own (it has no fresh token to send); when the hub
+        closes the connection with 4001 at the token's end, the page shows the sign-in form,
+        #signin-message saying the token expired, with #connection data-state "signed-out".
+        """
+        def check(session):
+            page = session.page
+            page.add_init_script(RECORD_CLOSE_CODES)
+            sockets = record_websockets(page)
+            token = session.call(self.hub.token, "alice", "admin", ttl="6")
+            sign_in(self.hub, page, token)
+            expect(page.locator("#expiry")).to_be_visible()
+            expect(page.locator("#signin")).to_be_visible(timeout=30_000)
+            expect(page.locator("#signin-message")).to_contain_text("expired")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
+            self.assertEqual(page.evaluate("window.__closeCodes"), [4001])
+            self.assertEqual(auth_frames(sockets), [])
+
+        yield self.browse(check)
+
+
+class StoppedTests(QuietDashboardTestCase):
+    """A connection an administrator closed."""
+
+    @defer.inlineCallbacks
+    def test_disconnected_by_an_administrator_waits_for_reconnect(self):
+        """
+        After an admin's DELETE /api/connections/<id> of the page's own connection, #connection
+        says "Disconnected by an administrator" and the page does not reconnect by itself (for
+        a few seconds, far longer than its first retry would wait, GET /api/connections lists
+        no connection of its user); pressing #reconnect makes it live again, on a new
+        connection.
+        """
+        viewer = yield self.hub.token("victor", "viewer")
+
+        def own_connections():
+            status, answer = self.hub.request("GET", "/api/connections", self.admin)
+            self.assertEqual(status, 200, answer)
+            return [c["id"] for c in answer["connections"] if c["user"] == "victor"]
+
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, viewer)
+            first = own_connections()
+            self.assertEqual(len(first), 1, first)
+            status, answer = self.hub.request("DELETE", f"/api/connections/{first[0]}",
+                                              self.admin)
+            self.assertEqual((status, answer), (200, {"closed": first[0]}))
+            expect(page.locator("#connection")).to_have_text("Disconnected by an administrator")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "closed")
+            expect(page.locator("#reconnect")).to_be_visible()
+            deadline = time.monotonic() + NO_RECONNECT_SECONDS
+            while time.monotonic() < deadline:
+                self.assertEqual(own_connections(), [])
+                page.wait_for_timeout(250)
+            expect(page.locator("#connection")).to_have_attribute("data-state", "closed")
+
+            page.locator("#reconnect").click()
+            live(page)
+            expect(page.locator("#reconnect")).to_be_hidden()
+            again = own_connections()
+            self.assertEqual(len(again), 1, again)
+            self.assertNotEqual(again, first)
+
+        yield self.browse(check)
+
+
+class SmallScreenTests(DashboardTestCase):
+    """The page on a phone."""
+
+    @defer.inlineCallbacks
+    def test_phone_viewport_has_no_horizontal_scrolling(self):
+        """
+        At 390x844 CSS pixels the signed-in page (with the demo fleet, its feed and the
+        analytics of an admin) is no wider than the screen (document.documentElement's
+        scrollWidth is at most 390), and the board and the feed are shown.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            expect(page.locator("#agents li.agent").first).to_be_visible()
+            expect(page.locator("#feed li.activity").first).to_be_visible()
+            expect(page.locator("#analytics")).to_be_visible()
+            expect(page.locator("#connections tbody tr").first).to_be_attached()
+            for box in ("#board", "#agents-scroll", "#feed-log"):
+                expect(page.locator(box)).to_be_visible()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            self.assertLessEqual(width, 390)
+
+        yield self.browse(check, viewport={"width": 390, "height": 844})
 
 
 class QualityTests(DashboardTestCase):

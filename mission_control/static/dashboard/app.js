@@ -92,6 +92,10 @@ function tokenExpired() {
 // The client calls this before every attempt (and on auth:expiring). The token is the one the
 // user gave; a refused or expired one stops the client, which then shows the sign-in form.
 async function getToken() {
+  // Asked on auth:expiring, while connected: the hub already holds this token, and sending it
+  // back would only have it warn again at once. A fresh one comes from the user, through the
+  // expiry banner, which sends it itself.
+  if (page.welcomed) throw new Error("no fresh token: the expiry banner asks the user for one");
   if (!page.token) throw fatal("You signed out.");
   if (page.refused) throw fatal(page.refused);
   if (tokenExpired()) throw fatal(expiredMessage());
