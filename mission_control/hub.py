@@ -144,6 +144,9 @@ class _Session:
     timers: list = field(default_factory=list)
     channels: set = field(default_factory=set)
     timed_out: bool = False
+    #: The token expiry that C{auth:expiring} already warned of: an C{auth} frame that does not
+    #: move it (the same token sent back) is not warned of again.
+    warned_for: float | None = None
 
 
 @dataclass(eq=False)
@@ -719,14 +722,17 @@ class Hub:
                 self._expired, session,
             )
         ]
-        if principal.expires_at + leeway > now:
-            # A token with less than a minute left is warned at once, so it can still be renewed.
+        if principal.expires_at + leeway > now and session.warned_for != principal.expires_at:
+            # A token with less than a minute left is warned at once, so it can still be renewed;
+            # once per expiry time, else a client that answers each warning with a token of the
+            # same exp (its own, back) would get a warning after every answer, in a loop.
             session.timers.append(
                 self.clock.callLater(max(0.0, warn_in), self._expiring, session)
             )
 
     def _expiring(self, session: _Session) -> None:
         expires_at = session.conn.principal.expires_at
+        session.warned_for = expires_at
         session.conn.send_frame(
             self._frame("auth:expiring", {
                 "expiresAt": events.format_timestamp(expires_at),

@@ -863,7 +863,7 @@ class ExpiryTests(QuietDashboardTestCase):
         A token of a few seconds (mission-control token --ttl 6) signs in and goes live; the
         page sends no auth frame of its own (it has no fresh token to send); when the hub
         closes the connection with 4001 at the token's end, the page shows the sign-in form,
-        #signin-message saying the token expired, with #connection data-state "signed-out".
+        #signin-message saying the token expired, with #connection data-state "refused".
         """
         def check(session):
             page = session.page
@@ -874,7 +874,7 @@ class ExpiryTests(QuietDashboardTestCase):
             expect(page.locator("#expiry")).to_be_visible()
             expect(page.locator("#signin")).to_be_visible(timeout=30_000)
             expect(page.locator("#signin-message")).to_contain_text("expired")
-            expect(page.locator("#connection")).to_have_attribute("data-state", "signed-out")
+            expect(page.locator("#connection")).to_have_attribute("data-state", "refused")
             self.assertEqual(page.evaluate("window.__closeCodes"), [4001])
             self.assertEqual(auth_frames(sockets), [])
 

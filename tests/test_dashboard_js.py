@@ -214,7 +214,8 @@ class RateCounterTests(NodeTestCase):
         ignored).  perMinute(now) sums the 60 whole seconds ending with now's and says over how
         many seconds the page has watched (at least 1, at most 60, from start()); series(now)
         gives the last 300 whole seconds before now's (which is not over yet), oldest first,
-        with 0 for a quiet second; prune(now) forgets what lies before that window.
+        with 0 for a quiet second and null for a second before start() (unknown, not quiet);
+        prune(now) forgets what lies before that window.
         """
         base = 1_800_000_000  # a whole second, in seconds since the epoch
 
@@ -230,25 +231,33 @@ class RateCounterTests(NodeTestCase):
         got = self.run_js("""
             const rate = new analytics.RateCounter();
             const before = rate.perMinute(given.now);
-            rate.start(given.now - 10_000);
+            rate.start(given.now - 100_000);
             for (const ts of given.stamps) rate.count(ts);
             const [xs, ys] = rate.series(given.now);
             const counted = [...rate.buckets.entries()].sort((a, b) => a[0] - b[0]);
             rate.prune(given.now);
+            const fresh = new analytics.RateCounter();
+            fresh.start(given.now - 10_000);
             report({
+              freshSeconds: fresh.perMinute(given.now).seconds,
               before, counted,
               perMinute: rate.perMinute(given.now),
               later: rate.perMinute(given.now + 120_000),
               xs: [xs.length, xs[0], xs.at(-1)],
-              ys: { total: ys.reduce((a, b) => a + b, 0), last: ys.at(-1), atMinus59: ys[ys.length - 59] },
+              ys: {
+                total: ys.reduce((a, b) => a + b, 0), last: ys.at(-1), atMinus59: ys[ys.length - 59],
+                firstCounted: ys[ys.length - 100], beforeStart: ys[ys.length - 101],
+              },
               kept: [...rate.buckets.keys()].sort((a, b) => a - b),
             });
         """, {"now": base * 1000 + 500, "stamps": stamps})
         self.assertEqual(got["before"], {"events": 0, "seconds": 0})
         self.assertEqual(got["counted"], [[base - 400, 1], [base - 60, 1], [base - 59, 2],
                                           [base - 1, 2], [base, 1]])
-        self.assertEqual(got["perMinute"], {"events": 5, "seconds": 10})
+        self.assertEqual(got["perMinute"], {"events": 5, "seconds": 60})
+        self.assertEqual(got["freshSeconds"], 10)
         self.assertEqual(got["later"], {"events": 0, "seconds": 60})
         self.assertEqual(got["xs"], [300, base - 300, base - 1])
-        self.assertEqual(got["ys"], {"total": 5, "last": 2, "atMinus59": 2})
+        self.assertEqual(got["ys"], {"total": 5, "last": 2, "atMinus59": 2, "firstCounted": 0,
+                                     "beforeStart": None})
         self.assertEqual(got["kept"], [base - 60, base - 59, base - 1, base])

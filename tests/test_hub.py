@@ -598,6 +598,29 @@ class TokenLifecycleTests(HubTestCase):
         self.clock.advance(1000)
         self.assertEqual(conn.closed_with[0], 4001)
 
+    def test_same_expiry_is_warned_once(self):
+        """
+        A client that answers auth:expiring with a token of the same exp (its own, sent back)
+        gets auth:ok but no second warning, at once or later: the warning is not a loop. A
+        token that moves the exp is warned of again, a minute before its own end.
+        """
+        now = self.clock.seconds()
+        conn = self.connect(expires_at=now + 100)
+        same = auth.mint_token(SECRET, "alice", now, ttl=100)
+        self.clock.advance(40)
+        self.assertEqual(conn.types().count("auth:expiring"), 1)
+        for _ in range(3):
+            self.assertEqual(self.auth(conn, same)["type"], "auth:ok")
+            self.clock.advance(0)
+        self.clock.advance(30)
+        self.assertEqual(conn.types().count("auth:expiring"), 1)
+        later = self.token(ttl=170)  # exp at now + 240
+        self.assertEqual(self.auth(conn, later)["type"], "auth:ok")
+        self.clock.advance(109)
+        self.assertEqual(conn.types().count("auth:expiring"), 1)
+        self.clock.advance(1)
+        self.assertEqual(conn.types().count("auth:expiring"), 2)
+
     def test_token_for_another_user(self):
         """A token for another sub gets an error frame and close 4003."""
         conn = self.connect()
