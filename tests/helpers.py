@@ -11,7 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -576,3 +579,18 @@ def fill_sessions(server: RunningServer, count: int, size: int = 8000) -> None:
         payload = events.session_activity(
             {"activity": "tool_call", "detail": {"blob": "x" * size}}, now, f"s{i}")
         server.hub.publish(events.SESSION_ACTIVITY, payload)
+
+
+def node_version() -> tuple[str, tuple[int, int], str]:
+    """
+    The machine's C{node}: its path, its (major, minor) version and the version as it prints it;
+    or skip the test, saying why it cannot run (.ci/run installs Node.js, so CI never skips).
+    """
+    found = shutil.which("node")
+    if found is None:
+        raise SkipTest("node is not installed (.ci/run installs it)")
+    printed = subprocess.run([found, "--version"], capture_output=True, text=True).stdout.strip()
+    match = re.match(r"v(\d+)\.(\d+)", printed)
+    if match is None:
+        raise SkipTest(f"cannot tell the version of {found}: {printed!r}")
+    return found, (int(match.group(1)), int(match.group(2))), printed

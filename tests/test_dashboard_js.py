@@ -16,15 +16,13 @@ import csv
 import io
 import json
 import pathlib
-import re
-import shutil
 import subprocess
 import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from mission_control import auth
-from tests.helpers import PROJECT_ROOT
+from tests.helpers import PROJECT_ROOT, node_version
 
 DASHBOARD = pathlib.Path(PROJECT_ROOT, "mission_control", "static", "dashboard")
 #: The oldest Node.js with every global the page's helpers use (atob, TextDecoder, replaceAll).
@@ -36,16 +34,10 @@ CSV_COLUMNS = ["seq", "ts", "type", "agentId", "sessionId", "status", "activity"
 
 def node() -> str:
     """The machine's C{node}, or skip the test saying why it cannot run."""
-    found = shutil.which("node")
-    if found is None:
-        raise SkipTest("node is not installed (.ci/run installs it)")
-    version = subprocess.run([found, "--version"], capture_output=True, text=True).stdout
-    match = re.match(r"v(\d+)\.", version.strip())
-    if match is None:
-        raise SkipTest(f"cannot tell the version of {found}: {version!r}")
-    if int(match.group(1)) < NODE_MAJOR:
+    found, (major, _), printed = node_version()
+    if major < NODE_MAJOR:
         raise SkipTest(f"the dashboard's JavaScript needs Node.js {NODE_MAJOR} or newer; "
-                       f"this is {version.strip()}")
+                       f"this is {printed}")
     return found
 
 

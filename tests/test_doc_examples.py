@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import urllib.error
 
@@ -36,6 +35,7 @@ from tests.helpers import (
     ChildProcess,
     connect,
     free_port,
+    node_version,
     spawn_process,
     start_server,
     wait_until,
@@ -185,19 +185,12 @@ def node_command(testcase) -> list[str]:
     How docs/delivery.md says to run its Node.js example on this machine's C{node}: plain on
     Node.js 22 or newer, with C{--experimental-websocket} on 20.10 or newer; else skip.
     """
-    node = shutil.which("node")
-    if node is None:
-        raise SkipTest("node is not installed (.ci/run installs it)")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True).stdout
-    match = re.match(r"v(\d+)\.(\d+)", version.strip())
-    if match is None:
-        raise SkipTest(f"cannot tell the version of {node}: {version!r}")
-    major, minor = int(match.group(1)), int(match.group(2))
+    node, (major, minor), printed = node_version()
     if major >= 22:
         return [node]
     if (major, minor) >= (20, 10):
         return [node, "--experimental-websocket"]
-    raise SkipTest(f"the example needs Node.js 22, or 20.10 with a flag; this is {version.strip()}")
+    raise SkipTest(f"the example needs Node.js 22, or 20.10 with a flag; this is {printed}")
 
 
 def publish_status(server, agent_id, status="online"):

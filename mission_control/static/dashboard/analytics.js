@@ -220,11 +220,21 @@ export class Analytics {
     document.head.append(css, script);
   }
 
+  // A colour of the theme as the canvas needs it: the custom properties hold light-dark(...),
+  // which only the browser's style engine resolves.
+  themeColor(property) {
+    const probe = el("span", { hidden: true });
+    probe.style.color = `var(${property})`;
+    this.chartBox.append(probe);
+    const color = getComputedStyle(probe).color;
+    probe.remove();
+    return color;
+  }
+
   buildChart() {
-    const styles = getComputedStyle(document.documentElement);
-    const stroke = styles.getPropertyValue("--accent").trim() || "#0f766e";
-    const axis = styles.getPropertyValue("--muted").trim() || "#666";
-    const grid = styles.getPropertyValue("--line").trim() || "#ddd";
+    const stroke = this.themeColor("--accent");
+    const axis = this.themeColor("--muted");
+    const grid = this.themeColor("--line");
     const width = Math.max(240, this.chartBox.clientWidth || 320);
     this.chart = new window.uPlot({
       width, height: 160, legend: { show: false }, cursor: { show: false },
@@ -238,7 +248,7 @@ export class Analytics {
         },
         { stroke: axis, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid }, size: 40 },
       ],
-      series: [{}, { label: "events/s", stroke, width: 2, fill: `${stroke}22`, points: { show: false } }],
+      series: [{}, { label: "events/s", stroke, width: 2, fill: stroke.replace(/^rgb\((.*)\)$/, "rgb($1 / 13%)").replace(/,/g, ""), points: { show: false } }],
     }, this.rate.series(this.hubNow()), this.chartBox);
     if (!this.resizer) {
       this.resizer = new ResizeObserver(() => {
