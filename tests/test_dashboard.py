@@ -410,6 +410,37 @@ class BoardTests(DashboardTestCase):
         yield self.browse(check)
 
 
+class AnnouncementTests(DashboardTestCase):
+    """What the page says to screen readers: status changes that matter, politely, and no more."""
+
+    @defer.inlineCallbacks
+    def test_an_agent_turning_to_error_is_announced_and_activity_is_not(self):
+        """
+        #announcer is a polite live region; an agent turning to error puts "<name> is in error"
+        in it, while session activity, which fills the feed (a log region that is not live),
+        announces nothing.
+        """
+        def check(session):
+            page = session.page
+            sign_in(self.hub, page, self.admin)
+            announcer = page.locator("#announcer")
+            expect(announcer).to_have_attribute("aria-live", "polite")
+            expect(page.locator("#feed-log")).to_have_attribute("aria-live", "off")
+            self.hub.publish_status(self.admin, "test-e", status="busy", name="Edda")
+            expect(card(page, "test-e")).to_have_count(1)
+            page.evaluate("document.getElementById('announcer').textContent = ''")
+            event = self.hub.publish_activity(self.admin, "sess-quiet", activity="message",
+                                              agentId="test-e", summary="a quiet line")
+            expect(feed_item(page, event["seq"])).to_have_count(1)
+            page.wait_for_timeout(300)  # an announcement is written 50 ms after it is made
+            self.assertEqual(announcer.text_content(), "")
+            self.hub.publish_status(self.admin, "test-e", status="error", name="Edda",
+                                    message="tool call failed")
+            expect(announcer).to_have_text("Edda is in error")
+
+        yield self.browse(check)
+
+
 class ReconnectTests(DashboardTestCase):
     """The page across a restart of the hub."""
 
