@@ -478,6 +478,81 @@ class ReconnectTests(DashboardTestCase):
         yield self.browse(check)
 
 
+class RedrawTests(TestCase):
+    """The page when the hub cannot replay what it missed, and while the tab is hidden."""
+
+    skip = UNAVAILABLE
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        # --store memory: a restart loses the history and starts a new epoch.
+        self.hub = DashboardHub(self, demo=False, args=["--store", "memory"])
+        yield self.hub.start()
+        self.admin = yield self.hub.token("alice", "admin", name="Alice")
+
+    @defer.inlineCallbacks
+    def test_a_hub_that_lost_its_history_makes_the_page_redraw(self):
+        """
+        After a restart that lost the history (a new epoch), the resume is answered
+        recovered: false; the page redraws the board from the new snapshot (the agent the old
+        history had is gone, the new one is there) and says in the feed that events were not
+        replayed.
+        """
+        def check(session):
+            page = session.page
+            self.hub.publish_status(self.admin, "test-old", status="busy", message="before")
+            sign_in(self.hub, page, self.admin)
+            expect(card(page, "test-old")).to_have_count(1)
+
+            session.call(self.hub.stop)
+            expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+            session.call(self.hub.start)
+            self.hub.publish_status(self.admin, "test-new", status="online", message="after")
+            expect(card(page, "test-new")).to_have_count(1, timeout=RECONNECT_MS)
+            live(page)
+            expect(card(page, "test-old")).to_have_count(0)
+            expect(page.locator("#feed li.feed-gap")).to_contain_text("could not be replayed")
+
+        yield run_browser(self, check)
+
+    @defer.inlineCallbacks
+    def test_a_hidden_tab_draws_nothing_and_catches_up_when_shown(self):
+        """
+        While the document is hidden, events are taken in but the page draws none of them (no
+        card changes, no feed item appears); once it is shown again, it draws them all in one
+        go.
+        """
+        def check(session):
+            page = session.page
+            page.add_init_script("""
+                window.__hidden = false;
+                Object.defineProperty(document, "hidden", {get: () => window.__hidden});
+                Object.defineProperty(document, "visibilityState",
+                                      {get: () => (window.__hidden ? "hidden" : "visible")});
+            """)
+            self.hub.publish_status(self.admin, "test-h", status="idle", message="visible")
+            sign_in(self.hub, page, self.admin)
+            expect(card(page, "test-h").locator(".agent-message")).to_have_text("visible")
+
+            page.evaluate("window.__hidden = true; "
+                          "document.dispatchEvent(new Event('visibilitychange'))")
+            self.hub.publish_status(self.admin, "test-h", status="busy", message="while hidden")
+            event = self.hub.publish_activity(self.admin, "sess-h", activity="message",
+                                              agentId="test-h", summary="while hidden")
+            # Time enough for the events to arrive and, were the page drawing, to be drawn.
+            page.wait_for_timeout(1500)
+            expect(card(page, "test-h").locator(".agent-message")).to_have_text("visible")
+            expect(feed_item(page, event["seq"])).to_have_count(0)
+
+            page.evaluate("window.__hidden = false; "
+                          "document.dispatchEvent(new Event('visibilitychange'))")
+            expect(card(page, "test-h").locator(".agent-message")).to_have_text("while hidden")
+            expect(feed_item(page, event["seq"])).to_have_count(1)
+
+        yield run_browser(self, check)
+
+
 class RoleTests(DashboardTestCase):
     """What each role sees of the analytics, and the administrator's disconnect."""
 
