@@ -16,7 +16,6 @@ import math
 import os
 import re
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from mission_control.channels import parse_claim
 from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
+from mission_control.lru import BoundedLRU
 from mission_control.text import decode_json, is_display_text
 
 ROLES = ("admin", "operator", "viewer", "agent")
@@ -147,14 +147,14 @@ class TokenVerifier:
     #: How many verified tokens to remember (see L{verify}).
     cache_size: int = 4096
     _options: dict = field(init=False, repr=False)
-    _verified: OrderedDict = field(init=False, repr=False)
+    _verified: BoundedLRU = field(init=False, repr=False)
     _jwt: _StrictJWT = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.algorithms:
             raise ValueError("at least one algorithm is required")
         self.algorithms = list(self.algorithms)
-        self._verified = OrderedDict()
+        self._verified = BoundedLRU(self.cache_size)
         self._jwt = _StrictJWT()
         # Time claims are checked by us against the injected clock (PyJWT reads time.time()),
         # the rest by PyJWT.  Nothing is required by PyJWT's default: require what we need.
@@ -190,13 +190,10 @@ class TokenVerifier:
         # cost of an API call.  Time claims are checked again on every call, against `now`.
         claims = self._verified.get(token)
         if claims is not None:
-            self._verified.move_to_end(token)
             return self._principal(claims, now)
         claims = self._decode(token)
         principal = self._principal(claims, now)
-        self._verified[token] = claims
-        if len(self._verified) > self.cache_size:
-            self._verified.popitem(last=False)
+        self._verified.put(token, claims)
         return principal
 
     def _decode(self, token: str) -> Mapping:

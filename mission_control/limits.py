@@ -5,7 +5,7 @@ Rate limits, as pure objects that take the time as a parameter.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from mission_control.lru import BoundedLRU
 
 
 class TokenBucket:
@@ -52,17 +52,15 @@ class RateLimits:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: BoundedLRU[str, TokenBucket] = BoundedLRU(max_keys)
         TokenBucket(rate, burst, 0.0)  # refuse a bad rate or burst now, not at the first call
 
     def take(self, key: str, now: float) -> bool:
         """Take one token from C{key}'s bucket at time C{now}; C{False} when there is none."""
-        bucket = self._buckets.pop(key, None)
+        bucket = self._buckets.get(key)
         if bucket is None:
             bucket = TokenBucket(self.rate, self.burst, now)
-        self._buckets[key] = bucket
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
+            self._buckets.put(key, bucket)
         return bucket.take(now)
 
     def __len__(self) -> int:
