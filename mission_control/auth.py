@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from mission_control.channels import parse_claim
 from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
 from mission_control.lru import BoundedLRU
+from mission_control.policy import ROLES, Principal  # noqa: F401 (Principal: what verify() makes)
 from mission_control.text import decode_json, is_display_text
 
-ROLES = ("admin", "operator", "viewer", "agent")
 DEFAULT_ROLE = "viewer"
 
 #: An HMAC secret shorter than this is refused at start (RFC 7518 section 3.2 asks for at least
@@ -105,27 +105,6 @@ class _StrictJWT(jwt.PyJWT):
         if not isinstance(payload, dict):
             raise jwt.DecodeError("invalid payload")
         return payload
-
-
-@dataclass(frozen=True)
-class Principal:
-    """
-    A verified caller: the token's claims that the hub acts on.
-
-    @ivar sub: the user id (for role C{agent}, the agent id).
-    @ivar expires_at: the token's C{exp}, seconds since the epoch.
-    """
-
-    sub: str
-    role: str
-    name: str | None
-    expires_at: float
-    #: The token's C{channels} claim (names and C{prefix:*} patterns), or None: see L{channels}.
-    channels: tuple[str, ...] | None = None
-
-    def as_user(self) -> dict:
-        """The C{user} object of the C{welcome} frame."""
-        return {"id": self.sub, "name": self.name, "role": self.role}
 
 
 @dataclass
@@ -335,32 +314,6 @@ class OriginPolicy:
             return True
         normalized = normalize_origin(origin)
         return normalized is not None and normalized in self._allowed
-
-
-# Who may do what.  One place for the role rules, used by the HTTP API and the WebSocket.
-
-
-def may_publish_agent_status(principal: Principal, agent_id: str) -> bool:
-    """Admins and operators publish for any agent; an agent only for itself."""
-    if principal.role in ("admin", "operator"):
-        return True
-    return principal.role == "agent" and principal.sub == agent_id
-
-
-def may_publish_session_activity(principal: Principal, agent_id: str | None) -> bool:
-    """Admins and operators publish any activity; an agent only activity that names it."""
-    if principal.role in ("admin", "operator"):
-        return True
-    return principal.role == "agent" and agent_id == principal.sub
-
-
-def may_list_connections(principal: Principal) -> bool:
-    return principal.role in ("admin", "operator")
-
-
-def may_close_connections(principal: Principal) -> bool:
-    """Only admins close other people's connections (operators may look at them)."""
-    return principal.role == "admin"
 
 
 # The secret: generated for development, read from a file in production.

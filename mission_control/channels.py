@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_channels -*-
 """
-Channels: which events a connection receives, and who may receive what.
+Channels: their names, and which events each carries (who may receive them: L{policy}).
 
     agents                every agent:status
     agents:<agentId>      that agent's agent:status
@@ -19,12 +19,9 @@ Pure functions of their inputs; the hub keeps the index from channel to connecti
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import Iterable
 
 from mission_control.ids import is_valid_id
-
-if TYPE_CHECKING:
-    from mission_control.auth import Principal
 
 AGENTS = "agents"
 SESSIONS = "sessions"
@@ -91,53 +88,6 @@ def stored_events_of(name: str) -> tuple[str, str | None] | None:
     if event_type is None:
         return None
     return event_type, (rest or None)
-
-
-def _claim_allows(claim: Sequence[str], channel: str) -> bool:
-    parent = channel.partition(":")[0]
-    for entry in claim:
-        if entry == channel:
-            return True
-        if entry == parent and parent in (AGENTS, SESSIONS):
-            return True  # "agents" allows every "agents:<id>"
-        if entry.endswith(":*") and channel.startswith(entry[:-1]):
-            return True
-    return False
-
-
-def may_subscribe(
-    principal: Principal,
-    channel: str,
-    owns_session: Callable[[str], bool] = lambda session_id: False,
-) -> bool:
-    """
-    Whether C{principal} may receive C{channel}.  C{owns_session(id)} tells whether the agent
-    C{principal} publishes the session C{id} (the hub asks its store).
-    """
-    role = principal.role
-    parent, _, rest = channel.partition(":")
-    if role in ("admin", "operator"):
-        allowed = True
-    elif role == "viewer":
-        allowed = parent in TOP_LEVEL
-    elif role == "agent":
-        allowed = (parent == AGENTS and rest == principal.sub) or (
-            parent == SESSIONS and bool(rest) and owns_session(rest)
-        )
-    else:
-        allowed = False
-    if allowed and principal.channels is not None:
-        allowed = _claim_allows(principal.channels, channel)
-    return allowed
-
-
-def default_subscription(principal: Principal) -> tuple[str, ...]:
-    """What a connection receives when it chose nothing: C{agents} and C{sessions}, as allowed."""
-    if principal.role == "agent":
-        wanted: Iterable[str] = (f"{AGENTS}:{principal.sub}",)
-    else:
-        wanted = (AGENTS, SESSIONS)
-    return tuple(c for c in wanted if may_subscribe(principal, c))
 
 
 def covers(subscription: Iterable[str], channels: Iterable[str]) -> bool:

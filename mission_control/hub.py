@@ -31,8 +31,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from mission_control import auth, channels, events
-from mission_control.auth import Principal, Refusal, TokenVerifier
+from mission_control import auth, channels, events, policy
+from mission_control.auth import Refusal, TokenVerifier
+from mission_control.policy import Principal
 from mission_control.events import ValidationError
 from mission_control.limits import RateLimits, TokenBucket
 from mission_control.store import IdempotencyConflict
@@ -352,7 +353,7 @@ class Hub:
         self._by_user.setdefault(conn.principal.sub, set()).add(conn)
         wanted = request.channels
         if wanted is None:
-            wanted = channels.default_subscription(conn.principal)
+            wanted = policy.default_subscription(conn.principal)
         forbidden = self._add_channels(session, wanted)
         # The audit line of an accepted handshake (refusals are logged by the protocol).
         self.log.info(
@@ -486,7 +487,7 @@ class Hub:
             if channel in session.channels:
                 continue
             if (len(session.channels) >= channels.MAX_SUBSCRIPTIONS
-                    or not channels.may_subscribe(principal, channel, owns)):
+                    or not policy.may_subscribe(principal, channel, owns)):
                 forbidden.append(channel)
                 continue
             session.channels.add(channel)
@@ -505,12 +506,12 @@ class Hub:
 
     def may_receive(self, principal: Principal, channel: str) -> bool:
         """Whether C{principal} may receive C{channel}, its own sessions counted (HTTP reads)."""
-        return channels.may_subscribe(principal, channel, self._owns_session(principal))
+        return policy.may_subscribe(principal, channel, self._owns_session(principal))
 
     def may_see(self, principal: Principal, event_type: str, payload: dict) -> bool:
         """Whether C{principal} may receive this event on some channel (for the HTTP reads)."""
         owns = self._owns_session(principal)
-        return any(channels.may_subscribe(principal, name, owns)
+        return any(policy.may_subscribe(principal, name, owns)
                    for name in channels.event_channels(event_type, payload))
 
     def _forbidden_channels(self, names, reply_to: str | None = None) -> dict:
@@ -782,12 +783,12 @@ class Hub:
         """
         now = self.clock.seconds()
         if event_type == events.AGENT_STATUS:
-            if subject_id is not None and not auth.may_publish_agent_status(
+            if subject_id is not None and not policy.may_publish_agent_status(
                 principal, subject_id
             ):
                 raise Refusal(403, "not allowed to publish for this agent")
             payload = events.agent_status(body, now, subject_id)
-            if not auth.may_publish_agent_status(principal, payload["agentId"]):
+            if not policy.may_publish_agent_status(principal, payload["agentId"]):
                 raise Refusal(403, "not allowed to publish for this agent")
         elif event_type == events.SESSION_ACTIVITY:
             if principal.role not in ("admin", "operator", "agent"):
@@ -796,7 +797,7 @@ class Hub:
                 # An agent's activity is its own unless it says otherwise.
                 body = dict(body, agentId=principal.sub)
             payload = events.session_activity(body, now, subject_id)
-            if not auth.may_publish_session_activity(principal, payload.get("agentId")):
+            if not policy.may_publish_session_activity(principal, payload.get("agentId")):
                 raise Refusal(403, "not allowed to publish for this agent")
             owner = self.store.session_owner(payload["sessionId"])
             if principal.role == "agent" and owner is not None and owner != principal.sub:
@@ -1003,7 +1004,7 @@ class Hub:
         self._schedule_expiry(session)
         # The new token may allow less (another role, a narrower claim): drop what it does not.
         owns = self._owns_session(principal)
-        dropped = [c for c in session.channels if not channels.may_subscribe(principal, c, owns)]
+        dropped = [c for c in session.channels if not policy.may_subscribe(principal, c, owns)]
         self._remove_channels(session, dropped)
         return self._frame(
             "auth:ok",

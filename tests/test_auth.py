@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control import auth
-from mission_control.auth import OriginPolicy, Principal, Refusal, TokenVerifier
+from mission_control.auth import OriginPolicy, Refusal, TokenVerifier
+from mission_control.policy import Principal
 
 NOW = 1_800_000_000.0
 SECRET = b"s" * 64
@@ -421,33 +422,3 @@ class SecretTests(SynchronousTestCase):
                          ("bob", "agent", "Bob", NOW + 60))
         error = self.assertRaises(Refusal, verifier.verify, token, NOW + 66)
         self.assertEqual(error.reason, "token expired")
-
-
-class PermissionTests(SynchronousTestCase):
-    """Who may publish and list what."""
-
-    def principal(self, role, sub="a1"):
-        return Principal(sub=sub, role=role, name=None, expires_at=NOW)
-
-    def test_agent_status(self):
-        """Admin and operator publish for anyone; an agent only for itself; a viewer never."""
-        self.assertTrue(auth.may_publish_agent_status(self.principal("admin"), "x"))
-        self.assertTrue(auth.may_publish_agent_status(self.principal("operator"), "x"))
-        self.assertTrue(auth.may_publish_agent_status(self.principal("agent"), "a1"))
-        self.assertFalse(auth.may_publish_agent_status(self.principal("agent"), "a2"))
-        self.assertFalse(auth.may_publish_agent_status(self.principal("viewer", "x"), "x"))
-
-    def test_session_activity(self):
-        """An agent publishes only activity that names it as the agent."""
-        self.assertTrue(auth.may_publish_session_activity(self.principal("agent"), "a1"))
-        self.assertFalse(auth.may_publish_session_activity(self.principal("agent"), "a2"))
-        self.assertFalse(auth.may_publish_session_activity(self.principal("agent"), None))
-        self.assertTrue(auth.may_publish_session_activity(self.principal("operator"), None))
-        self.assertFalse(auth.may_publish_session_activity(self.principal("viewer"), "a1"))
-
-    def test_list_connections(self):
-        """Only admins and operators see connections."""
-        self.assertEqual(
-            [auth.may_list_connections(self.principal(r)) for r in auth.ROLES],
-            [True, True, False, False],
-        )

@@ -1,5 +1,6 @@
 """
-Tests for L{mission_control.channels}: names, claims, who may subscribe to what.
+Tests for L{mission_control.channels}: channel names, claims, and the channels of an event.
+(Who may receive which channel: tests.test_policy.)
 """
 
 from __future__ import annotations
@@ -7,11 +8,6 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control import channels
-from mission_control.auth import Principal
-
-
-def who(role, sub="u1", claim=None):
-    return Principal(sub=sub, role=role, name=None, expires_at=0, channels=claim)
 
 
 class NameTests(SynchronousTestCase):
@@ -48,59 +44,3 @@ class NameTests(SynchronousTestCase):
         self.assertEqual(channels.event_channels("session:activity", {"sessionId": "s1"}),
                          ("sessions", "sessions:s1"))
         self.assertEqual(channels.event_channels("presence:join", {}), ("presence",))
-
-
-class RoleTests(SynchronousTestCase):
-    """What each role may receive by default."""
-
-    def test_admin_and_operator(self):
-        """Admins and operators may subscribe to everything."""
-        for role in ("admin", "operator"):
-            for name in ("agents", "agents:x", "sessions", "sessions:y", "presence"):
-                self.assertTrue(channels.may_subscribe(who(role), name))
-
-    def test_viewer(self):
-        """Viewers: agents, sessions, presence and their sub-channels."""
-        for name in ("agents", "agents:x", "sessions", "sessions:y", "presence"):
-            self.assertTrue(channels.may_subscribe(who("viewer"), name))
-
-    def test_agent(self):
-        """An agent: its own agents:<sub>, and the sessions it publishes; nothing else."""
-        agent = who("agent", "a1")
-        self.assertTrue(channels.may_subscribe(agent, "agents:a1"))
-        for name in ("agents", "agents:a2", "sessions", "presence", "sessions:s1"):
-            self.assertFalse(channels.may_subscribe(agent, name), name)
-        self.assertTrue(channels.may_subscribe(agent, "sessions:s1", lambda sid: sid == "s1"))
-        self.assertFalse(channels.may_subscribe(agent, "sessions:s2", lambda sid: sid == "s1"))
-
-    def test_defaults(self):
-        """No choice: agents and sessions (as allowed); an agent gets its own channel."""
-        self.assertEqual(channels.default_subscription(who("viewer")), ("agents", "sessions"))
-        self.assertEqual(channels.default_subscription(who("agent", "a1")), ("agents:a1",))
-        narrowed = who("viewer", claim=("agents:a1",))
-        self.assertEqual(channels.default_subscription(narrowed), ())
-
-
-class ClaimTests(SynchronousTestCase):
-    """A token's channels claim narrows the role, never widens it."""
-
-    def test_names_and_patterns(self):
-        """Names match exactly; agents allows agents:<id>; agents:* matches ids, not agents."""
-        by_name = who("operator", claim=("agents:a1", "presence"))
-        self.assertTrue(channels.may_subscribe(by_name, "agents:a1"))
-        self.assertFalse(channels.may_subscribe(by_name, "agents:a2"))
-        self.assertFalse(channels.may_subscribe(by_name, "agents"))
-        self.assertTrue(channels.may_subscribe(by_name, "presence"))
-        family = who("viewer", claim=("agents",))
-        self.assertTrue(channels.may_subscribe(family, "agents:a9"))
-        self.assertFalse(channels.may_subscribe(family, "sessions"))
-        pattern = who("viewer", claim=("sessions:*",))
-        self.assertTrue(channels.may_subscribe(pattern, "sessions:s1"))
-        self.assertFalse(channels.may_subscribe(pattern, "sessions"))
-
-    def test_never_widens(self):
-        """A claim cannot give an agent what its role does not allow."""
-        agent = who("agent", "a1", claim=("agents:*", "agents", "presence"))
-        self.assertFalse(channels.may_subscribe(agent, "agents:a2"))
-        self.assertFalse(channels.may_subscribe(agent, "presence"))
-        self.assertTrue(channels.may_subscribe(agent, "agents:a1"))

@@ -80,7 +80,7 @@ def secret_file(testcase, content=None):
 
 
 def verify(token, secret, now=None, **settings):
-    """The hub's verdict on C{token}: its L{auth.Principal}, or L{auth.Refusal} raised."""
+    """The hub's verdict on C{token}: its L{mission_control.policy.Principal}, or L{auth.Refusal} raised."""
     verifier = auth.TokenVerifier(secret, ["HS256"], **settings)
     return verifier.verify(token, time.time() if now is None else now)
 

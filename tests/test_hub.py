@@ -14,7 +14,8 @@ from zope.interface import implementer
 
 from mission_control import auth
 from mission_control import events as events_module
-from mission_control.auth import Principal, Refusal, TokenVerifier
+from mission_control.auth import Refusal, TokenVerifier
+from mission_control.policy import Principal
 from mission_control.events import ValidationError
 from mission_control.hub import ConnectRequest, Hub, IConnection
 from mission_control.store import IdempotencyConflict, MemoryStore, Retention

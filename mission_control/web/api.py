@@ -30,8 +30,9 @@ from autobahn.twisted.util import peer2str
 from twisted.logger import Logger
 from twisted.web import resource
 
-from mission_control import auth, channels, events
-from mission_control.auth import Principal, Refusal, TokenVerifier, token_from_request
+from mission_control import auth, channels, events, policy
+from mission_control.auth import Refusal, TokenVerifier, token_from_request
+from mission_control.policy import Principal
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
 from mission_control.ids import ID_RULE
 from mission_control.text import NotText, decode_json
@@ -324,7 +325,7 @@ class Api(resource.Resource):
         return wanted
 
     def _list_presence(self, request, principal):
-        if not channels.may_subscribe(principal, channels.PRESENCE):
+        if not policy.may_subscribe(principal, channels.PRESENCE):
             raise ApiError(403, "forbidden", "not allowed to see presence")
         return 200, StreamedBody(b'{"presence":[', map(encode_json, self.hub.iter_presence()),
                                  b"]}")
@@ -334,7 +335,7 @@ class Api(resource.Resource):
         Close one WebSocket with 4009.  The role is checked before the id is looked up, so that
         only an admin learns whether a connection exists; the hub logs who closed what.
         """
-        if not auth.may_close_connections(principal):
+        if not policy.may_close_connections(principal):
             self.log.warn("security: {user} ({role}) refused: admin role required to close "
                           "a connection", user=principal.sub, role=principal.role)
             raise ApiError(403, "forbidden", "admin role required")
@@ -354,7 +355,7 @@ class Api(resource.Resource):
                      "channels": claim}
 
     def _list_connections(self, request, principal):
-        if not auth.may_list_connections(principal):
+        if not policy.may_list_connections(principal):
             raise ApiError(403, "forbidden", "admin or operator role required")
         head = b'{"total":%d,"users":%s,"connections":[' % (
             self.hub.connection_count, encode_json(self.hub.users()))
