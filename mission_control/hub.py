@@ -31,7 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from mission_control import auth, channels, events, policy
+from mission_control import auth, channels, events, policy, replay
 from mission_control.auth import Refusal, TokenVerifier
 from mission_control.policy import Principal
 from mission_control.events import ValidationError
@@ -400,13 +400,8 @@ class Hub:
         self._replay(session)
 
     def _unrecoverable(self, since: int, epoch: str | None) -> str | None:
-        if epoch != self.store.epoch:
-            return "epoch"
-        if since > self.store.last_seq:
-            return "ahead"
-        if since + 1 < self.store.first_seq:
-            return "too_old"
-        return None
+        store = self.store
+        return replay.resume_problem(since, epoch, store.epoch, store.first_seq, store.last_seq)
 
     def _not_recovered(self, session: _Session, reason: str) -> None:
         session.replay_cursor = None

@@ -30,7 +30,7 @@ from autobahn.twisted.util import peer2str
 from twisted.logger import Logger
 from twisted.web import resource
 
-from mission_control import auth, channels, events, policy
+from mission_control import auth, channels, events, policy, replay
 from mission_control.auth import Refusal, TokenVerifier, token_from_request
 from mission_control.policy import Principal
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
@@ -289,6 +289,7 @@ class Api(resource.Resource):
         elif not page:
             # Where the next page starts: past a stretch retention removed, or where it was.
             last = store.last_seq if since < store.last_seq else since
+        gap = replay.history_gap(since, store.first_seq, store.last_seq)
         fields = {
             "epoch": store.epoch,
             "firstSeq": store.first_seq,
@@ -296,10 +297,10 @@ class Api(resource.Resource):
             # `next` and `more` count every seq, also those of events the caller may not see.
             "next": last,
             "more": last < store.last_seq,
-            # Events after `since` that retention already dropped: the caller missed them.
-            "truncated": since + 1 < store.first_seq and since < store.last_seq,
-            # `since` beyond the last event: from another epoch, or a restored older database.
-            "ahead": since > store.last_seq,
+            # Events after `since` that retention already dropped (the caller missed them), or
+            # `since` beyond the last event (from another epoch, or a restored older database).
+            "truncated": gap == replay.TOO_OLD,
+            "ahead": gap == replay.AHEAD,
         }
         return 200, StreamedBody(b'{"events":[', encoded, b"]," + encode_json(fields)[1:])
 
