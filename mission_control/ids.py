@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_ids -*-
 """
 The id rule shared by agents, sessions, client names and channel names: 1-128 characters of
 C{A-Z a-z 0-9 . _ : -}, and not C{.} or C{..} (a client that builds a URL path from an id must not

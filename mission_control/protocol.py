@@ -2,7 +2,7 @@
 """
 The WebSocket adapter: turns handshakes and frames into calls on the L{Hub}, and nothing more.
 
-Wire protocol (the full text is docs/websocket-api.md and CONTRACT section 3):
+Wire protocol (the full text is docs/websocket-api.md):
 
     client                                   server
     GET /ws  (Authorization: Bearer JWT, or ?token=JWT)

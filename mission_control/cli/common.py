@@ -305,7 +305,7 @@ def parse_duration(text: str, option: str = "--ttl") -> int:
 
 
 def check_subject(sub: str, role: str) -> None:
-    """The hub's rules for C{sub} (CONTRACT section 2): a minted token is not refused for it."""
+    """The hub's rules for C{sub} (docs/websocket-api.md, token claims): a minted token is not refused for it."""
     if not sub or len(sub) > auth.MAX_SUB_LENGTH or not is_display_text(sub):
         raise usage.UsageError(
             f"--sub must be 1-{auth.MAX_SUB_LENGTH} characters without control or invisible "

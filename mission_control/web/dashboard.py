@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_web_dashboard -*-
 """
-The dashboard's files, served by the hub itself (CONTRACT section 6, docs/http-api.md):
+The dashboard's files, served by the hub itself (docs/dashboard.md, docs/http-api.md):
 
     GET /                      index.html
     GET /assets/NAME           NAME, from the dashboard folder
