@@ -27,10 +27,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from mission_control.channels import parse_claim
 from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
 from mission_control.lru import BoundedLRU
-from mission_control.policy import ROLES, Principal  # noqa: F401 (Principal: what verify() makes)
+from mission_control.policy import DEFAULT_ROLE, ROLES, Principal
 from mission_control.text import decode_json, is_display_text
 
-DEFAULT_ROLE = "viewer"
 
 #: An HMAC secret shorter than this is refused at start (RFC 7518 section 3.2 asks for at least
 #: the hash size; 32 bytes covers HS256).

@@ -18,6 +18,8 @@ from typing import Callable, Iterable, Sequence
 from mission_control import channels
 
 ROLES = ("admin", "operator", "viewer", "agent")
+#: The role of a token without a C{role} claim.
+DEFAULT_ROLE = "viewer"
 
 
 @dataclass(frozen=True)

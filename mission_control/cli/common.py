@@ -28,7 +28,7 @@ from twisted.internet.error import DNSLookupError, TimeoutError as TwistedTimeou
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from mission_control import __version__, auth
+from mission_control import __version__, auth, policy
 from mission_control.ids import ID_RULE
 from mission_control.text import is_display_text
 
@@ -207,7 +207,7 @@ class Credentials:
 
     given: str | None = field(default=None, repr=False)
     key: SigningKey | None = None
-    role: str = auth.DEFAULT_ROLE
+    role: str = policy.DEFAULT_ROLE
     ttl: float = LOCAL_TOKEN_TTL
     sub: str = LOCAL_TOKEN_SUBJECT
 
@@ -316,8 +316,8 @@ def check_subject(sub: str, role: str) -> None:
 
 
 def check_role(role: str) -> str:
-    if role not in auth.ROLES:
-        raise usage.UsageError(f"unknown role {role!r}; choose one of: {', '.join(auth.ROLES)}")
+    if role not in policy.ROLES:
+        raise usage.UsageError(f"unknown role {role!r}; choose one of: {', '.join(policy.ROLES)}")
     return role
 
 
@@ -445,7 +445,7 @@ class _ServerOptions(_KeyOptions):
                           "audience")
 
     #: The role of the token minted without C{--token}.
-    local_role = auth.DEFAULT_ROLE
+    local_role = policy.DEFAULT_ROLE
     default_url = DEFAULT_HTTP_URL
 
     def normalize_url(self, value: str) -> str:

@@ -10,7 +10,8 @@ from typing import TextIO
 
 from twisted.python import usage
 
-from mission_control import auth, channels
+from mission_control import channels, policy
+from mission_control.ids import ID_RULE
 from mission_control.cli.common import (
     _KeyOptions,
     check_name,
@@ -36,8 +37,8 @@ class TokenOptions(_KeyOptions):
     )
     optParameters = [
         ["sub", None, None,
-         "The user id; for role agent the agent id (1-128 of A-Z a-z 0-9 . _ : -). Required."],
-        ["role", None, auth.DEFAULT_ROLE, "One of: " + ", ".join(auth.ROLES) + "."],
+         f"The user id; for role agent the agent id ({ID_RULE}). Required."],
+        ["role", None, policy.DEFAULT_ROLE, "One of: " + ", ".join(policy.ROLES) + "."],
         ["name", None, None, "Display name (name claim)."],
         ["ttl", None, "1h", "Lifetime: 90 (seconds), 30s, 15m, 1h, 7d."],
     ]

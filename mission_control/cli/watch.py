@@ -77,7 +77,7 @@ class WatchOptions(_ServerOptions):
          f"[env {ENV_PREFIX}URL, default {DEFAULT_WS_URL}]"],
         ["token", None, None, _token_help("viewer")],
         ["client", None, None,
-         "Name this watcher (1-128 of A-Z a-z 0-9 . _ : -): it acknowledges what it printed, "
+         f"Name this watcher ({ID_RULE}): it acknowledges what it printed, "
          "and a later watch with the same user and name resumes after it (at-least-once "
          "delivery across restarts of watch)."],
         ["sub", None, None,
