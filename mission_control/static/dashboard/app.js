@@ -387,6 +387,7 @@ function schedule() {
 // few DOM updates per frame, not one per event.
 function draw() {
   page.frame = false;
+  if (document.hidden) return; // a frame asked for before the tab was hidden: keep it all for later
   board.render();
   feed.render();
   timeline.render();
