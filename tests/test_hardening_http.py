@@ -195,26 +195,28 @@ class _Stalled(Protocol):
         self.lost.callback(None)
 
 
+@defer.inlineCallbacks
+def open_stalled(testcase, server, request, trickle=b""):
+    """A L{_Stalled} peer connected to C{server}; aborted, if still open, when the test ends."""
+    peer = _Stalled(request, trickle)
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), peer)
+    testcase.addCleanup(lambda: peer.lost if peer.lost.called else (
+        peer.transport.abortConnection(), peer.lost)[1])
+    return peer
+
+
 class SlowRequestTests(unittest.TestCase):
     """Over real sockets: a slow body is cut, whatever path and without a token."""
 
     timeout = 15
 
     @defer.inlineCallbacks
-    def stalled(self, server, request, trickle=b""):
-        peer = _Stalled(request, trickle)
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), peer)
-        self.addCleanup(lambda: peer.lost if peer.lost.called else (
-            peer.transport.abortConnection(), peer.lost)[1])
-        return peer
-
-    @defer.inlineCallbacks
     def test_trickled_body_is_cut_with_408(self):
         """Content-Length: 65000 and then a byte now and then: the connection gets 408, closed."""
         server = start_server(self)
         server.service.site.request_timeout = 0.5
-        peer = yield self.stalled(
-            server, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 65000\r\n\r\n", b"a")
+        peer = yield open_stalled(
+            self, server, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 65000\r\n\r\n", b"a")
         yield peer.lost
         response = parse_response(peer.data)
         self.assertEqual(response.status, 408)
@@ -238,14 +240,9 @@ class ConnectionCapTests(unittest.TestCase):
 
     timeout = 15
 
-    @defer.inlineCallbacks
     def held(self, server):
         """An HTTP connection held open with half a request head; aborted at the end."""
-        peer = _Stalled(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), peer)
-        self.addCleanup(lambda: peer.lost if peer.lost.called else (
-            peer.transport.abortConnection(), peer.lost)[1])
-        return peer
+        return open_stalled(self, server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
 
     @defer.inlineCallbacks
     def test_503_past_the_cap(self):
