@@ -219,7 +219,6 @@ class Hub:
         self._live: set = set()
         self._subscribers: dict[str, set] = {}  # channel -> live connections subscribed to it
         self._by_user: dict[str, set] = {}
-        self._by_id: dict[str, Any] = {}  # connection id -> connection
         self._presence: dict[str, dict] = {}  # user -> who, since when
         self._loops: list[LoopingCall] = []
         self._empty_waiters: list[Deferred] = []
@@ -341,7 +340,6 @@ class Hub:
         request = request or ConnectRequest()
         now = self.clock.seconds()
         conn.connection_id = uuid.uuid4().hex
-        self._by_id[conn.connection_id] = conn
         session = _Session(
             conn=conn,
             request=request,
@@ -620,7 +618,6 @@ class Hub:
         session = self._sessions.pop(conn, None)
         if session is None:
             return
-        self._by_id.pop(conn.connection_id, None)
         self._live.discard(conn)
         self._remove_channels(session, tuple(session.channels))
         for timer in session.timers:
@@ -666,10 +663,12 @@ class Hub:
 
         @return: whether such a connection was registered.
         """
-        conn = self._by_id.get(connection_id)
-        session = self._sessions.get(conn) if conn is not None else None
+        # A rare, administrative act: a look through the sessions, not an index to keep.
+        session = next((s for s in self._sessions.values()
+                        if s.conn.connection_id == connection_id), None)
         if session is None:
             return False
+        conn = session.conn
         self.log.info(
             "closing connection {connection_id} of {user} ({peer}): closed by administrator "
             "{admin}",
