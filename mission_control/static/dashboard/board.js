@@ -33,6 +33,7 @@ export class Board {
     this.order = []; // every agent id, in board order
     this.shown = null; // the ids that pass the filter, in board order (null: to recompute)
     this.window = []; // the ids whose cards are in the document now
+    this.tally = null; // the counts by status, while no card changed
     this.staleAfterMs = Number(prefs.get("stale-after", "300")) * 1000;
     if (![60, 300, 900, 3600].includes(this.staleAfterMs / 1000)) this.staleAfterMs = 300_000;
     this.staleSelect.value = String(this.staleAfterMs / 1000);
@@ -163,6 +164,7 @@ export class Board {
       card = this.create(id);
       this.cards.set(id, card);
     }
+    this.tally = null;
     const stale = this.isStale(payload);
     const name = payload.name || id;
     const shown = this.matches(id, payload, stale);
@@ -255,7 +257,10 @@ export class Board {
     }
   }
 
+  // The health strip's totals: counted again only after a card changed (draw() forgets them),
+  // not in every animation frame.
   counts() {
+    if (this.tally) return this.tally;
     const counts = Object.fromEntries(STATUSES.map((s) => [s, 0]));
     counts.stale = 0;
     for (const card of this.cards.values()) {
@@ -263,6 +268,7 @@ export class Board {
       counts[card.payload.status] = (counts[card.payload.status] || 0) + 1;
       if (card.stale) counts.stale += 1;
     }
+    this.tally = counts;
     return counts;
   }
 }
