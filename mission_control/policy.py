@@ -57,6 +57,19 @@ def may_publish_session_activity(principal: Principal, agent_id: str | None) -> 
     return principal.role == "agent" and agent_id == principal.sub
 
 
+def may_publish_sessions(principal: Principal) -> bool:
+    """Whether C{principal}'s role publishes session activity at all (viewers do not)."""
+    return principal.role in ("admin", "operator", "agent")
+
+
+def may_join_session(principal: Principal, owner: str | None) -> bool:
+    """
+    Whether C{principal} may add activity to a session owned by C{owner} (C{None}: no owner yet).
+    An agent may not join another agent's session: that would also let it read the session.
+    """
+    return principal.role != "agent" or owner is None or owner == principal.sub
+
+
 def may_list_connections(principal: Principal) -> bool:
     return principal.role in ("admin", "operator")
 

@@ -589,7 +589,7 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
         self.assertEqual(service.site.max_http_connections, 7)
         api = service.site.resource.children[b"api"]
         self.assertEqual((api._reads.rate, api._reads.burst), (3, 6))
-        self.assertEqual((service.hub._handshakes.rate, service.hub._handshakes.burst), (2, 4))
+        self.assertEqual((service.hub.handshakes.rate, service.hub.handshakes.burst), (2, 4))
 
     def test_file_limit_too_low_is_said_at_start(self):
         """

@@ -1,0 +1,66 @@
+# -*- test-case-name: tests.test_hub_broker -*-
+"""
+The broker: the seam between the node and where events are kept.
+
+The node appends an event through L{IBroker.append} and learns of every appended event through
+the listeners it gave L{IBroker.subscribe}, in seq order, whoever appended it.  With one process,
+"whoever" is always this node: L{InProcessBroker} wraps an L{IEventStore} and tells its listeners
+of each new event as the append returns.  A broker for many hub processes on a shared backbone
+implements the same interface, and tells every node of every node's events.
+
+Reads (history, latest state, positions) go to the store directly: they do not need to be
+ordered against other nodes' appends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from zope.interface import Interface, implementer
+
+from mission_control.store import IEventStore, StoredEvent
+
+#: C{listener(event)}: told of one appended event.
+Listener = Callable[[StoredEvent], None]
+
+
+class IBroker(Interface):
+    """Appends events and tells every listener of every appended event, in seq order."""
+
+    def append(event_type: str, payload: dict, ts: str, now: float,
+               idempotency: Any = None) -> tuple[StoredEvent, bool]:
+        """
+        Append one event (see L{IEventStore.append}); return it and whether it was created (not
+        an idempotent repeat).  Listeners have been told of it by the time this returns when it
+        was appended here; a repeat tells nobody.
+        """
+
+    def subscribe(listener: Listener) -> None:
+        """Tell C{listener} of every event appended from now on, in seq order."""
+
+    def unsubscribe(listener: Listener) -> None:
+        """Stop telling C{listener}; a listener not subscribed is ignored."""
+
+
+@implementer(IBroker)
+class InProcessBroker:
+    """The broker of one hub process: appends to its store, tells its listeners at once."""
+
+    def __init__(self, store: IEventStore) -> None:
+        self.store = store
+        self._listeners: list[Listener] = []
+
+    def append(self, event_type: str, payload: dict, ts: str, now: float,
+               idempotency: Any = None) -> tuple[StoredEvent, bool]:
+        event, created = self.store.append(event_type, payload, ts, now, idempotency)
+        if created:
+            for listener in tuple(self._listeners):
+                listener(event)
+        return event, created
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)

@@ -1,0 +1,298 @@
+# -*- test-case-name: tests.test_hub_client -*-
+"""
+The client: the hub's side of one connection.
+
+A L{Client} holds what the hub keeps per connection (what it asked for, how far it has acked,
+its channels, whether it is live or catching up, its message rate bucket and its token-expiry
+timers) and answers the frames the connection sends: C{ping}, C{ack}, C{auth}, C{subscribe},
+C{unsubscribe} and C{publish}.  Everything it shares with other connections (the store, the
+registry, publishing) it reaches through its L{Hub}, the node.
+
+("Session" means an agent's work session everywhere else in mission-control, so the hub's record
+of a connection is a client, as in centrifuge.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from mission_control import channels, events, policy
+from mission_control.auth import Refusal
+from mission_control.events import ValidationError
+from mission_control.hub.connection import ConnectRequest, IConnection
+from mission_control.limits import TokenBucket
+from mission_control.store import IdempotencyConflict
+
+if TYPE_CHECKING:
+    from mission_control.hub.node import Hub
+
+#: Close codes the client uses.
+TOKEN_EXPIRED = 4001
+TOKEN_NOT_ACCEPTED = 4003
+TOO_MANY_MESSAGES = 4029
+
+_CHANNEL_LIST_RULE = (
+    "channels must be a non-empty list of channel names (agents, agents:<id>, sessions, "
+    "sessions:<id>, presence)"
+)
+
+
+@dataclass(eq=False)
+class Client:
+    """The hub's record of one connection, and the answers to its frames."""
+
+    node: Hub
+    conn: IConnection
+    request: ConnectRequest
+    connected_at: float
+    bucket: TokenBucket
+    acked_seq: int = 0
+    #: In the fan-out (it has caught up), rather than still receiving a snapshot or a replay.
+    live: bool = False
+    #: Where the replay in progress started (its C{resumed} frame says C{from}) and has got to.
+    replay_start: int | None = None
+    replay_cursor: int | None = None
+    #: The replay waits for the transport to take data again (see L{Hub.writable}).
+    replay_waiting: bool = False
+    #: The replay answers a resume (it ends with a C{resumed} frame), rather than catching up
+    #: on what was published while a large snapshot streamed.
+    resuming: bool = False
+    #: Presence frames reach it before it is live (see L{Registry.watch_presence}).
+    presence_watched: bool = False
+    closing: bool = False
+    timers: list[IDelayedCall] = field(default_factory=list)
+    channels: set[str] = field(default_factory=set)
+    #: It is being dropped because it stopped answering pings.
+    timed_out: bool = False
+    #: The token expiry that C{auth:expiring} already warned of: an C{auth} frame that does not
+    #: move it (the same token sent back) is not warned of again.
+    warned_for: float | None = None
+
+    log = Logger()
+
+    # Channels
+
+    def add_channels(self, wanted: Any) -> list[str]:
+        """Subscribe to what is allowed of C{wanted}; return the names refused."""
+        principal = self.conn.principal
+        owns = self.node.owns_session(principal)
+        forbidden = []
+        for channel in wanted:
+            if channel in self.channels:
+                continue
+            if (len(self.channels) >= channels.MAX_SUBSCRIPTIONS
+                    or not policy.may_subscribe(principal, channel, owns)):
+                forbidden.append(channel)
+                continue
+            self.node.registry.subscribe(self, channel)
+        return forbidden
+
+    def remove_channels(self, names: Any) -> None:
+        for channel in tuple(names):
+            self.node.registry.unsubscribe(self, channel)
+
+    def forbidden_channels(self, names: list[str], reply_to: str | None = None) -> dict:
+        """The C{error} frame that refuses C{names} (the first ten, sorted)."""
+        shown = ", ".join(sorted(names)[:10])
+        return self.node.error_frame("forbidden", f"not allowed to subscribe to: {shown}",
+                                     reply_to)
+
+    # Token lifetime
+
+    def schedule_expiry(self) -> None:
+        """Warn L{Hub.expiry_warning} seconds before the token's exp; close with 4001 at exp +
+        leeway."""
+        self.cancel_timers()
+        clock = self.node.clock
+        now = clock.seconds()
+        principal = self.conn.principal
+        verifier = self.node.verifier
+        leeway = verifier.leeway if verifier is not None else 0.0
+        warn_in = principal.expires_at - self.node.expiry_warning - now
+        self.timers = [
+            clock.callLater(max(0.0, principal.expires_at + leeway - now), self._expired)
+        ]
+        if principal.expires_at + leeway > now and self.warned_for != principal.expires_at:
+            # A token with less than a minute left is warned at once, so it can still be renewed;
+            # once per expiry time, else a client that answers each warning with a token of the
+            # same exp (its own, back) would get a warning after every answer, in a loop.
+            self.timers.append(clock.callLater(max(0.0, warn_in), self._expiring))
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
+        self.timers = []
+
+    def _expiring(self) -> None:
+        expires_at = self.conn.principal.expires_at
+        self.warned_for = expires_at
+        self.conn.send_frame(
+            self.node.frame("auth:expiring", {
+                "expiresAt": events.format_timestamp(expires_at),
+                "secondsLeft": max(0, int(expires_at - self.node.clock.seconds())),
+            })
+        )
+
+    def _expired(self) -> None:
+        self.log.info("closing connection {connection_id} of {user}: token expired",
+                      connection_id=self.conn.connection_id, user=self.conn.principal.sub)
+        self.close(TOKEN_EXPIRED, "token expired")
+
+    def close(self, code: int, reason: str) -> None:
+        """Start closing the connection; frames that arrive from now on are not answered."""
+        self.closing = True
+        self.conn.close(code, reason)
+
+    # Frames
+
+    def take_message(self) -> bool:
+        """
+        Charge one message to the rate bucket.  C{False} when it is over the limit; a client that
+        keeps going past L{Hub.max_strikes} refusals in a row is closed with 4029.
+        """
+        if self.bucket.take(self.node.clock.seconds()):
+            return True
+        if self.bucket.strikes > self.node.max_strikes:
+            self.log.warn("closing connection {connection_id} of {user}: too many messages",
+                          connection_id=self.conn.connection_id, user=self.conn.principal.sub)
+            self.close(TOO_MANY_MESSAGES, "too many messages")
+        return False
+
+    def answer(self, data: bytes, is_binary: bool) -> dict | None:
+        """The reply to one message (an C{error} frame for a bad one), or C{None} for none."""
+        try:
+            frame = events.parse_client_frame(data, is_binary)
+        except ValidationError as e:
+            return self.node.error_frame(e.code, e.message, e.frame_id)
+        handler = _HANDLERS.get(frame.type)
+        if handler is None:
+            return self.node.error_frame("unknown_type", "unknown frame type", frame.id)
+        try:
+            return handler(self, frame)
+        except ValidationError as e:
+            return self.node.error_frame(e.code, e.message, frame.id)
+        except Refusal as e:
+            return self.node.error_frame(e.code, e.reason, frame.id)
+
+    def on_ping(self, frame: events.ClientFrame) -> dict:
+        return self.node.frame("pong", {}, frame.id)
+
+    def on_ack(self, frame: events.ClientFrame) -> dict:
+        seq = frame.fields.get("seq")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise ValidationError("seq must be a non-negative integer")
+        store = self.node.store
+        if seq > store.last_seq:
+            raise ValidationError("seq is beyond the last event")
+        if seq > self.acked_seq:
+            self.acked_seq = seq
+            name = self.request.client
+            if name is not None:
+                user = self.conn.principal.sub
+                saved = store.position(user, name)
+                # Never backwards: another connection of the same name may be further along.
+                if saved is None or seq > saved:
+                    store.save_position(user, name, seq, self.node.clock.seconds())
+        return self.node.frame("ack", {"seq": self.acked_seq}, frame.id)
+
+    def on_auth(self, frame: events.ClientFrame) -> dict | None:
+        conn = self.conn
+        token = frame.fields.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValidationError("token must be a non-empty string")
+        verifier = self.node.verifier
+        if verifier is None:
+            raise ValidationError("auth is not available", code="not_supported")
+        try:
+            principal = verifier.verify(token, self.node.clock.seconds())
+        except Refusal as refusal:
+            return self._refuse_auth(frame, "invalid_token", refusal.reason)
+        if principal.sub != conn.principal.sub:
+            return self._refuse_auth(frame, "forbidden", "token is for another user")
+        conn.principal = principal
+        self.schedule_expiry()
+        # The new token may allow less (another role, a narrower claim): drop what it does not.
+        owns = self.node.owns_session(principal)
+        self.remove_channels([c for c in self.channels
+                              if not policy.may_subscribe(principal, c, owns)])
+        return self.node.frame(
+            "auth:ok",
+            {"user": principal.as_user(),
+             "expiresAt": events.format_timestamp(principal.expires_at),
+             "channels": sorted(self.channels)},
+            frame.id,
+        )
+
+    def _refuse_auth(self, frame: events.ClientFrame, code: str, message: str) -> None:
+        conn = self.conn
+        self.log.warn(
+            "security: auth frame refused on connection {connection_id} of {user}: {reason}",
+            connection_id=conn.connection_id, user=conn.principal.sub, reason=message,
+        )
+        conn.send_frame(self.node.error_frame(code, message, frame.id))
+        self.close(TOKEN_NOT_ACCEPTED, "token not accepted")
+        return None
+
+    @staticmethod
+    def _channel_list(frame: events.ClientFrame) -> list[str]:
+        names = frame.fields.get("channels")
+        if (not isinstance(names, list) or not names
+                or len(names) > channels.MAX_SUBSCRIPTIONS
+                or not all(channels.is_valid_channel(name) for name in names)):
+            raise ValidationError(_CHANNEL_LIST_RULE)
+        return names
+
+    def _subscriptions(self, frame: events.ClientFrame) -> dict:
+        return self.node.frame("subscribed", {"channels": sorted(self.channels)}, frame.id)
+
+    def on_subscribe(self, frame: events.ClientFrame) -> dict:
+        forbidden = self.add_channels(self._channel_list(frame))
+        if forbidden:
+            # The allowed part applies; the refusal is its own error frame.
+            self.conn.send_frame(self.forbidden_channels(forbidden, frame.id))
+        return self._subscriptions(frame)
+
+    def on_unsubscribe(self, frame: events.ClientFrame) -> dict:
+        self.remove_channels(self._channel_list(frame))
+        return self._subscriptions(frame)
+
+    def on_publish(self, frame: events.ClientFrame) -> dict:
+        event = frame.fields.get("event")
+        if not isinstance(event, dict) or set(event) - {"type", "payload"}:
+            raise ValidationError("event must be an object with type and payload")
+        event_type, payload = event.get("type"), event.get("payload")
+        if event_type not in events.STORED_TYPES:
+            raise ValidationError("event type must be agent:status or session:activity",
+                                  code="unknown_type")
+        # An idempotencyKey makes a retried publish (after a reconnect, say) return the first
+        # result, as Idempotency-Key does over HTTP; the two live in separate namespaces.
+        key = frame.fields.get("idempotencyKey")
+        fingerprint = ""
+        if key is not None:
+            if not isinstance(key, str) or not (1 <= len(key) <= 255) or not key.isprintable():
+                raise ValidationError("idempotencyKey must be 1-255 printable characters")
+            fingerprint = events.request_fingerprint(event_type, None, payload)
+            key = "ws:" + key
+        try:
+            stored = self.node.publish_for(self.conn.principal, event_type, payload, None,
+                                           key, fingerprint)
+        except IdempotencyConflict:
+            raise ValidationError("idempotencyKey was already used for a different event",
+                                  code="idempotency_conflict") from None
+        return self.node.frame("published", {"seq": stored["seq"], "type": stored["type"]},
+                               frame.id)
+
+
+_HANDLERS: dict[str, Callable[[Client, events.ClientFrame], dict | None]] = {
+    "ping": Client.on_ping,
+    "ack": Client.on_ack,
+    "auth": Client.on_auth,
+    "subscribe": Client.on_subscribe,
+    "unsubscribe": Client.on_unsubscribe,
+    "publish": Client.on_publish,
+}

@@ -1,0 +1,506 @@
+# -*- test-case-name: tests.test_hub -*-
+"""
+The node: one hub process, wiring the parts of the hub together.
+
+It admits and registers connections (the L{Registry} indexes them, a L{Client} per connection
+answers its frames, L{CatchUp} sends each new one its snapshot or replay), publishes events
+through the L{IBroker} and fans each appended event out to the connections subscribed to its
+channels, runs heartbeats and retention, and keeps presence and agents' liveness.  The HTTP API
+and the WebSocket protocol talk to the node and to nothing else of the hub.
+
+Fan-out encodes each frame once: the node turns the frame into bytes, hands them to the injected
+C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) and passes the same
+prepared object to every connection.  Time comes from an injected C{IReactorTime}.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from mission_control import channels, events, policy
+from mission_control.auth import Refusal, TokenVerifier
+from mission_control.events import ValidationError
+from mission_control.hub.broker import IBroker, InProcessBroker
+from mission_control.hub.catchup import CatchUp
+from mission_control.hub.client import Client
+from mission_control.hub.connection import CLOSED_BY_ADMIN, ConnectRequest, IConnection
+from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
+from mission_control.hub.registry import Registry
+from mission_control.limits import RateLimits, TokenBucket
+from mission_control.policy import Principal
+from mission_control.store import IEventStore, StoredEvent
+
+
+class Hub:
+    """
+    @ivar store: the L{IEventStore}: seq, history, latest state, client positions.
+    @ivar broker: the L{IBroker} events are appended through (by default, straight to C{store}).
+    @ivar heartbeat_interval: seconds between C{heartbeat} frames; 0 turns them off.
+    @ivar verifier: checks the tokens of C{auth} frames; its leeway also applies to expiry.
+    """
+
+    log = Logger()
+
+    #: Seconds before a token's C{exp} that an C{auth:expiring} frame warns the client.
+    expiry_warning = 60.0
+    #: Connections closed per reactor turn by L{close_all}, so 10,000 do not stall the reactor.
+    close_batch = 500
+    #: Seconds between retention passes over the store.
+    trim_interval = 2.0
+    #: Seconds after start before agents that were online by their connection, and have not
+    #: reconnected, are marked offline (see L{sweep_absent_agents}).
+    reconnect_grace = 60.0
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: IEventStore,
+        heartbeat_interval: float = 30.0,
+        prepare: Callable[[bytes], Any] = lambda data: data,
+        max_connections: int = 10000,
+        max_connections_per_user: int = 20,
+        verifier: TokenVerifier | None = None,
+        message_rate: float = 20.0,
+        message_burst: int = 40,
+        handshake_rate: float = 5.0,
+        handshake_burst: int | None = None,
+        broker: IBroker | None = None,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.broker = broker if broker is not None else InProcessBroker(store)
+        self.broker.subscribe(self._appended)
+        self.heartbeat_interval = heartbeat_interval
+        self.max_connections = max_connections
+        self.max_connections_per_user = max_connections_per_user
+        self.verifier = verifier
+        self.message_rate = message_rate
+        self.message_burst = message_burst
+        self.prepare = prepare
+        # Handshakes per user: a burst of a whole per-user allowance (a restart reconnects them
+        # all at once), then handshake_rate a second.
+        burst = handshake_burst or max(max_connections_per_user, int(handshake_rate * 2), 1)
+        self.handshakes = RateLimits(handshake_rate, burst)
+        self.registry = Registry()
+        self.catchup = CatchUp(self)
+        self.presence_manager: IPresenceManager = LocalPresence()
+        self.liveness = Liveness(clock, self.registry.is_connected, self.store.agent,
+                                 self._publish_liveness, lambda: self.accepting)
+        self._timers: MultiService | None = None
+        self._sweep_call: IDelayedCall | None = None
+        self._empty_waiters: list[Deferred] = []
+        self.accepting = True
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """
+        Start the periodic work: heartbeats (when the interval is not 0) and the store's retention
+        passes, each a C{TimerService} on the hub's clock; and, after L{reconnect_grace}, one sweep
+        of the agents that did not come back (L{sweep_absent_agents}).
+        """
+        if self._timers is not None:
+            return
+        self._timers = MultiService()
+        if self.heartbeat_interval > 0:
+            self._timer(self.heartbeat_interval, self.send_heartbeat)
+        self._timer(self.trim_interval, self.trim)
+        self._timers.startService()
+        self._sweep_call = self.clock.callLater(self.reconnect_grace, self.sweep_absent_agents)
+
+    def _timer(self, interval: float, function: Callable[[], None]) -> None:
+        timer = TimerService(interval, function)
+        timer.clock = self.clock
+        timer.setServiceParent(self._timers)
+
+    def trim(self) -> None:
+        """One retention pass; a failure (a locked database, say) is logged and retried later."""
+        try:
+            self.store.trim(self.clock.seconds())
+        except Exception:
+            self.log.failure("retention pass over the store failed; retrying")
+
+    def stop(self) -> None:
+        """Stop the periodic work and refuse new connections."""
+        self.accepting = False
+        if self._timers is not None:
+            self._timers.stopService()
+            self._timers = None
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+        self.liveness.stop()
+
+    def sweep_absent_agents(self) -> None:
+        """
+        Mark offline the agents that the hub had marked online because of their connection and
+        that have not connected again since this hub started: a hub restart does not publish
+        offline for everyone (they reconnect), so an agent that died meanwhile is caught here.
+        """
+        self._sweep_call = None
+        for payload in list(self.store.agents()):
+            agent_id = payload.get("agentId")
+            metadata = payload.get("metadata") or {}
+            if (payload.get("status") == "online" and metadata.get("source") == "connection"
+                    and not self.registry.is_connected(agent_id)):
+                body = {"status": "offline", "metadata": {"source": "connection"},
+                        "message": "did not reconnect after the hub restarted"}
+                if payload.get("name") is not None:
+                    body["name"] = payload["name"]
+                self.publish(events.AGENT_STATUS,
+                             events.agent_status(body, self.clock.seconds(), agent_id))
+
+    def close_all(self, code: int = 1001, reason: str = "server going away") -> None:
+        """
+        Close every connection (1001 by default: the server is going away), L{close_batch} per
+        reactor turn.
+        """
+        pending = list(self.registry)
+
+        def batch() -> None:
+            chunk, pending[:] = pending[: self.close_batch], pending[self.close_batch :]
+            for conn in chunk:
+                if self.registry.get(conn) is not None:
+                    conn.close(code, reason)
+            if pending:
+                self.clock.callLater(0, batch)
+
+        batch()
+
+    def when_empty(self) -> Deferred:
+        """A Deferred that fires once no connection is registered (at once if none is)."""
+        if not len(self.registry):
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._empty_waiters.append(d)
+        return d
+
+    def set_prepare(self, prepare: Callable[[bytes], Any]) -> None:
+        """Use C{prepare} to turn encoded frames into what L{IConnection.deliver} takes."""
+        self.prepare = prepare
+
+    # Connections
+
+    def admit(self, principal: Principal) -> None:
+        """
+        Check that C{principal} may open one more connection.
+
+        @raise Refusal: 503 when the hub is stopping or full, 429 when the user is at their cap or
+            opens connections faster than the handshake rate.
+        """
+        if not self.accepting:
+            raise Refusal(503, "shutting down")
+        if not self.handshakes.take(principal.sub, self.clock.seconds()):
+            raise Refusal(429, "too many handshakes", code="rate_limited")
+        if len(self.registry) >= self.max_connections:
+            raise Refusal(503, "too many connections")
+        if self.registry.connection_count_of(principal.sub) >= self.max_connections_per_user:
+            raise Refusal(429, "too many connections for this user")
+
+    def register(self, conn: IConnection, request: ConnectRequest | None = None) -> None:
+        """
+        Add an open connection and send it its first frames: C{welcome}, then either a
+        C{snapshot} (a fresh start) or the replay of what it missed (see L{CatchUp}).
+        """
+        request = request or ConnectRequest()
+        now = self.clock.seconds()
+        conn.connection_id = uuid.uuid4().hex
+        client = Client(node=self, conn=conn, request=request, connected_at=now,
+                         bucket=TokenBucket(self.message_rate, self.message_burst, now))
+        first = self.registry.add(client)
+        wanted = request.channels
+        if wanted is None:
+            wanted = policy.default_subscription(conn.principal)
+        forbidden = client.add_channels(wanted)
+        # The audit line of an accepted handshake (refusals are logged by the protocol).
+        self.log.info(
+            "handshake accepted from {peer}: 101 {user} ({role}), connection {connection_id}",
+            connection_id=conn.connection_id, user=conn.principal.sub,
+            role=conn.principal.role, peer=request.peer,
+        )
+        client.schedule_expiry()
+        conn.send_frame(events.envelope("welcome", {
+            "connectionId": conn.connection_id,
+            "user": conn.principal.as_user(),
+            "heartbeatInterval": _number(self.heartbeat_interval),
+            "lastSeq": self.store.last_seq,
+            "epoch": self.store.epoch,
+            "channels": sorted(client.channels),
+        }, events.format_timestamp(now)))
+        if forbidden:
+            conn.send_frame(client.forbidden_channels(forbidden))
+        if first:
+            self.presence_manager.join(conn.principal, now)
+            self._presence_event("presence:join", conn.principal.sub)
+            if conn.principal.role == "agent":
+                self.liveness.changed(conn.principal)
+        self.catchup.start(client)
+
+    def writable(self, conn: IConnection) -> None:
+        """The connection's transport takes data again: go on with a replay that waited for it."""
+        client = self.registry.get(conn)
+        if client is not None:
+            self.catchup.writable(client)
+
+    def timed_out(self, conn: IConnection) -> None:
+        """The connection is being dropped because it stopped answering pings."""
+        client = self.registry.get(conn)
+        if client is not None:
+            client.timed_out = True
+
+    def unregister(self, conn: IConnection) -> None:
+        """Forget a connection; safe to call more than once, and for one never registered."""
+        client, last = self.registry.remove(conn)
+        if client is None:
+            return
+        client.cancel_timers()
+        principal = conn.principal
+        if last:
+            self._presence_event("presence:leave", principal.sub)
+            self.presence_manager.leave(principal.sub)
+            if principal.role == "agent":
+                self.liveness.changed(principal, client.timed_out)
+        self.log.info("connection {connection_id} of {user} closed",
+                      connection_id=conn.connection_id, user=principal.sub)
+        if not len(self.registry):
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_connection(self, connection_id: str, admin: Principal) -> bool:
+        """
+        Close the connection C{connection_id} with 4009 (closed by an administrator), on behalf
+        of C{admin}, and leave one audit line.  It goes as any close goes: the hub forgets it,
+        with its presence and counts, when the closing handshake ends (L{unregister}).  A
+        connection already closing for another reason keeps the code it was given.
+
+        @return: whether such a connection was registered.
+        """
+        client = self.registry.find(connection_id)
+        if client is None:
+            return False
+        conn = client.conn
+        self.log.info(
+            "closing connection {connection_id} of {user} ({peer}): closed by administrator "
+            "{admin}",
+            connection_id=connection_id, user=conn.principal.sub, peer=client.request.peer,
+            admin=admin.sub,
+        )
+        if not client.closing:
+            client.close(CLOSED_BY_ADMIN, "closed by an administrator")
+        return True
+
+    @property
+    def connection_count(self) -> int:
+        return len(self.registry)
+
+    def connections_of(self, user_id: str) -> frozenset:
+        return self.registry.connections_of(user_id)
+
+    def users(self) -> list[dict]:
+        """C{[{"id", "connections"}]}: who is connected and how often, by user id."""
+        return self.registry.users()
+
+    def connection_details(self) -> list[dict]:
+        """One entry per connection, for operators: who, from where, since when, how far."""
+        return list(self.registry.iter_connection_details())
+
+    def iter_connection_details(self) -> Iterator[dict]:
+        """L{connection_details}, one entry at a time, each made when it is reached."""
+        return self.registry.iter_connection_details()
+
+    # Client frames
+
+    @property
+    def max_strikes(self) -> int:
+        """Refused messages in a row (while the bucket is empty) before the connection is
+        closed."""
+        return self.message_burst
+
+    def handle_frame(self, conn: IConnection, data: bytes, is_binary: bool) -> dict | None:
+        """
+        Answer one client message.  Returns the reply frame for C{conn} (a reply to a good frame,
+        or an C{error} frame for a bad one), or C{None} when the connection is being closed.
+        Never raises for bad input.
+        """
+        client = self.registry.get(conn)
+        if client is None or client.closing:
+            return None  # frames that arrive after the hub began closing are not answered
+        if not client.take_message():
+            if client.closing:
+                return None
+            return self.error_frame("rate_limited", "too many messages; slow down")
+        try:
+            return client.answer(data, is_binary)
+        except Exception:
+            # Our failure, not the client's (a store error, say): logged, answered, never a drop.
+            self.log.failure("answering a frame of connection {connection_id} failed",
+                             connection_id=conn.connection_id)
+            return self.error_frame("internal_error", "the hub could not process this frame")
+
+    def allow_message(self, conn: IConnection) -> bool:
+        """
+        Charge a frame the hub does not see as a message (a ping, a pong, a continuation frame)
+        to the connection's rate limit; C{False} when it is over it (and closed once it keeps going).
+        """
+        client = self.registry.get(conn)
+        if client is None or client.closing:
+            return False
+        return client.take_message()
+
+    def error_frame(self, code: str, message: str, reply_to: str | None = None) -> dict:
+        return self.frame("error", {"code": code, "message": message}, reply_to)
+
+    def frame(self, frame_type: str, payload: dict, reply_to: str | None = None) -> dict:
+        """A frame of the hub's own, stamped with the hub's time."""
+        return events.envelope(frame_type, payload, self.now(), reply_to=reply_to)
+
+    def now(self) -> str:
+        return events.format_timestamp(self.clock.seconds())
+
+    # Who may receive what
+
+    def owns_session(self, principal: Principal) -> Callable[[str], bool]:
+        """Whether a session belongs to the agent C{principal} (the store keeps owners)."""
+        return lambda session_id: self.store.session_owner(session_id) == principal.sub
+
+    def may_receive(self, principal: Principal, channel: str) -> bool:
+        """Whether C{principal} may receive C{channel}, its own sessions counted (HTTP reads)."""
+        return policy.may_subscribe(principal, channel, self.owns_session(principal))
+
+    def may_see(self, principal: Principal, event_type: str, payload: dict) -> bool:
+        """Whether C{principal} may receive this event on some channel (for the HTTP reads)."""
+        owns = self.owns_session(principal)
+        return any(policy.may_subscribe(principal, name, owns)
+                   for name in channels.event_channels(event_type, payload))
+
+    # Presence
+
+    def presence(self) -> list[dict]:
+        """Who is connected now: one entry per user, with their connection count."""
+        return list(self.iter_presence())
+
+    def iter_presence(self) -> Iterator[dict]:
+        """L{presence}, one entry at a time, each made when it is reached (for streaming)."""
+        for info in self.presence_manager.entries():
+            yield dict(info, connections=self.registry.connection_count_of(info["id"]))
+
+    def _presence_event(self, event_type: str, user: str) -> None:
+        info = self.presence_manager.get(user)
+        assert info is not None
+        payload = {"userId": info["id"], "name": info["name"], "role": info["role"],
+                   "connections": self.registry.connection_count_of(user)}
+        self.fan_out(events.envelope(event_type, payload, self.now()), (channels.PRESENCE,))
+
+    def _publish_liveness(self, principal: Principal, status: str, message: str) -> None:
+        body: dict[str, Any] = {"status": status, "message": message,
+                                "metadata": {"source": "connection"}}
+        latest = self.store.agent(principal.sub) or {}
+        name = principal.name or latest.get("name")  # keep the name the agent published
+        if name is not None:
+            body["name"] = name
+        self.publish(events.AGENT_STATUS,
+                     events.agent_status(body, self.clock.seconds(), principal.sub))
+
+    # Publishing and fan-out
+
+    def publish(self, event_type: str, payload: dict, idempotency: Any = None) -> dict:
+        """
+        Store an already validated event, fan it out and return its envelope.  With
+        C{idempotency} (C{(user, key, fingerprint)}) a repeat returns the first event's envelope
+        and sends nothing.
+        """
+        now = self.clock.seconds()
+        event, _ = self.broker.append(event_type, payload, events.format_timestamp(now), now,
+                                      idempotency)
+        return event.envelope()
+
+    def _appended(self, event: StoredEvent) -> None:
+        """The broker appended C{event}: deliver it to every connection subscribed to it."""
+        self.fan_out(event.envelope(), channels.event_channels(event.type, event.payload))
+
+    def publish_for(
+        self,
+        principal: Principal,
+        event_type: str,
+        body: object,
+        subject_id: str | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+    ) -> dict:
+        """
+        Validate C{body} as an event of C{event_type} published by C{principal}, check that they
+        may publish it (the rules are in L{policy}), and publish it.  C{subject_id} is the agent
+        or session id named by the URL, if any.
+
+        @raise Refusal: 403 when the role does not allow it.
+        @raise ValidationError: when the payload breaks a rule.
+        @raise mission_control.store.IdempotencyConflict: the key was used for another request.
+        """
+        now = self.clock.seconds()
+        if event_type == events.AGENT_STATUS:
+            if subject_id is not None and not policy.may_publish_agent_status(
+                principal, subject_id
+            ):
+                raise Refusal(403, "not allowed to publish for this agent")
+            payload = events.agent_status(body, now, subject_id)
+            if not policy.may_publish_agent_status(principal, payload["agentId"]):
+                raise Refusal(403, "not allowed to publish for this agent")
+        elif event_type == events.SESSION_ACTIVITY:
+            if not policy.may_publish_sessions(principal):
+                raise Refusal(403, "not allowed to publish session activity")
+            if principal.role == "agent" and isinstance(body, dict) and "agentId" not in body:
+                # An agent's activity is its own unless it says otherwise.
+                body = dict(body, agentId=principal.sub)
+            payload = events.session_activity(body, now, subject_id)
+            if not policy.may_publish_session_activity(principal, payload.get("agentId")):
+                raise Refusal(403, "not allowed to publish for this agent")
+            owner = self.store.session_owner(payload["sessionId"])
+            if not policy.may_join_session(principal, owner):
+                # Another agent's session: joining it would also let this agent read it.
+                raise Refusal(403, "session belongs to another agent")
+        else:
+            raise ValidationError("unknown event type", code="unknown_type")
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = (principal.sub, idempotency_key, fingerprint)
+        return self.publish(event_type, payload, idempotency)
+
+    def broadcast(self, frame: Mapping) -> int:
+        """
+        Encode C{frame} once and deliver it to every live connection.  Returns how many
+        connections it was handed to.  Broadcasting to nobody is a no-op.
+        """
+        return self._deliver(frame, self.registry.live())
+
+    def fan_out(self, frame: Mapping, names: Iterable[str]) -> int:
+        """Deliver C{frame}, encoded once, to every connection that receives any of C{names}."""
+        return self._deliver(frame, self.registry.subscribers(names))
+
+    def _deliver(self, frame: Mapping, targets: Iterable[IConnection]) -> int:
+        if not targets:
+            return 0
+        prepared = self.prepare(events.encode_json(frame))
+        count = 0
+        for conn in targets:
+            conn.deliver(prepared)
+            count += 1
+        return count
+
+    def send_heartbeat(self) -> None:
+        ts = self.now()
+        self.broadcast(
+            events.envelope("heartbeat", {"timestamp": ts, "lastSeq": self.store.last_seq}, ts)
+        )
+
+
+def _number(value: float) -> int | float:
+    """C{30.0} as C{30}: whole seconds read better in JSON."""
+    return int(value) if float(value).is_integer() else value

@@ -1,0 +1,164 @@
+# -*- test-case-name: tests.test_hub_presence -*-
+"""
+Who is here, and which agents are alive.
+
+L{IPresenceManager} is what the node asks about presence: who is connected, since when, under
+which name and role.  L{LocalPresence} keeps it for one process; a shared backbone can keep it
+for many behind the same interface.
+
+L{Liveness} turns an agent's connections into its C{agent:status}: C{online} when its first
+connection opens, C{offline} when its last one closes (or stops answering pings).  A check
+publishes where the agent is then, and at most once per L{Liveness.interval}, so an agent that
+connects and disconnects in a loop costs the store and the audience one event per interval, and
+the last one always says where it ended.  An agent that set its own status keeps it while
+connected.  Time is the injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from mission_control import events
+from mission_control.policy import Principal
+
+
+class IPresenceManager(Interface):
+    """Who is connected: one entry per user, however many connections they have."""
+
+    def join(principal: Principal, now: float) -> None:
+        """C{principal}'s first connection opened at C{now}."""
+
+    def leave(user_id: str) -> None:
+        """C{user_id}'s last connection closed."""
+
+    def get(user_id: str) -> dict | None:
+        """C{{"id", "name", "role", "since"}} of a present user, or C{None}."""
+
+    def entries() -> Iterator[dict]:
+        """Every present user's entry, by user id."""
+
+
+@implementer(IPresenceManager)
+class LocalPresence:
+    """The presence of one hub process, in memory."""
+
+    def __init__(self) -> None:
+        self._here: dict[str, dict] = {}
+
+    def join(self, principal: Principal, now: float) -> None:
+        self._here[principal.sub] = {
+            "id": principal.sub, "name": principal.name, "role": principal.role,
+            "since": events.format_timestamp(now),
+        }
+
+    def leave(self, user_id: str) -> None:
+        self._here.pop(user_id, None)
+
+    def get(self, user_id: str) -> dict | None:
+        return self._here.get(user_id)
+
+    def entries(self) -> Iterator[dict]:
+        for _, info in sorted(self._here.items()):
+            yield info
+
+
+@dataclass(eq=False)
+class _Agent:
+    """The liveness bookkeeping of one agent."""
+
+    principal: Principal
+    #: When its online or offline was last published.
+    published_at: float = float("-inf")
+    #: The pending check, while one is due.
+    call: IDelayedCall | None = None
+    timed_out: bool = False
+
+
+class Liveness:
+    """
+    Publishes agents' C{online} and C{offline} from their connections (see the module docstring).
+
+    @ivar is_connected: whether an agent has a connection now.
+    @ivar latest_status: an agent's latest C{agent:status} payload, or C{None}.
+    @ivar publish: C{publish(principal, status, message)}: stores and sends the status.
+    @ivar accepting: whether the hub still runs; nothing is published while it stops, so a
+        restart does not mark every agent offline.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        is_connected: Callable[[str], bool],
+        latest_status: Callable[[str], dict | None],
+        publish: Callable[[Principal, str, str], None],
+        accepting: Callable[[], bool],
+        interval: float = 1.0,
+    ) -> None:
+        self.clock = clock
+        self.is_connected = is_connected
+        self.latest_status = latest_status
+        self.publish = publish
+        self.accepting = accepting
+        #: Least seconds between two online/offline events for one agent.
+        self.interval = interval
+        self.agents: dict[str, _Agent] = {}
+
+    def changed(self, principal: Principal, timed_out: bool = False) -> None:
+        """
+        An agent's first connection opened or its last one closed: check its liveness now, or,
+        when its online or offline was published less than L{interval} ago, once that interval
+        is over.
+        """
+        entry = self.agents.get(principal.sub)
+        if entry is None:
+            entry = self.agents[principal.sub] = _Agent(principal)
+        entry.principal, entry.timed_out = principal, timed_out
+        if entry.call is not None and entry.call.active():
+            return  # the pending check will see the state as it is then
+        wait = entry.published_at + self.interval - self.clock.seconds()
+        if wait > 0:
+            entry.call = self.clock.callLater(wait, self.check, principal.sub)
+        else:
+            self.check(principal.sub)
+
+    def check(self, agent_id: str) -> None:
+        """
+        Publish C{online} for a connected agent the state shows offline (or not at all), and
+        C{offline} for an agent with no connection the state does not show offline.
+        """
+        entry = self.agents[agent_id]
+        entry.call = None
+        connected = self.is_connected(agent_id)
+        status = (self.latest_status(agent_id) or {}).get("status")
+        now = self.clock.seconds()
+        try:
+            if self.accepting() and connected and status in (None, "offline"):
+                self.publish(entry.principal, "online", "connected")
+                entry.published_at = now
+            elif self.accepting() and not connected and status != "offline":
+                why = ("connection timed out (no answer to pings)" if entry.timed_out
+                       else "connection closed")
+                self.publish(entry.principal, "offline", why)
+                entry.published_at = now
+        except Exception:
+            self.log.failure("publishing the liveness of agent {agent} failed", agent=agent_id)
+        if not connected:
+            if entry.published_at == now:
+                # Kept for one interval, so that a quick reconnect is coalesced too.
+                entry.call = self.clock.callLater(self.interval, self.check, agent_id)
+            else:
+                del self.agents[agent_id]
+
+    def stop(self) -> None:
+        """Cancel every pending check and forget the bookkeeping."""
+        for entry in self.agents.values():
+            if entry.call is not None and entry.call.active():
+                entry.call.cancel()
+        self.agents.clear()

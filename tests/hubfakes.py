@@ -1,0 +1,123 @@
+"""
+Fakes for the hub's unit tests: connections that record what the hub hands them, and a test case
+with a hub on a L{Clock} and a memory store.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from mission_control.auth import TokenVerifier
+from mission_control.hub import Hub, IConnection
+from mission_control.policy import Principal
+from mission_control.store import MemoryStore
+
+SECRET = b"k" * 32
+
+
+FAR_FUTURE = 4_000_000_000.0
+
+
+@implementer(IConnection)
+class FakeConnection:
+    """
+    Records what the hub hands it, in order, in C{frames} (deliveries and direct sends alike);
+    C{open} false models a half-closed connection, C{paused} a transport that takes no data.
+    """
+
+    def __init__(self, sub="alice", role="viewer", expires_at=FAR_FUTURE):
+        self.principal = Principal(sub=sub, role=role, name=None, expires_at=expires_at)
+        self.connection_id = None
+        self.delivered = []
+        self.frames = []
+        self.closed_with = None
+        self.open = True
+        self.paused = False
+
+    def deliver(self, prepared):
+        if self.open:
+            frame = json.loads(prepared)
+            self.frames.append(frame)
+            if frame["type"] != "snapshot":  # broadcasts only; the snapshot is in frames
+                self.delivered.append(frame)
+
+    def send_frame(self, frame):
+        self.frames.append(json.loads(json.dumps(frame)))
+
+    def send_stream(self, chunks, done):
+        self.deliver(b"".join(chunks))
+        done()
+
+    def close(self, code, reason):
+        self.closed_with = (code, reason)
+
+    def bytes_waiting(self):
+        return 0
+
+    def types(self):
+        return [f["type"] for f in self.frames]
+
+
+class HeldStreamConnection(FakeConnection):
+    """
+    A connection whose streamed message completes only when the test says so; as the real one
+    does, it keeps what is sent meanwhile (C{held}) until the message ends.
+    """
+
+    held = None
+
+    def send_stream(self, chunks, done):
+        self._stream, self.held = (chunks, done), []
+
+    def deliver(self, prepared):
+        if self.held is not None:
+            self.held.append(("deliver", prepared))
+        else:
+            super().deliver(prepared)
+
+    def send_frame(self, frame):
+        if self.held is not None:
+            self.held.append(("send_frame", frame))
+        else:
+            super().send_frame(frame)
+
+    def finish(self):
+        (chunks, done), held, self.held = self._stream, self.held, None
+        self.deliver(b"".join(chunks))
+        for method, value in held:
+            getattr(self, method)(value)
+        done()
+
+
+class HubTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.prepared = []
+
+        def prepare(data):
+            self.prepared.append(data)
+            return data
+
+        self.verifier = TokenVerifier(key=SECRET, algorithms=["HS256"], leeway=5)
+        self.hub = Hub(self.clock, MemoryStore(), heartbeat_interval=30, prepare=prepare,
+                       max_connections=5, max_connections_per_user=3, verifier=self.verifier,
+                       message_rate=2, message_burst=4)
+
+    def connect(self, sub="alice", role="viewer", request=None, **kwargs):
+        conn = FakeConnection(sub, role, **kwargs)
+        self.hub.register(conn, request)
+        return conn
+
+    def publish(self, count=1, agent="a1"):
+        return [self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, agent)
+                for _ in range(count)]
+
+    def principal(self, sub="op", role="operator"):
+        return Principal(sub=sub, role=role, name=None, expires_at=0)
+
+

@@ -1,0 +1,60 @@
+"""
+Tests for L{mission_control.hub.broker}: the in-process broker appends to its store and tells
+every listener of each new event, in seq order; an idempotent repeat tells nobody.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mission_control.hub.broker import IBroker, InProcessBroker
+from mission_control.store import IdempotencyConflict, MemoryStore
+
+PAYLOAD = {"agentId": "a1", "status": "busy", "timestamp": "2027-01-01T00:00:00.000Z"}
+
+
+class InProcessBrokerTests(SynchronousTestCase):
+    def setUp(self):
+        self.store = MemoryStore()
+        self.broker = InProcessBroker(self.store)
+        self.heard: list[tuple[str, int]] = []
+        verifyObject(IBroker, self.broker)
+
+    def append(self, idempotency=None):
+        return self.broker.append("agent:status", PAYLOAD, "2027-01-01T00:00:00.000Z", 0.0,
+                                  idempotency)
+
+    def test_listeners_hear_every_append_in_order(self):
+        """Each listener hears each appended event once, in seq order, before append returns."""
+        self.broker.subscribe(lambda event: self.heard.append(("one", event.seq)))
+        self.broker.subscribe(lambda event: self.heard.append(("two", event.seq)))
+        event, created = self.append()
+        self.assertTrue(created)
+        self.assertEqual(self.heard, [("one", 1), ("two", 1)])
+        self.append()
+        self.assertEqual(self.heard, [("one", 1), ("two", 1), ("one", 2), ("two", 2)])
+        self.assertEqual(self.store.last_seq, 2)
+
+    def test_repeat_tells_nobody(self):
+        """An idempotent repeat returns the first event and tells no listener."""
+        self.broker.subscribe(lambda event: self.heard.append(("one", event.seq)))
+        first, _ = self.append(("alice", "k1", "f"))
+        again, created = self.append(("alice", "k1", "f"))
+        self.assertFalse(created)
+        self.assertEqual(again.seq, first.seq)
+        self.assertEqual(self.heard, [("one", 1)])
+        self.assertRaises(IdempotencyConflict, self.append, ("alice", "k1", "other"))
+        self.assertEqual(self.heard, [("one", 1)])
+
+    def test_unsubscribe(self):
+        """An unsubscribed listener hears nothing more; unsubscribing a stranger is harmless."""
+        def listener(event):
+            self.heard.append(("one", event.seq))
+
+        self.broker.subscribe(listener)
+        self.append()
+        self.broker.unsubscribe(listener)
+        self.broker.unsubscribe(listener)
+        self.append()
+        self.assertEqual(self.heard, [("one", 1)])

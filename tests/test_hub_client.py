@@ -1,0 +1,356 @@
+"""
+Tests for L{mission_control.hub.client}: the answers to client frames (ping, ack, auth,
+subscribe, unsubscribe, publish), the message rate limit and token expiry, through a hub on a
+L{Clock} with fake connections.
+"""
+
+from __future__ import annotations
+
+import json
+
+from mission_control import auth
+from mission_control.hub import ConnectRequest
+from mission_control.policy import Principal
+from tests.hubfakes import FAR_FUTURE, SECRET, FakeConnection, HubTestCase
+
+
+class ClientFrameTests(HubTestCase):
+    """Replies to client frames."""
+
+    def reply(self, conn, value, binary=False):
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return self.hub.handle_frame(conn, data, binary)
+
+    def test_ping(self):
+        """ping gets pong with the same id."""
+        reply = self.reply(self.connect(), {"type": "ping", "id": "r1"})
+        self.assertEqual((reply["type"], reply["id"], reply["payload"]), ("pong", "r1", {}))
+
+    def test_ack(self):
+        """ack records the position (never backwards) and replies with it."""
+        conn = self.connect()
+        self.publish(5)
+        self.assertEqual(self.reply(conn, {"type": "ack", "seq": 4})["payload"], {"seq": 4})
+        self.assertEqual(self.reply(conn, {"type": "ack", "seq": 2})["payload"], {"seq": 4})
+        self.assertEqual(self.hub.connection_details()[0]["ackedSeq"], 4)
+        for bad in (-1, "3", 1.5, True, None, 6):
+            self.clock.advance(1)  # stay within the rate limit
+            reply = self.reply(conn, {"type": "ack", "seq": bad})
+            self.assertEqual((reply["type"], reply["payload"]["code"]), ("error", "bad_request"))
+
+    def test_errors(self):
+        """Bad frames get error frames with a code, and the id when there was one."""
+        conn = self.connect()
+        cases = [
+            (b"not json", "bad_request", None),
+            (b"[]", "bad_request", None),
+            ({"type": "dance", "id": "r2"}, "unknown_type", "r2"),
+            ({"id": "r3"}, "bad_request", "r3"),
+            ({"type": "subscribe", "id": "r4", "channels": []}, "bad_request", "r4"),
+        ]
+        for value, code, frame_id in cases:
+            self.clock.advance(1)
+            reply = self.reply(conn, value)
+            self.assertEqual(reply["type"], "error")
+            self.assertEqual(reply["payload"]["code"], code, value)
+            self.assertEqual(reply.get("id"), frame_id)
+            self.assertTrue(reply["payload"]["message"])
+
+    def test_binary(self):
+        """Binary frames get an error, not silence."""
+        reply = self.reply(self.connect(), b'{"type":"ping"}', binary=True)
+        self.assertEqual((reply["type"], reply["payload"]["code"]), ("error", "bad_request"))
+
+
+class TokenLifecycleTests(HubTestCase):
+    """Expiry, the warning before it, and fresh tokens over the connection."""
+
+    def token(self, sub="alice", ttl=300):
+        return auth.mint_token(SECRET, sub, self.clock.seconds(), ttl=ttl)
+
+    def auth(self, conn, token):
+        return self.hub.handle_frame(conn, json.dumps({"type": "auth", "id": "t1", "token": token})
+                                     .encode(), False)
+
+    def test_warning_then_4001(self):
+        """auth:expiring a minute before exp, close 4001 at exp + leeway, not before."""
+        now = self.clock.seconds()
+        conn = self.connect(expires_at=now + 300)
+        self.clock.advance(239)
+        self.assertNotIn("auth:expiring", conn.types())
+        self.clock.advance(1)
+        self.assertEqual(conn.frames[-1]["type"], "auth:expiring")
+        self.assertEqual(conn.frames[-1]["payload"]["secondsLeft"], 60)
+        self.clock.advance(64)
+        self.assertIsNone(conn.closed_with)
+        self.clock.advance(1)
+        self.assertEqual(conn.closed_with, (4001, "token expired"))
+
+    def test_fresh_token_moves_the_deadline(self):
+        """A valid token for the same sub is answered auth:ok and the old deadline no longer holds."""
+        now = self.clock.seconds()
+        conn = self.connect(expires_at=now + 100)
+        self.clock.advance(50)
+        reply = self.auth(conn, self.token(ttl=1000))
+        self.assertEqual((reply["type"], reply["id"]), ("auth:ok", "t1"))
+        self.clock.advance(200)
+        self.assertIsNone(conn.closed_with)
+        self.clock.advance(1000)
+        self.assertEqual(conn.closed_with[0], 4001)
+
+    def test_same_expiry_is_warned_once(self):
+        """
+        A client that answers auth:expiring with a token of the same exp (its own, sent back)
+        gets auth:ok but no second warning, at once or later: the warning is not a loop. A
+        token that moves the exp is warned of again, a minute before its own end.
+        """
+        now = self.clock.seconds()
+        conn = self.connect(expires_at=now + 100)
+        same = auth.mint_token(SECRET, "alice", now, ttl=100)
+        self.clock.advance(40)
+        self.assertEqual(conn.types().count("auth:expiring"), 1)
+        for _ in range(3):
+            self.assertEqual(self.auth(conn, same)["type"], "auth:ok")
+            self.clock.advance(0)
+        self.clock.advance(30)
+        self.assertEqual(conn.types().count("auth:expiring"), 1)
+        later = self.token(ttl=170)  # exp at now + 240
+        self.assertEqual(self.auth(conn, later)["type"], "auth:ok")
+        self.clock.advance(109)
+        self.assertEqual(conn.types().count("auth:expiring"), 1)
+        self.clock.advance(1)
+        self.assertEqual(conn.types().count("auth:expiring"), 2)
+
+    def test_token_for_another_user(self):
+        """A token for another sub gets an error frame and close 4003."""
+        conn = self.connect()
+        self.assertIsNone(self.auth(conn, self.token(sub="mallory")))
+        self.assertEqual(conn.frames[-1]["payload"]["code"], "forbidden")
+        self.assertEqual(conn.closed_with[0], 4003)
+
+    def test_invalid_token(self):
+        """An invalid or expired token gets an error frame and close 4003."""
+        for token in ("junk", self.token(ttl=-60)):
+            conn = self.connect()
+            self.assertIsNone(self.auth(conn, token))
+            self.assertEqual(conn.frames[-1]["payload"]["code"], "invalid_token")
+            self.assertEqual(conn.closed_with[0], 4003)
+            self.hub.unregister(conn)
+
+    def test_timers_cancelled_on_close(self):
+        """A closed connection leaves no expiry timer behind."""
+        conn = self.connect(expires_at=self.clock.seconds() + 300)
+        self.hub.unregister(conn)
+        self.hub.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class RateLimitTests(HubTestCase):
+    """The per-connection inbound message rate (2/s, burst 4 here)."""
+
+    def test_error_then_4029(self):
+        """Past the burst each message gets rate_limited; going on past another burst closes 4029."""
+        conn = self.connect()
+        ping = b'{"type":"ping"}'
+        replies = [self.hub.handle_frame(conn, ping, False)["type"] for _ in range(4)]
+        self.assertEqual(replies, ["pong"] * 4)
+        limited = self.hub.handle_frame(conn, ping, False)
+        self.assertEqual(limited["payload"]["code"], "rate_limited")
+        for _ in range(3):
+            self.hub.handle_frame(conn, ping, False)
+        self.assertIsNone(conn.closed_with)
+        self.assertIsNone(self.hub.handle_frame(conn, ping, False))
+        self.assertEqual(conn.closed_with, (4029, "too many messages"))
+
+    def test_refills(self):
+        """After a pause the client may send again."""
+        conn = self.connect()
+        for _ in range(5):
+            self.hub.handle_frame(conn, b'{"type":"ping"}', False)
+        self.clock.advance(1)
+        self.assertEqual(self.hub.handle_frame(conn, b'{"type":"ping"}', False)["type"], "pong")
+
+
+class ReviewFixTests(HubTestCase):
+    """Edge cases of expiry, acks and closing."""
+
+    def test_short_token_warned_at_once(self):
+        """A token with less than a minute left gets auth:expiring at once, not only 4001."""
+        conn = self.connect(expires_at=self.clock.seconds() + 20)
+        self.clock.advance(0)
+        self.assertIn("auth:expiring", conn.types())
+        self.assertIsNone(conn.closed_with)
+
+    def test_saved_position_never_goes_back(self):
+        """A named connection that acks less than the saved position does not lower it."""
+        self.publish(5)
+        ahead = self.connect("alice", request=ConnectRequest(client="c"))
+        self.hub.handle_frame(ahead, b'{"type":"ack","seq":5}', False)
+        behind = self.connect("alice", request=ConnectRequest(since=1, epoch=self.hub.store.epoch,
+                                                              client="c"))
+        self.clock.advance(1)
+        self.hub.handle_frame(behind, b'{"type":"ack","seq":3}', False)
+        self.assertEqual(self.hub.store.position("alice", "c"), 5)
+
+    def test_frames_after_4029_ignored(self):
+        """Once closing for too many messages, later frames get no reply and no second close."""
+        conn = self.connect()
+        closes = []
+        conn.close = lambda code, reason: closes.append(code)
+        for _ in range(30):
+            self.hub.handle_frame(conn, b'{"type":"ping"}', False)
+        self.assertEqual(closes, [4029])
+
+
+class ChannelTests(HubTestCase):
+    """Subscriptions decide who receives what."""
+
+    def sub(self, conn, names, verb="subscribe"):
+        self.clock.advance(1)
+        return self.hub.handle_frame(conn, json.dumps({"type": verb, "id": "s", "channels": names})
+                                     .encode(), False)
+
+    def test_filtering(self):
+        """A client on agents:a1 receives a1's statuses and never a2's."""
+        only = self.connect("v", request=ConnectRequest(channels=("agents:a1",)))
+        everything = self.connect("w")
+        self.publish(1, agent="a1")
+        self.publish(1, agent="a2")
+        self.assertEqual([f["payload"]["agentId"] for f in only.delivered], ["a1"])
+        self.assertEqual(len(everything.delivered), 2)
+
+    def test_index_not_scan(self):
+        """Fan-out reaches subscribers through the channel index, each connection once."""
+        both = self.connect("v", request=ConnectRequest(channels=("agents", "agents:a1")))
+        self.publish(1, agent="a1")
+        self.assertEqual(len(both.delivered), 1)
+        self.assertEqual(set(self.hub.registry.channels_heard()), {"agents", "agents:a1"})
+
+    def test_subscribe_and_unsubscribe_reply_with_the_set(self):
+        """subscribe and unsubscribe are answered with the resulting subscription set."""
+        conn = self.connect("v")
+        reply = self.sub(conn, ["presence", "agents:x"])
+        self.assertEqual((reply["type"], reply["payload"]["channels"]),
+                         ("subscribed", ["agents", "agents:x", "presence", "sessions"]))
+        reply = self.sub(conn, ["agents", "sessions"], verb="unsubscribe")
+        self.assertEqual(reply["payload"]["channels"], ["agents:x", "presence"])
+        self.publish(1, agent="a1")
+        self.assertEqual(conn.delivered, [])
+
+    def test_forbidden_part(self):
+        """A refused channel gets a forbidden error; the rest of the request still applies."""
+        agent = self.connect("a1", role="agent")
+        reply = self.sub(agent, ["agents:a2", "agents:a1"])
+        self.assertEqual(reply["type"], "subscribed")
+        errors = [f for f in agent.frames if f["type"] == "error"]
+        self.assertEqual(errors[-1]["payload"]["code"], "forbidden")
+        self.assertIn("agents:a2", errors[-1]["payload"]["message"])
+        self.assertEqual(reply["payload"]["channels"], ["agents:a1"])
+
+    def test_forbidden_at_connect(self):
+        """Refused channels in the query: an error after welcome, the allowed ones apply."""
+        agent = FakeConnection("a1", "agent")
+        self.hub.register(agent, ConnectRequest(channels=("agents", "agents:a1")))
+        self.assertEqual(agent.types()[:3], ["welcome", "error", "snapshot"])
+        self.assertEqual(agent.frames[0]["payload"]["channels"], ["agents:a1"])
+
+    def test_claim_narrows(self):
+        """A token claim narrows what a viewer may subscribe to."""
+        conn = FakeConnection("v")
+        conn.principal = Principal(sub="v", role="viewer", name=None, expires_at=FAR_FUTURE,
+                                   channels=("agents:a*", "agents:a1"))
+        self.hub.register(conn, ConnectRequest(channels=("agents", "agents:a1")))
+        self.assertEqual(conn.frames[0]["payload"]["channels"], ["agents:a1"])
+
+    def test_agent_sees_its_sessions(self):
+        """An agent may subscribe to a session it publishes, not to another's."""
+        agent_principal = self.principal("a1", "agent")
+        self.hub.publish_for(agent_principal, "session:activity", {"activity": "started"}, "s1")
+        self.hub.publish_for(self.principal(), "session:activity",
+                             {"activity": "started", "agentId": "a2"}, "s2")
+        agent = self.connect("a1", role="agent")
+        reply = self.sub(agent, ["sessions:s1", "sessions:s2"])
+        self.assertEqual(reply["payload"]["channels"], ["agents:a1", "sessions:s1"])
+
+    def test_snapshot_and_resume_honour_the_subscription(self):
+        """The snapshot holds only subscribed state; a resume replays only subscribed events."""
+        self.publish(1, agent="a1")
+        self.publish(1, agent="a2")
+        narrow = self.connect("v", request=ConnectRequest(channels=("agents:a2",)))
+        self.assertEqual([a["agentId"] for a in narrow.frames[1]["payload"]["agents"]], ["a2"])
+        resumed = self.connect("v", request=ConnectRequest(
+            since=0, epoch=self.hub.store.epoch, channels=("agents:a1",)))
+        self.assertEqual([f.get("seq") for f in resumed.frames if f["type"] == "agent:status"],
+                         [1])
+        self.assertEqual(resumed.frames[-1]["payload"]["to"], 2)
+
+
+class PublishFrameTests(HubTestCase):
+    """publish from a client."""
+
+    def publish_frame(self, conn, event, frame_id="p1", key=None):
+        self.clock.advance(1)
+        frame = {"type": "publish", "event": event}
+        if frame_id:
+            frame["id"] = frame_id
+        if key is not None:
+            frame["idempotencyKey"] = key
+        return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
+
+    def test_agent_publishes_its_status(self):
+        """An agent publishes its own status; the reply carries the stored seq."""
+        agent = self.connect("a1", role="agent")
+        watcher = self.connect("v")
+        reply = self.publish_frame(agent, {"type": "agent:status",
+                                           "payload": {"agentId": "a1", "status": "busy"}})
+        self.assertEqual((reply["type"], reply["id"], reply["payload"]["type"]),
+                         ("published", "p1", "agent:status"))
+        self.assertEqual(watcher.delivered[-1]["seq"], reply["payload"]["seq"])
+
+    def test_forbidden_and_bad(self):
+        """A viewer gets forbidden; another agent's status is forbidden; bad events bad_request."""
+        viewer = self.connect("v")
+        agent = self.connect("a1", role="agent")
+        status = {"type": "agent:status", "payload": {"agentId": "a1", "status": "busy"}}
+        self.assertEqual(self.publish_frame(viewer, status)["payload"]["code"], "forbidden")
+        other = {"type": "agent:status", "payload": {"agentId": "a2", "status": "busy"}}
+        self.assertEqual(self.publish_frame(agent, other)["payload"]["code"], "forbidden")
+        for bad in ({"type": "agent:status", "payload": {"agentId": "a1"}}, "x",
+                    {"type": "agent:status"}, {"type": "agent:status", "payload": {}, "x": 1}):
+            self.assertEqual(self.publish_frame(agent, bad)["payload"]["code"], "bad_request")
+        self.assertEqual(self.publish_frame(agent, {"type": "presence:join", "payload": {}})
+                         ["payload"]["code"], "unknown_type")
+
+    def test_retry_with_same_key(self):
+        """
+        A retried publish with the same idempotencyKey (fields in any order) returns the same
+        seq and stores nothing more; the same key for another event is a conflict; a plain id
+        is only for matching the reply, never deduplicated.
+        """
+        agent = self.connect("a1", role="agent")
+        # Connecting published "online" for the agent (liveness): seq 1.
+        event = {"type": "agent:status", "payload": {"agentId": "a1", "status": "busy"}}
+        reordered = {"payload": {"status": "busy", "agentId": "a1"}, "type": "agent:status"}
+        first = self.publish_frame(agent, event, "x", key="k1")
+        again = self.publish_frame(agent, reordered, "y", key="k1")
+        self.assertEqual(first["payload"]["seq"], again["payload"]["seq"])
+        self.assertEqual(self.hub.store.last_seq, first["payload"]["seq"])
+        other = {"type": "agent:status", "payload": {"agentId": "a1", "status": "idle"}}
+        self.assertEqual(self.publish_frame(agent, other, key="k1")["payload"]["code"],
+                         "idempotency_conflict")
+        plain = [self.publish_frame(agent, event, "same")["payload"]["seq"] for _ in range(2)]
+        self.assertEqual(plain[1], plain[0] + 1)
+
+    def test_fresh_token_narrows_subscriptions(self):
+        """An auth frame with a token that allows less drops the channels it no longer allows."""
+        conn = self.connect("op", role="operator")
+        self.clock.advance(1)
+        narrower = auth.mint_token(SECRET, "op", self.clock.seconds(), role="viewer",
+                                   channels=["presence"])
+        reply = self.hub.handle_frame(conn, json.dumps({"type": "auth", "token": narrower})
+                                      .encode(), False)
+        self.assertEqual(reply["payload"]["channels"], [])
+        self.publish(1)
+        self.assertEqual(conn.delivered, [])
+
+

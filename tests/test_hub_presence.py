@@ -1,0 +1,106 @@
+"""
+Tests for L{mission_control.hub.presence}: who is here (L{LocalPresence}), and agents' online and
+offline from their connections (L{Liveness}), on a L{Clock} with plain callables for the hub.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
+from mission_control.policy import Principal
+
+AGENT = Principal(sub="a1", role="agent", name="Agent One", expires_at=0)
+
+
+class LocalPresenceTests(SynchronousTestCase):
+    def test_join_get_leave(self):
+        """A joined user is listed, by id, with name, role and since; leaving removes them."""
+        presence = LocalPresence()
+        verifyObject(IPresenceManager, presence)
+        presence.join(Principal(sub="zed", role="viewer", name=None, expires_at=0), 0.0)
+        presence.join(AGENT, 1.5)
+        self.assertEqual(presence.get("a1"), {"id": "a1", "name": "Agent One", "role": "agent",
+                                              "since": "1970-01-01T00:00:01.500Z"})
+        self.assertEqual([entry["id"] for entry in presence.entries()], ["a1", "zed"])
+        presence.leave("a1")
+        presence.leave("a1")  # twice is harmless
+        self.assertIsNone(presence.get("a1"))
+        self.assertEqual([entry["id"] for entry in presence.entries()], ["zed"])
+
+
+class LivenessTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.connected: set[str] = set()
+        self.status: dict[str, dict] = {}
+        self.published: list[tuple[str, str, str]] = []
+        self.running = True
+        self.liveness = Liveness(self.clock, self.connected.__contains__, self.status.get,
+                                 self.publish, lambda: self.running, interval=1.0)
+
+    def publish(self, principal, status, message):
+        self.published.append((principal.sub, status, message))
+        self.status[principal.sub] = {"status": status}
+
+    def test_online_then_offline(self):
+        """The first connection publishes online; the last one closing publishes offline."""
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        self.assertEqual(self.published, [("a1", "online", "connected")])
+        self.clock.advance(5)
+        self.connected.discard("a1")
+        self.liveness.changed(AGENT, timed_out=True)
+        self.assertEqual(self.published[-1],
+                         ("a1", "offline", "connection timed out (no answer to pings)"))
+        self.clock.advance(1)
+        self.assertEqual(self.liveness.agents, {})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flapping_is_coalesced(self):
+        """Changes within one interval of the last publish are checked once, when it ends."""
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        for _ in range(5):
+            self.connected.discard("a1")
+            self.liveness.changed(AGENT)
+            self.connected.add("a1")
+            self.liveness.changed(AGENT)
+        self.connected.discard("a1")
+        self.liveness.changed(AGENT)
+        self.assertEqual(len(self.published), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.published, [("a1", "online", "connected"),
+                                          ("a1", "offline", "connection closed")])
+
+    def test_own_status_kept(self):
+        """A connected agent whose status is not offline (it said busy) is not marked online."""
+        self.status["a1"] = {"status": "busy"}
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        self.assertEqual(self.published, [])
+
+    def test_nothing_while_stopping(self):
+        """While the hub stops nothing is published, and stop cancels what was pending."""
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        self.running = False
+        self.connected.discard("a1")
+        self.liveness.changed(AGENT)
+        self.liveness.stop()
+        self.clock.advance(10)
+        self.assertEqual(self.published, [("a1", "online", "connected")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_publish_failure_logged(self):
+        """A failing publish is logged, not raised to the connection that triggered it."""
+        def fail(*args):
+            raise RuntimeError("store is away")
+
+        self.liveness.publish = fail
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
