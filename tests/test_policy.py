@@ -36,6 +36,23 @@ class PermissionTests(SynchronousTestCase):
         self.assertTrue(policy.may_publish_session_activity(self.principal("operator"), None))
         self.assertFalse(policy.may_publish_session_activity(self.principal("viewer"), "a1"))
 
+    def test_sessions_by_role(self):
+        """Admins, operators and agents publish session activity; viewers do not."""
+        self.assertEqual(
+            [policy.may_publish_sessions(self.principal(r)) for r in policy.ROLES],
+            [True, True, False, True],
+        )
+
+    def test_join_session(self):
+        """An agent joins a session with no owner or its own, never another agent's; the others
+        join any."""
+        agent = self.principal("agent", "a1")
+        self.assertTrue(policy.may_join_session(agent, None))
+        self.assertTrue(policy.may_join_session(agent, "a1"))
+        self.assertFalse(policy.may_join_session(agent, "a2"))
+        self.assertTrue(policy.may_join_session(self.principal("operator"), "a2"))
+        self.assertTrue(policy.may_join_session(self.principal("admin"), "a2"))
+
     def test_list_connections(self):
         """Only admins and operators see connections."""
         self.assertEqual(

@@ -211,9 +211,11 @@ class Client:
         try:
             principal = verifier.verify(token, self.node.clock.seconds())
         except Refusal as refusal:
-            return self._refuse_auth(frame, "invalid_token", refusal.reason)
+            self._refuse_auth(frame, "invalid_token", refusal.reason)
+            return None
         if principal.sub != conn.principal.sub:
-            return self._refuse_auth(frame, "forbidden", "token is for another user")
+            self._refuse_auth(frame, "forbidden", "token is for another user")
+            return None
         conn.principal = principal
         self.schedule_expiry()
         # The new token may allow less (another role, a narrower claim): drop what it does not.
@@ -236,7 +238,6 @@ class Client:
         )
         conn.send_frame(self.node.error_frame(code, message, frame.id))
         self.close(TOKEN_NOT_ACCEPTED, "token not accepted")
-        return None
 
     @staticmethod
     def _channel_list(frame: events.ClientFrame) -> list[str]:
