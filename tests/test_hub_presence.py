@@ -11,6 +11,7 @@ from zope.interface.verify import verifyObject
 
 from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
 from mission_control.policy import Principal
+from mission_control.store import MemoryStore
 
 AGENT = Principal(sub="a1", role="agent", name="Agent One", expires_at=0)
 
@@ -36,15 +37,16 @@ class LivenessTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1000)
         self.connected: set[str] = set()
-        self.status: dict[str, dict] = {}
         self.published: list[tuple[str, str, str]] = []
         self.running = True
-        self.liveness = Liveness(self.clock, self.connected.__contains__, self.status.get,
+        self.store = MemoryStore()
+        self.liveness = Liveness(self.clock, self.store, self.connected.__contains__,
                                  self.publish, lambda: self.running, interval=1.0)
 
-    def publish(self, principal, status, message):
-        self.published.append((principal.sub, status, message))
-        self.status[principal.sub] = {"status": status}
+    def publish(self, event_type, payload):
+        """Stores the event, as the hub does, and keeps what was said."""
+        self.published.append((payload["agentId"], payload["status"], payload.get("message")))
+        self.store.append(event_type, payload, payload["timestamp"], self.clock.seconds())
 
     def test_online_then_offline(self):
         """The first connection publishes online; the last one closing publishes offline."""
@@ -78,7 +80,9 @@ class LivenessTests(SynchronousTestCase):
 
     def test_own_status_kept(self):
         """A connected agent whose status is not offline (it said busy) is not marked online."""
-        self.status["a1"] = {"status": "busy"}
+        self.publish("agent:status", {"agentId": "a1", "status": "busy",
+                                      "timestamp": "2027-01-01T00:00:00.000Z"})
+        self.published.clear()
         self.connected.add("a1")
         self.liveness.changed(AGENT)
         self.assertEqual(self.published, [])
@@ -104,3 +108,17 @@ class LivenessTests(SynchronousTestCase):
         self.connected.add("a1")
         self.liveness.changed(AGENT)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_name_kept_and_absent_swept(self):
+        """Offline keeps the name the agent published; the sweep marks offline an agent left
+        online by its connection that did not come back."""
+        self.connected.add("a1")
+        self.liveness.changed(Principal(sub="a1", role="agent", name=None, expires_at=0))
+        self.publish("agent:status", {"agentId": "a2", "status": "online", "name": "Two",
+                                      "metadata": {"source": "connection"},
+                                      "timestamp": "2027-01-01T00:00:00.000Z"})
+        self.liveness.sweep_absent()
+        self.assertEqual(self.published[-1],
+                         ("a2", "offline", "did not reconnect after the hub restarted"))
+        self.assertEqual(self.store.agent("a2")["name"], "Two")
+        self.assertEqual(self.store.agent("a1")["status"], "online")  # connected: untouched

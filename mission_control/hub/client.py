@@ -163,6 +163,26 @@ class Client:
             self.close(TOO_MANY_MESSAGES, "too many messages")
         return False
 
+    def handle(self, data: bytes, is_binary: bool) -> dict | None:
+        """
+        Answer one message: the reply frame (a reply to a good frame, an C{error} frame for a bad
+        one or one over the rate limit), or C{None} when the connection is being closed.  Never
+        raises.
+        """
+        if self.closing:
+            return None  # frames that arrive after the hub began closing are not answered
+        if not self.take_message():
+            if self.closing:
+                return None
+            return self.node.error_frame("rate_limited", "too many messages; slow down")
+        try:
+            return self.answer(data, is_binary)
+        except Exception:
+            # Our failure, not the client's (a store error, say): logged, answered, never a drop.
+            self.log.failure("answering a frame of connection {connection_id} failed",
+                             connection_id=self.conn.connection_id)
+            return self.node.error_frame("internal_error", "the hub could not process this frame")
+
     def answer(self, data: bytes, is_binary: bool) -> dict | None:
         """The reply to one message (an C{error} frame for a bad one), or C{None} for none."""
         try:

@@ -11,6 +11,10 @@ and the WebSocket protocol talk to the node and to nothing else of the hub.
 Fan-out encodes each frame once: the node turns the frame into bytes, hands them to the injected
 C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) and passes the same
 prepared object to every connection.  Time comes from an injected C{IReactorTime}.
+
+At a little over 400 lines this is the largest module of the hub, for a reason: it is the hub's
+whole surface for the adapters (C{protocol.py}, C{web/}, C{tap.py}), and many of its methods
+are short delegations to the parts, kept so that no adapter reaches past the node.
 """
 
 from __future__ import annotations
@@ -18,21 +22,20 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from twisted.application.internet import TimerService
-from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mission_control import channels, events, policy
 from mission_control.auth import Refusal, TokenVerifier
-from mission_control.events import ValidationError
 from mission_control.hub.broker import IBroker, InProcessBroker
 from mission_control.hub.catchup import CatchUp
+from mission_control.hub import publishing
 from mission_control.hub.client import Client
 from mission_control.hub.connection import CLOSED_BY_ADMIN, ConnectRequest, IConnection
 from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
 from mission_control.hub.registry import Registry
+from mission_control.hub.service import HubService
 from mission_control.limits import RateLimits, TokenBucket
 from mission_control.policy import Principal
 from mission_control.store import IEventStore, StoredEvent
@@ -55,7 +58,7 @@ class Hub:
     #: Seconds between retention passes over the store.
     trim_interval = 2.0
     #: Seconds after start before agents that were online by their connection, and have not
-    #: reconnected, are marked offline (see L{sweep_absent_agents}).
+    #: reconnected, are marked offline (see L{Liveness.sweep_absent}).
     reconnect_grace = 60.0
 
     def __init__(
@@ -91,34 +94,27 @@ class Hub:
         self.registry = Registry()
         self.catchup = CatchUp(self)
         self.presence_manager: IPresenceManager = LocalPresence()
-        self.liveness = Liveness(clock, self.registry.is_connected, self.store.agent,
-                                 self._publish_liveness, lambda: self.accepting)
-        self._timers: MultiService | None = None
-        self._sweep_call: IDelayedCall | None = None
+        self.liveness = Liveness(clock, store, self.registry.is_connected, self.publish,
+                                 lambda: self.accepting)
+        self.service: HubService | None = None
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
 
     # Lifecycle
 
     def start(self) -> None:
-        """
-        Start the periodic work: heartbeats (when the interval is not 0) and the store's retention
-        passes, each a C{TimerService} on the hub's clock; and, after L{reconnect_grace}, one sweep
-        of the agents that did not come back (L{sweep_absent_agents}).
-        """
-        if self._timers is not None:
-            return
-        self._timers = MultiService()
-        if self.heartbeat_interval > 0:
-            self._timer(self.heartbeat_interval, self.send_heartbeat)
-        self._timer(self.trim_interval, self.trim)
-        self._timers.startService()
-        self._sweep_call = self.clock.callLater(self.reconnect_grace, self.sweep_absent_agents)
+        """Start the periodic work (L{HubService}: heartbeats, retention, the sweep)."""
+        if self.service is None:
+            self.service = HubService(self)
+            self.service.startService()
 
-    def _timer(self, interval: float, function: Callable[[], None]) -> None:
-        timer = TimerService(interval, function)
-        timer.clock = self.clock
-        timer.setServiceParent(self._timers)
+    def stop(self) -> None:
+        """Stop the periodic work and refuse new connections."""
+        self.accepting = False
+        if self.service is not None:
+            self.service.stopService()
+            self.service = None
+        self.liveness.stop()
 
     def trim(self) -> None:
         """One retention pass; a failure (a locked database, say) is logged and retried later."""
@@ -126,36 +122,6 @@ class Hub:
             self.store.trim(self.clock.seconds())
         except Exception:
             self.log.failure("retention pass over the store failed; retrying")
-
-    def stop(self) -> None:
-        """Stop the periodic work and refuse new connections."""
-        self.accepting = False
-        if self._timers is not None:
-            self._timers.stopService()
-            self._timers = None
-        if self._sweep_call is not None and self._sweep_call.active():
-            self._sweep_call.cancel()
-        self._sweep_call = None
-        self.liveness.stop()
-
-    def sweep_absent_agents(self) -> None:
-        """
-        Mark offline the agents that the hub had marked online because of their connection and
-        that have not connected again since this hub started: a hub restart does not publish
-        offline for everyone (they reconnect), so an agent that died meanwhile is caught here.
-        """
-        self._sweep_call = None
-        for payload in list(self.store.agents()):
-            agent_id = payload.get("agentId")
-            metadata = payload.get("metadata") or {}
-            if (payload.get("status") == "online" and metadata.get("source") == "connection"
-                    and not self.registry.is_connected(agent_id)):
-                body = {"status": "offline", "metadata": {"source": "connection"},
-                        "message": "did not reconnect after the hub restarted"}
-                if payload.get("name") is not None:
-                    body["name"] = payload["name"]
-                self.publish(events.AGENT_STATUS,
-                             events.agent_status(body, self.clock.seconds(), agent_id))
 
     def close_all(self, code: int = 1001, reason: str = "server going away") -> None:
         """
@@ -326,24 +292,11 @@ class Hub:
 
     def handle_frame(self, conn: IConnection, data: bytes, is_binary: bool) -> dict | None:
         """
-        Answer one client message.  Returns the reply frame for C{conn} (a reply to a good frame,
-        or an C{error} frame for a bad one), or C{None} when the connection is being closed.
-        Never raises for bad input.
+        Answer one client message (L{Client.handle}): the reply frame for C{conn}, or C{None}
+        when the connection is being closed or is not registered.  Never raises for bad input.
         """
         client = self.registry.get(conn)
-        if client is None or client.closing:
-            return None  # frames that arrive after the hub began closing are not answered
-        if not client.take_message():
-            if client.closing:
-                return None
-            return self.error_frame("rate_limited", "too many messages; slow down")
-        try:
-            return client.answer(data, is_binary)
-        except Exception:
-            # Our failure, not the client's (a store error, say): logged, answered, never a drop.
-            self.log.failure("answering a frame of connection {connection_id} failed",
-                             connection_id=conn.connection_id)
-            return self.error_frame("internal_error", "the hub could not process this frame")
+        return None if client is None else client.handle(data, is_binary)
 
     def allow_message(self, conn: IConnection) -> bool:
         """
@@ -351,9 +304,7 @@ class Hub:
         to the connection's rate limit; C{False} when it is over it (and closed once it keeps going).
         """
         client = self.registry.get(conn)
-        if client is None or client.closing:
-            return False
-        return client.take_message()
+        return client is not None and not client.closing and client.take_message()
 
     def error_frame(self, code: str, message: str, reply_to: str | None = None) -> dict:
         return self.frame("error", {"code": code, "message": message}, reply_to)
@@ -399,16 +350,6 @@ class Hub:
                    "connections": self.registry.connection_count_of(user)}
         self.fan_out(events.envelope(event_type, payload, self.now()), (channels.PRESENCE,))
 
-    def _publish_liveness(self, principal: Principal, status: str, message: str) -> None:
-        body: dict[str, Any] = {"status": status, "message": message,
-                                "metadata": {"source": "connection"}}
-        latest = self.store.agent(principal.sub) or {}
-        name = principal.name or latest.get("name")  # keep the name the agent published
-        if name is not None:
-            body["name"] = name
-        self.publish(events.AGENT_STATUS,
-                     events.agent_status(body, self.clock.seconds(), principal.sub))
-
     # Publishing and fan-out
 
     def publish(self, event_type: str, payload: dict, idempotency: Any = None) -> dict:
@@ -436,38 +377,16 @@ class Hub:
         fingerprint: str = "",
     ) -> dict:
         """
-        Validate C{body} as an event of C{event_type} published by C{principal}, check that they
-        may publish it (the rules are in L{policy}), and publish it.  C{subject_id} is the agent
-        or session id named by the URL, if any.
+        Check C{body} as an event of C{event_type} that C{principal} publishes
+        (L{publishing.checked_payload}), and publish it.  C{subject_id} is the agent or session
+        id named by the URL, if any.
 
         @raise Refusal: 403 when the role does not allow it.
         @raise ValidationError: when the payload breaks a rule.
         @raise mission_control.store.IdempotencyConflict: the key was used for another request.
         """
-        now = self.clock.seconds()
-        if event_type == events.AGENT_STATUS:
-            if subject_id is not None and not policy.may_publish_agent_status(
-                principal, subject_id
-            ):
-                raise Refusal(403, "not allowed to publish for this agent")
-            payload = events.agent_status(body, now, subject_id)
-            if not policy.may_publish_agent_status(principal, payload["agentId"]):
-                raise Refusal(403, "not allowed to publish for this agent")
-        elif event_type == events.SESSION_ACTIVITY:
-            if not policy.may_publish_sessions(principal):
-                raise Refusal(403, "not allowed to publish session activity")
-            if principal.role == "agent" and isinstance(body, dict) and "agentId" not in body:
-                # An agent's activity is its own unless it says otherwise.
-                body = dict(body, agentId=principal.sub)
-            payload = events.session_activity(body, now, subject_id)
-            if not policy.may_publish_session_activity(principal, payload.get("agentId")):
-                raise Refusal(403, "not allowed to publish for this agent")
-            owner = self.store.session_owner(payload["sessionId"])
-            if not policy.may_join_session(principal, owner):
-                # Another agent's session: joining it would also let this agent read it.
-                raise Refusal(403, "session belongs to another agent")
-        else:
-            raise ValidationError("unknown event type", code="unknown_type")
+        payload = publishing.checked_payload(principal, event_type, body, subject_id,
+                                             self.clock.seconds(), self.store.session_owner)
         idempotency = None
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)

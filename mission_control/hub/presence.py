@@ -17,7 +17,7 @@ connected.  Time is the injected clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from zope.interface import Interface, implementer
 
 from mission_control import events
 from mission_control.policy import Principal
+from mission_control.store import IEventStore
 
 
 class IPresenceManager(Interface):
@@ -83,9 +84,9 @@ class Liveness:
     """
     Publishes agents' C{online} and C{offline} from their connections (see the module docstring).
 
+    @ivar store: where an agent's latest C{agent:status} is read.
     @ivar is_connected: whether an agent has a connection now.
-    @ivar latest_status: an agent's latest C{agent:status} payload, or C{None}.
-    @ivar publish: C{publish(principal, status, message)}: stores and sends the status.
+    @ivar publish: C{publish(event_type, payload)}: stores and sends an event (L{Hub.publish}).
     @ivar accepting: whether the hub still runs; nothing is published while it stops, so a
         restart does not mark every agent offline.
     """
@@ -95,15 +96,15 @@ class Liveness:
     def __init__(
         self,
         clock: IReactorTime,
+        store: IEventStore,
         is_connected: Callable[[str], bool],
-        latest_status: Callable[[str], dict | None],
-        publish: Callable[[Principal, str, str], None],
+        publish: Callable[[str, dict], object],
         accepting: Callable[[], bool],
         interval: float = 1.0,
     ) -> None:
         self.clock = clock
+        self.store = store
         self.is_connected = is_connected
-        self.latest_status = latest_status
         self.publish = publish
         self.accepting = accepting
         #: Least seconds between two online/offline events for one agent.
@@ -136,16 +137,16 @@ class Liveness:
         entry = self.agents[agent_id]
         entry.call = None
         connected = self.is_connected(agent_id)
-        status = (self.latest_status(agent_id) or {}).get("status")
+        status = (self.store.agent(agent_id) or {}).get("status")
         now = self.clock.seconds()
         try:
             if self.accepting() and connected and status in (None, "offline"):
-                self.publish(entry.principal, "online", "connected")
+                self._publish(entry.principal, "online", "connected")
                 entry.published_at = now
             elif self.accepting() and not connected and status != "offline":
                 why = ("connection timed out (no answer to pings)" if entry.timed_out
                        else "connection closed")
-                self.publish(entry.principal, "offline", why)
+                self._publish(entry.principal, "offline", why)
                 entry.published_at = now
         except Exception:
             self.log.failure("publishing the liveness of agent {agent} failed", agent=agent_id)
@@ -155,6 +156,34 @@ class Liveness:
                 entry.call = self.clock.callLater(self.interval, self.check, agent_id)
             else:
                 del self.agents[agent_id]
+
+    def _publish(self, principal: Principal, status: str, message: str) -> None:
+        body: dict[str, Any] = {"status": status, "message": message,
+                                "metadata": {"source": "connection"}}
+        latest = self.store.agent(principal.sub) or {}
+        name = principal.name or latest.get("name")  # keep the name the agent published
+        if name is not None:
+            body["name"] = name
+        self.publish(events.AGENT_STATUS,
+                     events.agent_status(body, self.clock.seconds(), principal.sub))
+
+    def sweep_absent(self) -> None:
+        """
+        Mark offline the agents that were marked online because of their connection and that
+        have not connected again since this hub started: a hub restart does not publish offline
+        for everyone (they reconnect), so an agent that died meanwhile is caught here.
+        """
+        for payload in list(self.store.agents()):
+            agent_id = payload.get("agentId")
+            metadata = payload.get("metadata") or {}
+            if (payload.get("status") == "online" and metadata.get("source") == "connection"
+                    and not self.is_connected(agent_id)):
+                body = {"status": "offline", "metadata": {"source": "connection"},
+                        "message": "did not reconnect after the hub restarted"}
+                if payload.get("name") is not None:
+                    body["name"] = payload["name"]
+                self.publish(events.AGENT_STATUS,
+                             events.agent_status(body, self.clock.seconds(), agent_id))
 
     def stop(self) -> None:
         """Cancel every pending check and forget the bookkeeping."""
