@@ -65,7 +65,9 @@ class LatestState:
 
     def _unindex(self, key: str, payload: dict) -> None:
         agent = payload.get("agentId")
-        mine = self._sessions_of.get(agent) if agent is not None else None
+        if agent is None:
+            return
+        mine = self._sessions_of.get(agent)
         if mine is not None:
             mine.pop(key, None)
             if not mine:

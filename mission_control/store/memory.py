@@ -22,10 +22,15 @@ from typing import Optional
 from zope.interface import implementer
 
 from mission_control.events import SESSION_ACTIVITY, encode_json
-from mission_control.store.interface import IdempotencyConflict, IEventStore, Retention, StoredEvent
+from mission_control.store.interface import (
+    Idempotency,
+    IdempotencyConflict,
+    IEventStore,
+    Retention,
+    StoredEvent,
+)
 from mission_control.store.latest import LatestState, LatestStateReads
 from mission_control.store.rules import (
-    Idempotency,
     check_retention,
     is_live,
     is_match,
@@ -68,6 +73,8 @@ class MemoryStore(LatestStateReads):
         check_retention(retention)
         self.retention = retention
         self.epoch = new_epoch()
+        #: Never renewed: a new memory store is a new history from the start.
+        self.epoch_renewed: Optional[str] = None
         self.last_seq = 0
         # History: a list read from _head on, so that dropping the oldest event is O(1) and
         # reading from any seq is one index computation.

@@ -11,16 +11,13 @@ L{mission_control.store.sqlite} both apply them, so the two stores cannot drift 
 from __future__ import annotations
 
 import secrets
-from typing import Optional, Tuple
+from typing import Optional
 
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY
 from mission_control.store.interface import IDEMPOTENCY_WINDOW, Retention
 
 #: The payload field that names the agent or session whose latest state an event updates.
 STATE_KEY_FIELDS = {AGENT_STATUS: "agentId", SESSION_ACTIVITY: "sessionId"}
-
-#: C{(user, key, fingerprint)}, as L{IEventStore.append} takes it.
-Idempotency = Tuple[str, str, str]
 
 
 def state_key(event_type: str, payload: dict) -> str:

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import (
     IDEMPOTENCY_WINDOW,
+    Idempotency,
     IdempotencyConflict,
     IEventStore,
     Retention,
@@ -43,7 +44,6 @@ from mission_control.store.interface import (
 from mission_control.store.latest import LatestState, LatestStateReads
 from mission_control.store.rules import (
     STATE_KEY_FIELDS,
-    Idempotency,
     check_retention,
     is_live,
     is_match,
@@ -244,6 +244,7 @@ class SQLiteStore(LatestStateReads):
                 if repeat is not None:
                     return repeat, False
             seq = db.execute(_INSERT_EVENT, (event_type, encoded, ts, now)).lastrowid
+            assert seq is not None  # an INSERT into a table with rowids always sets it
             db.execute(_UPSERT_LATEST, (event_type, key, encoded, seq, now))
             if event_type == SESSION_ACTIVITY:
                 agent = payload.get("agentId")
