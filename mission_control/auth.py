@@ -17,10 +17,11 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Union
 from urllib.parse import urlsplit
 
 import jwt
+from jwt.types import Options
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -57,6 +58,24 @@ MAX_TIME_CLAIM = 253_402_300_799
 _BEARER_RE = re.compile(r"\s*bearer\s+(\S+)\s*\Z", re.IGNORECASE)
 
 SECRET_FILE_NAME = "jwt-secret"
+
+#: A public key that verifies tokens (L{load_public_key}).
+PublicKey = Union[
+    rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey
+]
+_PUBLIC_KEY_TYPES = (
+    rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey
+)
+#: What L{TokenVerifier} checks signatures with: an HMAC secret, or a public key.
+VerifyingKey = Union[bytes, PublicKey]
+#: What L{mint_token} signs with: an HMAC secret, or a private key.
+SigningKey = Union[
+    bytes,
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+]
 
 
 class Refusal(Exception):
@@ -96,7 +115,7 @@ class _StrictJWT(jwt.PyJWT):
     hook for subclasses that decode the payload differently.)
     """
 
-    def _decode_payload(self, decoded: dict) -> dict:
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
         try:
             payload = decode_json(decoded["payload"])
         except (ValueError, RecursionError):
@@ -117,15 +136,15 @@ class TokenVerifier:
     @ivar key: the HMAC secret (bytes) or a public key object from C{cryptography}.
     """
 
-    key: object
+    key: VerifyingKey
     algorithms: Sequence[str]
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 5.0
     #: How many verified tokens to remember (see L{verify}).
     cache_size: int = 4096
-    _options: dict = field(init=False, repr=False)
-    _verified: BoundedLRU = field(init=False, repr=False)
+    _options: Options = field(init=False, repr=False)
+    _verified: BoundedLRU[str, Mapping] = field(init=False, repr=False)
     _jwt: _StrictJWT = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -202,9 +221,9 @@ class TokenVerifier:
             raise Refusal(401, "invalid claims")
         if exp + self.leeway <= now:
             raise Refusal(401, "token expired")
-        for name in ("nbf", "iat"):
-            if name in claims:
-                value = _number(claims[name])
+        for claim in ("nbf", "iat"):
+            if claim in claims:
+                value = _number(claims[claim])
                 if value is None:
                     raise Refusal(401, "invalid claims")
                 if value - self.leeway > now:
@@ -375,7 +394,7 @@ def key_algorithms(key: object) -> tuple[str, ...]:
 _EC_CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
-def load_public_key(path: str, algorithms: Sequence[str] = ()) -> tuple[object, list[str]]:
+def load_public_key(path: str, algorithms: Sequence[str] = ()) -> tuple[PublicKey, list[str]]:
     """
     Load a PEM public key and settle the algorithms it verifies: C{algorithms} when given, each of
     which must fit the key, else the key's default (L{key_algorithms}).
@@ -394,7 +413,8 @@ def load_public_key(path: str, algorithms: Sequence[str] = ()) -> tuple[object, 
         raise ValueError(f"{path} is not a PEM public key") from None
     fitting = key_algorithms(key)
     kind = _key_kind(key)
-    if not fitting:
+    # A key that fits an algorithm is always one of the verifying key types.
+    if not fitting or not isinstance(key, _PUBLIC_KEY_TYPES):
         raise ValueError(f"{path}: unsupported key type or curve ({kind})")
     for algorithm in algorithms:
         if algorithm not in fitting:
@@ -416,7 +436,7 @@ def _key_kind(key: object) -> str:
 
 
 def mint_token(
-    secret: bytes | object,
+    secret: SigningKey,
     sub: str,
     now: float,
     ttl: float = 3600.0,
@@ -428,7 +448,7 @@ def mint_token(
     channels: list[str] | None = None,
 ) -> str:
     """Mint a token the hub accepts: C{sub}, C{exp}, C{iat}, and the optional claims given."""
-    claims: dict = {"sub": sub, "iat": int(now), "exp": int(now + ttl)}
+    claims: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": int(now + ttl)}
     if channels is not None:
         claims["channels"] = list(channels)
     if role is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
@@ -118,8 +119,9 @@ class DemoFleet(Service):
         payload = events.agent_status(body, self.clock.seconds(), agent_id)
         self.hub.publish(events.AGENT_STATUS, payload)
 
-    def _activity(self, session_id, agent_id, activity, summary, detail=None) -> None:
-        body = {"activity": activity, "agentId": agent_id, "summary": summary}
+    def _activity(self, session_id: str, agent_id: str, activity: str, summary: str,
+                  detail: dict[str, Any] | None = None) -> None:
+        body: dict[str, Any] = {"activity": activity, "agentId": agent_id, "summary": summary}
         if detail is not None:
             body["detail"] = detail
         payload = events.session_activity(body, self.clock.seconds(), session_id)

@@ -98,7 +98,7 @@ def _check_fields(body: Mapping, allowed: tuple[str, ...]) -> None:
 def _id(value: object, field: str) -> str:
     if not is_valid_id(value):
         raise ValidationError(f"{field} must be {ID_RULE}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def _text(value: object, field: str, limit: int) -> str:

@@ -8,6 +8,7 @@ be walked up a directory).
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 _ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 
@@ -15,7 +16,7 @@ _ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}\Z")
 ID_RULE = "1-128 characters of A-Z a-z 0-9 . _ : - (not . or ..)"
 
 
-def is_valid_id(value: object) -> bool:
+def is_valid_id(value: object) -> TypeGuard[str]:
     """Whether C{value} is a string that follows the id rule."""
     return (isinstance(value, str) and _ID_RE.match(value) is not None
             and value not in (".", ".."))

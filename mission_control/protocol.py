@@ -46,18 +46,22 @@ that much of the server's memory, and the hub's fan-out to everyone else is neve
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, cast
 from urllib import parse
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.interfaces import IPushProducer
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
 from mission_control.events import encode_json
-from mission_control.hub import ConnectRequest, Hub
+from mission_control.hub import ConnectRequest, Hub, IConnection
+from mission_control.policy import Principal
 from mission_control.web.site import redact, status_phrase
 
 #: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
@@ -98,33 +102,38 @@ class _WithoutDebug:
     levels Autobahn logs whole handshakes, and with them the tokens in headers and query strings.
     """
 
-    def __init__(self, logger) -> None:
+    def __init__(self, logger: Any) -> None:
         self._logger = logger
 
-    def debug(self, *args, **kwargs) -> None:
+    def debug(self, *args: Any, **kwargs: Any) -> None:
         pass
 
     trace = debug
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._logger, name)
 
 
+#: A frame held while a message streams, and the method that sends it once the message ends.
+_Held = tuple[Callable[[Any], None], Any]
+
+
+@implementer(IConnection)
 class HubServerProtocol(WebSocketServerProtocol):
-    """One client connection.  Implements L{mission_control.hub.IConnection}."""
+    """One client connection: the hub's L{mission_control.hub.IConnection}."""
 
     log = _WithoutDebug(WebSocketServerProtocol.log)
     _log = Logger()
 
-    principal = None
-    connection_id = None
+    principal: Principal | None = None
+    connection_id: str | None = None
     paused = False
     _paused_bytes = 0
     _connect_request: ConnectRequest | None = None
 
     # The handshake
 
-    def onConnect(self, request):
+    def onConnect(self, request: ConnectionRequest) -> None:
         peer = self.peer
         factory = self.factory
         principal = None
@@ -133,7 +142,7 @@ class HubServerProtocol(WebSocketServerProtocol):
             request.params = exact_query_params(self.http_request_uri)
             principal = factory.authenticate(request)
             factory.hub.admit(principal)
-            self._connect_request = ConnectRequest.from_params(request.params, peer)
+            self._connect_request = ConnectRequest.from_params(request.params, peer or "")
         except Refusal as refusal:
             self._refusal, self._refused_user = refusal, principal
             raise ConnectionDeny(refusal.status, refusal.reason)
@@ -148,10 +157,11 @@ class HubServerProtocol(WebSocketServerProtocol):
         return None
 
     _refusal: Refusal | None = None
-    _refused_user = None
+    _refused_user: Principal | None = None
     _refusal_logged = False
 
-    def failHandshake(self, reason, code=400, responseHeaders=None):
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Iterable[tuple[str, str]] | None = None) -> None:
         """
         Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD), and log
         it: one line per refused handshake, ours.  Autobahn's own reasons can quote the request;
@@ -200,20 +210,25 @@ class HubServerProtocol(WebSocketServerProtocol):
         line = getattr(self, "http_status_line", None) or ""
         return line.split(" ", 1)[0] or None
 
-    def onOpen(self):
+    def onOpen(self) -> None:
         self._watch_backpressure()
         self.factory.hub.register(self, self._connect_request)
 
-    def _watch_backpressure(self):
+    def _watch_backpressure(self) -> None:
         """
         Put our producer on the transport (behind twisted.web, the HTTP channel was there).  The
         kernel's share of what waits for this client is bounded by the site
         (L{mission_control.web.site.bound_unsent}) from the moment the connection was accepted.
         """
-        self.transport.unregisterProducer()  # a no-op where none is registered
-        self.transport.registerProducer(_Backpressure(self), True)
+        transport = self._consumer()
+        transport.unregisterProducer()  # a no-op where none is registered
+        transport.registerProducer(_Backpressure(self), True)
 
-    def onPing(self, payload):
+    def _consumer(self) -> IConsumer:
+        """The transport, as the consumer it is (Twisted types C{transport} as an ITransport)."""
+        return cast(IConsumer, self.transport)
+
+    def onPing(self, payload: bytes) -> None:
         """
         Pings count against the message rate like frames, and their pongs against the outbound
         limit: a client that pings and never reads must not grow our memory.
@@ -221,15 +236,15 @@ class HubServerProtocol(WebSocketServerProtocol):
         if self.factory.hub.allow_message(self) and self._account(len(payload or b"") + 2):
             super().onPing(payload)
 
-    def onPong(self, payload):
+    def onPong(self, payload: bytes) -> None:
         """A pong costs a message too: unsolicited ones are free to send and cost us a parse."""
         self.factory.hub.allow_message(self)
 
-    def onMessageBegin(self, isBinary):
+    def onMessageBegin(self, isBinary: bool) -> None:
         self._fragments = 0
         super().onMessageBegin(isBinary)
 
-    def onMessageFrameBegin(self, length):
+    def onMessageFrameBegin(self, length: int) -> None:
         """
         Every frame after a message's first costs one message of the rate (the first is charged
         with the whole message, in L{Hub.handle_frame}); past C{max_fragments} frames the
@@ -252,16 +267,17 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     _fragments = 0
 
-    def onAutoPingTimeout(self):
+    def onAutoPingTimeout(self) -> None:
         self.factory.hub.timed_out(self)
         super().onAutoPingTimeout()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         # A connection that is gone needs no close handshake timer (one that vanished right after
         # we sent a close, or one we hung up on): Autobahn leaves it to fire seconds later.
-        if getattr(self, "closeHandshakeTimeoutCall", None) is not None:
-            self.closeHandshakeTimeoutCall.cancel()
+        timer: Any = getattr(self, "closeHandshakeTimeoutCall", None)
+        if timer is not None:
+            timer.cancel()
             self.closeHandshakeTimeoutCall = None
         # The transport still holds whatever the peer never read (up to --max-outbound-bytes);
         # drop our reference so it is freed now, not at the next full garbage collection.
@@ -269,26 +285,26 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     # Frames
 
-    def onMessage(self, payload, isBinary):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.state != self.STATE_OPEN:
             return  # the rest of a message that arrived after we closed
         reply = self.factory.hub.handle_frame(self, payload, isBinary)
         if reply is not None:
             self.send_frame(reply)
 
-    def onClose(self, wasClean, code, reason):
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.hub.unregister(self)
 
     # Backpressure
 
-    def pause_writing(self):
+    def pause_writing(self) -> None:
         # Transports repeat pauseProducing on every write while over their limit: count from the
         # first one only.
         if not self.paused:
             self.paused = True
             self._paused_bytes = 0
 
-    def resume_writing(self):
+    def resume_writing(self) -> None:
         self.paused = False
         self._paused_bytes = 0
         self._pump()
@@ -312,7 +328,7 @@ class HubServerProtocol(WebSocketServerProtocol):
 
     # IConnection
 
-    def deliver(self, prepared) -> None:
+    def deliver(self, prepared: PreparedMessage) -> None:
         # sendPreparedMessage does not check the state: a closing connection is skipped.
         if self.state != self.STATE_OPEN:
             return
@@ -336,12 +352,12 @@ class HubServerProtocol(WebSocketServerProtocol):
     # One message streamed as the client reads it (a large snapshot)
 
     #: C{(chunks, done)} while a streamed message is being sent.
-    _stream = None
+    _stream: tuple[Iterator[bytes], Callable[[], None]] | None = None
     #: Frames sent while a message streams, sent once it ends (messages cannot interleave).
-    _held: list | None = None
+    _held: list[_Held] | None = None
     _held_bytes = 0
 
-    def send_stream(self, chunks, done) -> None:
+    def send_stream(self, chunks: Iterable[bytes], done: Callable[[], None]) -> None:
         """
         Send one text message made of C{chunks}, one WebSocket frame per chunk, taking the next
         chunk only while the transport takes data (L{_pump}); C{done()} once it is complete.
@@ -366,27 +382,30 @@ class HubServerProtocol(WebSocketServerProtocol):
                 self.endMessage()
                 self._stream = None
                 held, self._held = self._held, None
+                assert held is not None  # set with the stream, in send_stream
                 for send, value in held:
                     send(value)
                 done()
                 return
             self.sendMessageFrame(chunk)
 
-    def _hold(self, send, value, size: int) -> None:
+    def _hold(self, send: Callable[[Any], None], value: Any, size: int) -> None:
         """Keep a frame until the streamed message ends; past the outbound limit, close 4008."""
         self._held_bytes += size
         if self._held_bytes > self.factory.max_outbound_bytes:
             self._log.warn("closing connection {connection_id} of {user}: too slow "
                            "({size} bytes held behind its snapshot)",
-                           connection_id=self.connection_id, user=self.principal.sub,
+                           connection_id=self.connection_id,
+                           user=self.principal.sub if self.principal else None,
                            size=self._held_bytes)
             self.sendClose(4008, "too slow")
             return
+        assert self._held is not None  # frames are held only while a message streams
         self._held.append((send, value))
 
     def bytes_waiting(self) -> int:
         """Bytes queued in the transports below us (TLS, then TCP), best effort."""
-        total, transport = 0, self.transport
+        total, transport = 0, cast(Any, self.transport)
         for _ in range(4):
             if transport is None:
                 break
@@ -421,8 +440,9 @@ class HubServerProtocol(WebSocketServerProtocol):
         """
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123])
         self.data = b""
+        self._consumer().unregisterProducer()  # a paused producer would hold the close back
         transport = self.transport
-        transport.unregisterProducer()  # a paused producer would hold the close back
+        assert transport is not None  # the connection is open: every caller checked
         transport.loseConnection()
 
 
@@ -463,7 +483,7 @@ class HubServerFactory(WebSocketServerFactory):
         hub: Hub,
         verifier: TokenVerifier,
         origins: OriginPolicy | None = None,
-        reactor=None,
+        reactor: IReactorTime | None = None,
         max_message_size: int = 65536,
         max_outbound_bytes: int = 1048576,
         ping_interval: float = 20.0,
@@ -510,7 +530,7 @@ class HubServerFactory(WebSocketServerFactory):
         )
         hub.set_prepare(self.prepareMessage)
 
-    def admit(self, request):
+    def admit(self, request: ConnectionRequest) -> Principal:
         """
         Decide a handshake: the path, the Origin, the token, the hub's connection caps.
 
@@ -521,7 +541,7 @@ class HubServerFactory(WebSocketServerFactory):
         self.hub.admit(principal)
         return principal
 
-    def authenticate(self, request):
+    def authenticate(self, request: ConnectionRequest) -> Principal:
         """
         The path, the Origin and the token of a handshake (L{admit} without the hub's caps).
 

@@ -26,7 +26,7 @@ from mission_control.store import (
     SQLiteStore,
     StoredEvent,
 )
-from mission_control.store.sqlite import SCHEMA_VERSION
+from mission_control.store.schema import SCHEMA_1, SCHEMA_VERSION
 
 T0 = 1_800_000_000.0
 TS = "2027-01-15T08:00:00.000Z"
@@ -657,12 +657,10 @@ class SQLiteStoreTests(StoreContractMixin, SynchronousTestCase):
         owner is the first agent its history names, else the agent its latest state names, and
         its history and epoch are kept.
         """
-        from mission_control.store.sqlite import _SCHEMA
-
         path = self.new_path()
         os.makedirs(os.path.dirname(path))
         db = sqlite3.connect(path, isolation_level=None)
-        for statement in _SCHEMA.split(";"):
+        for statement in SCHEMA_1.split(";"):
             if statement.strip():
                 db.execute(statement)
         db.execute("INSERT INTO meta (name, value) VALUES ('epoch', 'old-epoch')")

@@ -10,6 +10,7 @@ change when the store does.
 
 from mission_control.store.interface import (
     IDEMPOTENCY_WINDOW,
+    Idempotency,
     IdempotencyConflict,
     IEventStore,
     Retention,
@@ -22,6 +23,7 @@ from mission_control.store.sqlite import SQLiteStore
 __all__ = [
     "IDEMPOTENCY_WINDOW",
     "IEventStore",
+    "Idempotency",
     "IdempotencyConflict",
     "MemoryStore",
     "Retention",

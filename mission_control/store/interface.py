@@ -13,6 +13,7 @@ Every implementation runs the one contract-test mixin in tests/test_store.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from zope.interface import Attribute, Interface
 
@@ -62,6 +63,10 @@ class StateEntry:
 IDEMPOTENCY_WINDOW = 600.0
 
 
+#: C{(user, key, fingerprint)}, as L{IEventStore.append} takes it.
+Idempotency = Tuple[str, str, str]
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before, for a different request."""
 
@@ -69,16 +74,27 @@ class IdempotencyConflict(Exception):
 class IEventStore(Interface):
     """Sequence numbers, history, latest state, client positions and idempotency keys."""
 
-    epoch = Attribute(
+    epoch: str = Attribute(
         "str: names this store's history.  It changes only when the history is lost (a new memory "
         "store, a deleted database), so a client holding a seq of another epoch must redraw."
     )
-    last_seq = Attribute("int: the seq of the newest event ever appended; 0 before the first")
-    first_seq = Attribute(
+    epoch_renewed: Optional[str] = Attribute(
+        "str or None: why the epoch was renewed when the store was opened (the history may have "
+        "lost its last events, e.g. the machine restarted while the database was open), or None: "
+        "for the log line at start"
+    )
+    last_seq: int = Attribute("int: the seq of the newest event ever appended; 0 before the first")
+    first_seq: int = Attribute(
         "int: the seq of the oldest event still retained; last_seq + 1 when none is"
     )
 
-    def append(event_type, payload, ts, now, idempotency=None):
+    def append(
+        event_type: str,
+        payload: dict,
+        ts: str,
+        now: float,
+        idempotency: Optional[Idempotency] = None,
+    ) -> Tuple[StoredEvent, bool]:
         """
         Atomically assign the next seq, store the event, and make C{payload} the latest state of
         its agent (C{agent:status}, keyed by C{agentId}) or session (C{session:activity}, keyed by
@@ -95,10 +111,12 @@ class IEventStore(Interface):
         @return: C{(StoredEvent, created)}: C{created} is false for an idempotent repeat.
         """
 
-    def events_after(seq, limit):
+    def events_after(seq: int, limit: int) -> list[StoredEvent]:
         """Up to C{limit} retained events with a seq greater than C{seq}, oldest first."""
 
-    def events_matching(seq, limit, scan, event_type, subject=None):
+    def events_matching(
+        seq: int, limit: int, scan: int, event_type: str, subject: Optional[str] = None
+    ) -> Tuple[list[StoredEvent], int]:
         """
         The retained events of C{event_type} (with C{subject}: only those of that agent or
         session, by the payload's C{agentId} or C{sessionId}) among the next C{scan} seqs after
@@ -111,22 +129,22 @@ class IEventStore(Interface):
         @return: C{(events, through)}.
         """
 
-    def agents():
+    def agents() -> list[dict]:
         """The latest C{agent:status} payload per agent, least recently updated first."""
 
-    def sessions():
+    def sessions() -> list[dict]:
         """The latest C{session:activity} payload per session, least recently updated first."""
 
-    def state(event_type):
+    def state(event_type: str) -> list[StateEntry]:
         """
         The latest state of C{event_type} as L{StateEntry}s (payload and its encoding), least
         recently updated first: a list the caller may keep while it streams it out.
         """
 
-    def agent(agent_id):
+    def agent(agent_id: str) -> Optional[dict]:
         """The latest C{agent:status} payload of one agent, or C{None}."""
 
-    def session_owner(session_id):
+    def session_owner(session_id: str) -> Optional[str]:
         """
         The agent a session belongs to, or C{None}: the first agent named (C{agentId}) by an
         activity of that session.  Durable like the history, and kept as long as the session has
@@ -134,14 +152,14 @@ class IEventStore(Interface):
         retention of other sessions lets another agent take it over.
         """
 
-    def trim(now):
+    def trim(now: float) -> None:
         """Apply the retention limits and forget expired idempotency keys."""
 
-    def save_position(user, client, seq, now):
+    def save_position(user: str, client: str, seq: int, now: float) -> None:
         """Remember that C{user}'s client named C{client} has processed everything up to C{seq}."""
 
-    def position(user, client):
+    def position(user: str, client: str) -> Optional[int]:
         """The seq saved by L{save_position} for this user and client name, or C{None}."""
 
-    def close():
+    def close() -> None:
         """Flush and release whatever the store holds open.  Safe to call twice."""

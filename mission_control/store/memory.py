@@ -9,187 +9,35 @@ between calls to L{MemoryStore.trim}, and past C{max_agents} / C{max_sessions} e
 recently updated one is forgotten, so a publisher that invents a new session id per event cannot
 grow the hub's memory without end.
 
-The rules both stores share (which payload field keys the latest state, when an idempotency key
-has expired, the bounded latest state itself) are defined here and used by the SQLite store too.
+The rules both stores share are in L{mission_control.store.rules}, the bounded latest state in
+L{mission_control.store.latest}.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 from zope.interface import implementer
 
-from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
+from mission_control.events import SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import (
-    IDEMPOTENCY_WINDOW,
+    Idempotency,
     IdempotencyConflict,
     IEventStore,
     Retention,
-    StateEntry,
     StoredEvent,
 )
-
-#: The payload field that names the agent or session whose latest state an event updates.
-STATE_KEY_FIELDS = {AGENT_STATUS: "agentId", SESSION_ACTIVITY: "sessionId"}
-
-#: C{(user, key, fingerprint)}, as L{IEventStore.append} takes it.
-Idempotency = Tuple[str, str, str]
-
-
-def state_key(event_type: str, payload: dict) -> str:
-    """
-    The agent or session id whose latest state C{payload} becomes.
-
-    Every store checks this before it assigns a seq, so a bad event never consumes one.
-
-    @raise ValueError: for a type that is not stored, or a payload without its id.
-    """
-    field = STATE_KEY_FIELDS.get(event_type)
-    if field is None:
-        raise ValueError(f"not a stored event type: {event_type!r}")
-    key = payload.get(field)
-    if not isinstance(key, str) or not key:
-        raise ValueError(f"a {event_type} payload needs a {field} string")
-    return key
-
-
-def is_match(event_type: str, payload: dict, wanted: str, subject: Optional[str]) -> bool:
-    """
-    Whether an event is of type C{wanted} and, with C{subject}, of that agent or session (the
-    payload field that keys its latest state): the filter of L{IEventStore.events_matching}.
-    """
-    if event_type != wanted:
-        return False
-    return subject is None or payload.get(STATE_KEY_FIELDS.get(wanted, "")) == subject
-
-
-def scan_window(seq: int, scan: int, first_seq: int, last_seq: int) -> tuple[int, int]:
-    """
-    The seqs L{IEventStore.events_matching} looks at: those in C{(start, end]}, the C{scan} seqs
-    after C{seq}, or after the retained history's start when C{seq} is older; empty
-    (C{start >= end}) when nothing is after C{seq}.  Retained seqs have no gaps, so this is also
-    at most C{scan} events.
-    """
-    start = max(seq, first_seq - 1)
-    return start, min(start + max(scan, 0), last_seq)
-
-
-def new_epoch() -> str:
-    """A fresh random name for a new history: 16 hex digits."""
-    return secrets.token_hex(8)
-
-
-def check_retention(retention: Retention) -> None:
-    """
-    Refuse limits no store can honour.
-
-    @raise ValueError: for a negative limit.
-    """
-    for name in ("max_events", "max_age", "max_agents", "max_sessions"):
-        if getattr(retention, name) < 0:
-            raise ValueError(f"retention {name} must not be negative")
-
-
-def is_live(created: float, now: float) -> bool:
-    """Whether an idempotency key recorded at C{created} still counts at C{now}."""
-    return now - created < IDEMPOTENCY_WINDOW
-
-
-class LatestState:
-    """
-    The latest payload per agent and per session, least recently updated first, bounded by the
-    retention caps: past a cap the least recently updated entry is forgotten.  Sessions are also
-    capped per agent (by the C{agentId} of their latest payload), so that one agent's token cannot
-    fill the state every dashboard receives as its snapshot.
-    """
-
-    def __init__(self, retention: Retention) -> None:
-        self._caps = {AGENT_STATUS: retention.max_agents, SESSION_ACTIVITY: retention.max_sessions}
-        self._per_agent = retention.max_sessions_per_agent
-        self._latest: dict[str, OrderedDict[str, StateEntry]] = {
-            AGENT_STATUS: OrderedDict(),
-            SESSION_ACTIVITY: OrderedDict(),
-        }
-        # agent id -> the keys of its sessions in the state, least recently updated first.
-        self._sessions_of: dict[str, OrderedDict[str, None]] = {}
-
-    def set(self, event_type: str, key: str, payload: dict, encoded: bytes) -> list[str]:
-        """
-        Make C{payload} (encoded as C{encoded}) the most recent state of C{key}; forget the
-        stalest entries past the caps.
-
-        @return: the keys forgotten to make room.
-        """
-        latest = self._latest[event_type]
-        previous = latest.pop(key, None)
-        latest[key] = StateEntry(payload, encoded)
-        forgotten = []
-        if event_type == SESSION_ACTIVITY:
-            if previous is not None:
-                self._unindex(key, previous.payload)
-            agent = payload.get("agentId")
-            if agent is not None:
-                mine = self._sessions_of.setdefault(agent, OrderedDict())
-                mine[key] = None
-                while len(mine) > self._per_agent:
-                    oldest = next(iter(mine))
-                    self._unindex(oldest, latest.pop(oldest).payload)
-                    forgotten.append(oldest)
-        while len(latest) > self._caps[event_type]:
-            oldest, entry = latest.popitem(last=False)
-            if event_type == SESSION_ACTIVITY:
-                self._unindex(oldest, entry.payload)
-            forgotten.append(oldest)
-        return forgotten
-
-    def _unindex(self, key: str, payload: dict) -> None:
-        agent = payload.get("agentId")
-        mine = self._sessions_of.get(agent) if agent is not None else None
-        if mine is not None:
-            mine.pop(key, None)
-            if not mine:
-                del self._sessions_of[agent]
-
-    def get(self, event_type: str, key: str) -> Optional[StateEntry]:
-        """The entry of C{key}, or C{None}."""
-        return self._latest[event_type].get(key)
-
-    def entries(self, event_type: str) -> list[StateEntry]:
-        """The entries of C{event_type}, least recently updated first."""
-        return list(self._latest[event_type].values())
-
-    def values(self, event_type: str) -> list[dict]:
-        """The payloads of C{event_type}, least recently updated first."""
-        return [entry.payload for entry in self._latest[event_type].values()]
-
-
-class LatestStateReads:
-    """
-    The reads of the latest state both stores serve from memory (their C{_latest}, a
-    L{LatestState}): the SQLite store keeps it as a copy of its table, moved after each commit.
-    """
-
-    _latest: LatestState
-
-    def agents(self) -> list[dict]:
-        """The latest C{agent:status} payload of each agent, least recently updated first."""
-        return self._latest.values(AGENT_STATUS)
-
-    def sessions(self) -> list[dict]:
-        """The latest C{session:activity} payload of each session, least recently updated first."""
-        return self._latest.values(SESSION_ACTIVITY)
-
-    def state(self, event_type: str) -> list[StateEntry]:
-        """The latest state of C{event_type}, payloads with their encodings."""
-        return self._latest.entries(event_type)
-
-    def agent(self, agent_id: str) -> Optional[dict]:
-        """The latest C{agent:status} payload of C{agent_id}, or C{None}."""
-        entry = self._latest.get(AGENT_STATUS, agent_id)
-        return None if entry is None else entry.payload
+from mission_control.store.latest import LatestState, LatestStateReads
+from mission_control.store.rules import (
+    check_retention,
+    is_live,
+    is_match,
+    new_epoch,
+    scan_window,
+    state_key,
+)
 
 
 @dataclass(frozen=True)
@@ -225,6 +73,8 @@ class MemoryStore(LatestStateReads):
         check_retention(retention)
         self.retention = retention
         self.epoch = new_epoch()
+        #: Never renewed: a new memory store is a new history from the start.
+        self.epoch_renewed: Optional[str] = None
         self.last_seq = 0
         # History: a list read from _head on, so that dropping the oldest event is O(1) and
         # reading from any seq is one index computation.

@@ -18,8 +18,8 @@ The C{seq} column is C{INTEGER PRIMARY KEY AUTOINCREMENT}: SQLite never reuses a
 every event has been trimmed, and a rolled-back transaction consumes none, so the sequence is
 gap-free and C{last_seq} is read back from C{sqlite_sequence} on open.
 
-The schema's version is C{PRAGMA user_version}; a database written by a newer version of
-mission-control is refused rather than misread.
+The file's settings, its schema and the upgrades of older versions are in
+L{mission_control.store.schema}; this module is the store that reads and writes it.
 """
 
 from __future__ import annotations
@@ -35,16 +35,15 @@ from zope.interface import implementer
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import (
     IDEMPOTENCY_WINDOW,
+    Idempotency,
     IdempotencyConflict,
     IEventStore,
     Retention,
     StoredEvent,
 )
-from mission_control.store.memory import (
+from mission_control.store.latest import LatestState, LatestStateReads
+from mission_control.store.rules import (
     STATE_KEY_FIELDS,
-    Idempotency,
-    LatestState,
-    LatestStateReads,
     check_retention,
     is_live,
     is_match,
@@ -52,74 +51,7 @@ from mission_control.store.memory import (
     scan_window,
     state_key,
 )
-
-#: The schema this code reads and writes, kept in C{PRAGMA user_version}.  Version 2 added the
-#: owners of sessions (L{_SCHEMA_2}); a version 1 database is upgraded when it is opened.
-SCHEMA_VERSION = 2
-
-#: How long to wait for a lock another process holds, in milliseconds.
-BUSY_TIMEOUT_MS = 5000
-
-#: Past this size, the write-ahead log is truncated back after a checkpoint.
-JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
-
-_SCHEMA = """
-CREATE TABLE meta (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    ts TEXT NOT NULL,
-    created REAL NOT NULL
-);
-
--- No index on (kind, seq): the table is read once, when the store opens, and one index fewer
--- is one page fewer written per append.
-CREATE TABLE latest (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (kind, key)
-) WITHOUT ROWID;
-
-CREATE TABLE positions (
-    user TEXT NOT NULL,
-    client TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (user, client)
-) WITHOUT ROWID;
-
-CREATE TABLE idempotency (
-    user TEXT NOT NULL,
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    created REAL NOT NULL,
-    type TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    ts TEXT NOT NULL,
-    PRIMARY KEY (user, key)
-) WITHOUT ROWID;
-CREATE INDEX idempotency_by_created ON idempotency (created);
-"""
-
-# Who owns each session, and the seq of its newest event: an owner is forgotten only once its
-# session is in neither the history nor the latest state (see SQLiteStore.trim).
-_SCHEMA_2 = """
-CREATE TABLE session_owners (
-    session TEXT PRIMARY KEY,
-    agent TEXT NOT NULL,
-    seq INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX session_owners_by_seq ON session_owners (seq);
-"""
+from mission_control.store.schema import configure, create_private_file, describe, migrate, unusable
 
 # The statements of an append, prepared once by the connection's statement cache.
 _FIND_KEY = (
@@ -141,65 +73,6 @@ _RECORD_KEY = (
     "INSERT OR REPLACE INTO idempotency (user, key, fingerprint, seq, created, type, payload, ts) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def _unusable(path: str, why: str) -> ValueError:
-    """The one-line error for a database file the store cannot use."""
-    return ValueError(f"cannot use {path} as the event store: {why}")
-
-
-def _describe(error: sqlite3.Error) -> str:
-    """A short reason for a SQLite error met while opening the database."""
-    text = str(error)
-    if "not a database" in text:
-        return "not a SQLite database"
-    if "malformed" in text:
-        return "the database is corrupt"
-    return text
-
-
-def _create_private_file(path: str) -> None:
-    """Create C{path} as an empty file readable by its owner only, unless it exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    try:
-        # The umask can only narrow the mode; this pins it to exactly 0600.
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _execute_script(db: sqlite3.Connection, script: str) -> None:
-    """Run each statement of C{script} inside the current transaction (executescript commits)."""
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def _record_owners(db: sqlite3.Connection) -> None:
-    """
-    Fill the session owners of a database made before they were stored: the first agent each
-    session's history names, else the agent its latest state names.
-    """
-    owners: dict[str, list] = {}
-    rows = db.execute("SELECT seq, payload FROM events WHERE type = ? ORDER BY seq",
-                      (SESSION_ACTIVITY,))
-    for seq, text in rows:
-        payload = json.loads(text)
-        owner = owners.get(payload.get("sessionId"))
-        if owner is not None:
-            owner[1] = seq
-        elif payload.get("agentId") is not None:
-            owners[payload["sessionId"]] = [payload["agentId"], seq]
-    for key, text, seq in db.execute("SELECT key, payload, seq FROM latest WHERE kind = ?",
-                                     (SESSION_ACTIVITY,)):
-        agent = json.loads(text).get("agentId")
-        if key not in owners and agent is not None:
-            owners[key] = [agent, seq]
-    db.executemany("INSERT INTO session_owners (session, agent, seq) VALUES (?, ?, ?)",
-                   [(session, agent, seq) for session, (agent, seq) in owners.items()])
 
 
 def read_boot_id() -> Optional[str]:
@@ -253,10 +126,10 @@ class SQLiteStore(LatestStateReads):
             self._open()
         except sqlite3.DatabaseError as e:
             self.close()
-            raise _unusable(path, _describe(e)) from None
+            raise unusable(path, describe(e)) from None
         except OSError as e:
             self.close()
-            raise _unusable(path, e.strerror or str(e)) from None
+            raise unusable(path, e.strerror or str(e)) from None
         except ValueError:
             self.close()
             raise
@@ -267,18 +140,12 @@ class SQLiteStore(LatestStateReads):
         """Connect, check or create the schema, and read the epoch and the seq range."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        _create_private_file(self.path)
+        create_private_file(self.path)
         # Autocommit mode: transactions are begun and committed explicitly (see _transaction).
         db = self._db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._check_integrity(db)
-        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise _unusable(self.path, f"cannot switch it to WAL mode (it is in {mode} mode)")
-        db.execute("PRAGMA synchronous = NORMAL")
-        db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        configure(db, self.path)
         with self._transaction():
-            self._migrate(db)
+            migrate(db, self.path)
             self._check_last_run(db)
         self.epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[0]
         row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -293,40 +160,6 @@ class SQLiteStore(LatestStateReads):
             for gone in latest.set(kind, key, json.loads(payload), payload.encode("utf-8")):
                 self._forgotten.add((kind, gone))
         return latest
-
-    def _check_integrity(self, db: sqlite3.Connection) -> None:
-        """
-        Read every page once, so that a damaged file is refused at start rather than failing
-        some later append or replay.
-        """
-        result = db.execute("PRAGMA quick_check").fetchone()[0]
-        if result != "ok":
-            raise _unusable(self.path, "the database is corrupt")
-
-    def _migrate(self, db: sqlite3.Connection) -> None:
-        """
-        Create the schema in a new database, or upgrade one of an older version in place; refuse
-        one from elsewhere or from the future.
-        """
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise _unusable(
-                self.path,
-                f"its schema version {version} is newer than this mission-control supports "
-                f"({SCHEMA_VERSION}); upgrade mission-control",
-            )
-        if version == SCHEMA_VERSION:
-            return
-        if version == 0:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            if tables:
-                raise _unusable(self.path, "it is a SQLite database of some other application")
-            _execute_script(db, _SCHEMA)
-            db.execute("INSERT INTO meta (name, value) VALUES ('epoch', ?)", (new_epoch(),))
-        if version < 2:
-            _execute_script(db, _SCHEMA_2)
-            _record_owners(db)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _check_last_run(self, db: sqlite3.Connection) -> None:
         """
@@ -411,6 +244,7 @@ class SQLiteStore(LatestStateReads):
                 if repeat is not None:
                     return repeat, False
             seq = db.execute(_INSERT_EVENT, (event_type, encoded, ts, now)).lastrowid
+            assert seq is not None  # an INSERT into a table with rowids always sets it
             db.execute(_UPSERT_LATEST, (event_type, key, encoded, seq, now))
             if event_type == SESSION_ACTIVITY:
                 agent = payload.get("agentId")

@@ -25,10 +25,12 @@ C{{"error": {"code", "message"}}}; nothing from the request is echoed except fie
 from __future__ import annotations
 
 import re
+from typing import Any, Callable, Union
 
 from autobahn.twisted.util import peer2str
 from twisted.logger import Logger
 from twisted.web import resource
+from twisted.web.server import Request
 
 from mission_control import auth, channels, events, policy, replay
 from mission_control.auth import Refusal, TokenVerifier, token_from_request
@@ -43,8 +45,15 @@ from mission_control.web.site import MAX_BODY_SIZE, error_body
 from mission_control.web.streaming import StreamedBody
 
 
+#: What a handler answers with: a JSON value to encode, bytes ready to send, or a streamed body.
+Body = Union[dict[str, Any], bytes, StreamedBody]
+#: A handler: C{(request, principal, *ids) -> (status, body)}.
+Handler = Callable[..., tuple[int, Body]]
+
+
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[bytes, bytes] | None = None) -> None:
         super().__init__(status, code, message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}
@@ -70,7 +79,7 @@ class Api(resource.Resource):
         self._reads = RateLimits(read_rate, max(1, int(read_rate * 2)),
                                  self.max_tracked_publishers)
         # (path shape) -> {method: handler}; "*" in a shape matches one id segment.
-        self._routes = [
+        self._routes: list[tuple[tuple[str, ...], dict[bytes, Handler]]] = [
             (("agents",), {b"GET": self._list_agents}),
             (("agents", "*", "status"), {b"POST": self._post_status}),
             (("sessions",), {b"GET": self._list_sessions}),
@@ -82,7 +91,7 @@ class Api(resource.Resource):
             (("me",), {b"GET": self._me}),
         ]
 
-    def render(self, request):
+    def render(self, request: Request) -> bytes | int:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         try:
@@ -96,7 +105,7 @@ class Api(resource.Resource):
             return body.write_to(request)
         return encode_json(body) if not isinstance(body, bytes) else body
 
-    def _dispatch(self, request):
+    def _dispatch(self, request: Request) -> tuple[int, Body]:
         segments = self._segments(request)
         for shape, methods in self._routes:
             if len(shape) == len(segments) and all(
@@ -120,8 +129,8 @@ class Api(resource.Resource):
         raise ApiError(404, "not_found", "no such resource")
 
     @staticmethod
-    def _segments(request) -> list[str]:
-        parts = list(request.postpath)
+    def _segments(request: Request) -> list[str]:
+        parts = list(request.postpath or [])
         if parts and parts[-1] == b"":
             parts.pop()
         try:
@@ -129,7 +138,7 @@ class Api(resource.Resource):
         except UnicodeDecodeError:
             raise ApiError(404, "not_found", "no such resource") from None
 
-    def _authenticate(self, request) -> Principal:
+    def _authenticate(self, request: Request) -> Principal:
         headers = {}
         values = request.requestHeaders.getRawHeaders(b"authorization") or []
         if len(values) > 1:
@@ -155,12 +164,14 @@ class Api(resource.Resource):
             ) from None
 
     @staticmethod
-    def _json_body(request) -> object:
+    def _json_body(request: Request) -> object:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type != b"application/json":
             raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
-        request.content.seek(0)
-        raw = request.content.read(MAX_BODY_SIZE + 1)
+        content = request.content
+        assert content is not None  # twisted.web sets it before the request is rendered
+        content.seek(0)
+        raw = content.read(MAX_BODY_SIZE + 1)
         if len(raw) > MAX_BODY_SIZE:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY_SIZE} bytes")
         try:
@@ -170,7 +181,7 @@ class Api(resource.Resource):
         except (ValueError, RecursionError):
             raise ApiError(400, "bad_request", "malformed JSON") from None
 
-    def _charge(self, limits: RateLimits, principal, what: str) -> None:
+    def _charge(self, limits: RateLimits, principal: Principal, what: str) -> None:
         """
         One request against the user's rate in C{limits}: publishes (C{publish_rate} a second)
         and reads (C{read_rate}), bursts of twice that, shared by all of a user's HTTP clients:
@@ -180,7 +191,8 @@ class Api(resource.Resource):
             raise ApiError(429, "rate_limited", f"too many {what}; slow down",
                            {b"Retry-After": b"1"})
 
-    def _publish(self, request, principal, event_type, subject_id):
+    def _publish(self, request: Request, principal: Principal, event_type: str,
+                 subject_id: str) -> tuple[int, Body]:
         self._charge(self._publishes, principal, "publishes")
         body = self._json_body(request)
         key = self._idempotency_key(request)
@@ -207,7 +219,7 @@ class Api(resource.Resource):
         return 200, {"event": envelope}
 
     @staticmethod
-    def _idempotency_key(request) -> str | None:
+    def _idempotency_key(request: Request) -> str | None:
         """The Idempotency-Key header, checked, or C{None}."""
         raw = request.getHeader(b"idempotency-key")
         if raw is None:
@@ -228,25 +240,27 @@ class Api(resource.Resource):
 
     # Handlers: (request, principal, *ids) -> (status, body)
 
-    def _post_status(self, request, principal, agent_id):
+    def _post_status(self, request: Request, principal: Principal,
+                     agent_id: str) -> tuple[int, Body]:
         return self._publish(
             request, principal, AGENT_STATUS, self._subject_id(agent_id, "agentId")
         )
 
-    def _post_activity(self, request, principal, session_id):
+    def _post_activity(self, request: Request, principal: Principal,
+                       session_id: str) -> tuple[int, Body]:
         return self._publish(
             request, principal, SESSION_ACTIVITY, self._subject_id(session_id, "sessionId")
         )
 
     # Reads show what the caller could receive over the WebSocket: their role and channels claim.
 
-    def _list_agents(self, request, principal):
+    def _list_agents(self, request: Request, principal: Principal) -> tuple[int, Body]:
         return 200, self._latest(principal, AGENT_STATUS, b"agents")
 
-    def _list_sessions(self, request, principal):
+    def _list_sessions(self, request: Request, principal: Principal) -> tuple[int, Body]:
         return 200, self._latest(principal, SESSION_ACTIVITY, b"sessions")
 
-    def _latest(self, principal, event_type: str, name: bytes) -> StreamedBody:
+    def _latest(self, principal: Principal, event_type: str, name: bytes) -> StreamedBody:
         """
         The latest state the caller may see, from the store's ready encodings, streamed: what a
         client that does not read holds in the hub is a list of references, not a copy.
@@ -257,7 +271,7 @@ class Api(resource.Resource):
         tail = b'],"lastSeq":%d,"epoch":%s}' % (store.last_seq, encode_json(store.epoch))
         return StreamedBody(b'{"' + name + b'":[', visible, tail)
 
-    def _list_events(self, request, principal):
+    def _list_events(self, request: Request, principal: Principal) -> tuple[int, Body]:
         since = _int_arg(request, b"since", 0, 0, 10**18)
         limit = _int_arg(request, b"limit", DEFAULT_EVENTS_LIMIT, 1, MAX_EVENTS_LIMIT)
         wanted = self._channel_arg(request, principal)
@@ -273,7 +287,8 @@ class Api(resource.Resource):
                                                   subject)
         # A page is also bounded in bytes, so one request holds about MAX_PAGE_BYTES at most:
         # `more` and `next` tell the caller to ask again.
-        encoded, size, last, full = [], 0, since, False
+        encoded: list[bytes] = []
+        size, last, full = 0, since, False
         for event in page:
             if encoded and size >= MAX_PAGE_BYTES:
                 full = True
@@ -304,7 +319,8 @@ class Api(resource.Resource):
         }
         return 200, StreamedBody(b'{"events":[', encoded, b"]," + encode_json(fields)[1:])
 
-    def _channel_arg(self, request, principal) -> tuple[str, str | None] | None:
+    def _channel_arg(self, request: Request,
+                     principal: Principal) -> tuple[str, str | None] | None:
         """
         The C{channel} query argument of an events read, as the stored events it carries
         (L{channels.stored_events_of}), or C{None} without one: a 400 when it is not a channel of
@@ -325,13 +341,14 @@ class Api(resource.Resource):
             raise ApiError(403, "forbidden", "not allowed to receive this channel")
         return wanted
 
-    def _list_presence(self, request, principal):
+    def _list_presence(self, request: Request, principal: Principal) -> tuple[int, Body]:
         if not policy.may_subscribe(principal, channels.PRESENCE):
             raise ApiError(403, "forbidden", "not allowed to see presence")
         return 200, StreamedBody(b'{"presence":[', map(encode_json, self.hub.iter_presence()),
                                  b"]}")
 
-    def _close_connection(self, request, principal, connection_id):
+    def _close_connection(self, request: Request, principal: Principal,
+                          connection_id: str) -> tuple[int, Body]:
         """
         Close one WebSocket with 4009.  The role is checked before the id is looked up, so that
         only an admin learns whether a connection exists; the hub logs who closed what.
@@ -344,7 +361,7 @@ class Api(resource.Resource):
             raise ApiError(404, "not_found", "no such connection")
         return 200, {"closed": connection_id}
 
-    def _me(self, request, principal):
+    def _me(self, request: Request, principal: Principal) -> tuple[int, Body]:
         """
         Who the token says the caller is, and until when: a browser cannot read why a WebSocket
         handshake was refused, so a page asks here to tell a refused token (401, with the
@@ -355,7 +372,7 @@ class Api(resource.Resource):
                      "expiresAt": events.format_timestamp(principal.expires_at),
                      "channels": claim}
 
-    def _list_connections(self, request, principal):
+    def _list_connections(self, request: Request, principal: Principal) -> tuple[int, Body]:
         if not policy.may_list_connections(principal):
             raise ApiError(403, "forbidden", "admin or operator role required")
         head = b'{"total":%d,"users":%s,"connections":[' % (
@@ -373,7 +390,7 @@ MAX_PAGE_BYTES = 1024 * 1024
 _IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}\Z")
 
 
-def _int_arg(request, name: bytes, default: int, low: int, high: int) -> int:
+def _int_arg(request: Request, name: bytes, default: int, low: int, high: int) -> int:
     """A whole-number query argument within C{[low, high]}, or a 400 naming it."""
     values = request.args.get(name)
     if not values:
@@ -385,6 +402,8 @@ def _int_arg(request, name: bytes, default: int, low: int, high: int) -> int:
     return int(text)
 
 
-def _peer(request) -> str:
+def _peer(request: Request) -> str:
     """The client's address as every log line of the hub writes it: C{tcp4:host:port}."""
-    return peer2str(request.transport)
+    transport = request.transport
+    # peer2str answers "unknown" for a transport it cannot map, and so for none.
+    return peer2str(transport) if transport is not None else "unknown"

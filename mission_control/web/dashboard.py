@@ -36,10 +36,12 @@ import pathlib
 import re
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Union
 
 from twisted.logger import Logger
 from twisted.web import resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 
 from mission_control.web.site import error_body
 
@@ -81,6 +83,9 @@ SECURITY_HEADERS = (
 #: What a served file may be called: no dot files, nothing that needs quoting in a URL.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
+#: Where the files are: a path, or a C{Traversable} (the package's own folder, from a wheel too).
+Folder = Union[str, os.PathLike[str], Traversable]
+
 PLACEHOLDER_PAGE = b"""<!doctype html>
 <html lang="en">
 <meta charset="utf-8">
@@ -107,7 +112,7 @@ class StaticFile:
         return cls(body, content_type, b'"' + digest.encode("ascii") + b'"')
 
 
-def default_folder():
+def default_folder() -> Traversable:
     """The dashboard folder of the installed package (a C{Traversable})."""
     folder = resources.files(PACKAGE)
     for part in FOLDER:
@@ -115,22 +120,23 @@ def default_folder():
     return folder
 
 
-def load_files(folder, log: Logger | None = None) -> dict[str, StaticFile]:
+def load_files(folder: Folder, log: Logger | None = None) -> dict[str, StaticFile]:
     """
     The files to serve from C{folder} (a path or an importlib.resources C{Traversable}), by the
     name they are served under: C{app.js}, C{vendor/uplot.min.css}.  Regular files of a known
     type only; anything else (a subfolder other than C{vendor}, a symlink, a dot file, another
     type) is left out, and said in the log when it looks like a file meant to be served.
     """
-    if isinstance(folder, (str, os.PathLike)):
-        folder = pathlib.Path(folder)
+    directory: Traversable = (
+        pathlib.Path(folder) if isinstance(folder, (str, os.PathLike)) else folder
+    )
     log = log or Logger()
     files: dict[str, StaticFile] = {}
 
     def skip(name: str, why: str) -> None:
         log.warn("not serving the dashboard file {name}: {why}", name=name, why=why)
 
-    def load(directory, prefix: str) -> None:
+    def load(directory: Traversable, prefix: str) -> None:
         for entry in sorted(directory.iterdir(), key=lambda e: e.name):
             name = entry.name
             if _NAME_RE.match(name) is None:
@@ -151,8 +157,8 @@ def load_files(folder, log: Logger | None = None) -> dict[str, StaticFile]:
                 files[prefix + name] = StaticFile.of(entry.read_bytes(), content_type)
 
     # The folder itself is the operator's choice, a symlink or not; what is in it is checked.
-    if folder.is_dir():
-        load(folder, "")
+    if directory.is_dir():
+        load(directory, "")
     return files
 
 
@@ -160,7 +166,7 @@ def _extension(name: str) -> str:
     return os.path.splitext(name)[1].lower()
 
 
-def _is_symlink(entry) -> bool:
+def _is_symlink(entry: Traversable) -> bool:
     """Whether C{entry} is a symlink (a C{Traversable} that is not on disk never is)."""
     return isinstance(entry, pathlib.Path) and entry.is_symlink()
 
@@ -196,7 +202,7 @@ class Dashboard(resource.Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, folder=None) -> None:
+    def __init__(self, folder: Folder | None = None) -> None:
         super().__init__()
         self.files = load_files(default_folder() if folder is None else folder, self.log)
         index = self.files.get(INDEX)
@@ -232,10 +238,10 @@ class Dashboard(resource.Resource):
             return None
         return self.files.get(name)
 
-    def render(self, request):
+    def render(self, request: Request) -> bytes | int:
         for name, value in SECURITY_HEADERS:
             request.setHeader(name, value)
-        found = self.lookup(request.prepath, request.postpath)
+        found = self.lookup(request.prepath or [], request.postpath or [])
         if found is None:
             return _error(request, 404, "not_found", "no such resource")
         if request.method not in (b"GET", b"HEAD"):
@@ -257,7 +263,7 @@ class Dashboard(resource.Resource):
         return found.body
 
 
-def _error(request, status: int, code: str, message: str) -> bytes:
+def _error(request: Request, status: int, code: str, message: str) -> bytes:
     """The hub's JSON error, from the dashboard's resource (its head alone for HEAD)."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")

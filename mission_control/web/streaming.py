@@ -15,7 +15,7 @@ import itertools
 from typing import Iterable, Iterator
 
 from twisted.internet.interfaces import IPullProducer
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from mission_control.events import json_array_chunks
@@ -34,7 +34,7 @@ class StreamedBody:
     def __init__(self, head: bytes, items: Iterable[bytes], tail: bytes) -> None:
         self.head, self.items, self.tail = head, items, tail
 
-    def write_to(self, request) -> object:
+    def write_to(self, request: Request) -> bytes | int:
         """
         Write the body to C{request}; returns what C{render} should return: the whole body when it
         is small (so it gets a Content-Length), else C{NOT_DONE_YET} while it streams (chunked).
@@ -60,7 +60,7 @@ class StreamedBody:
 class _ChunkProducer:
     """Writes one chunk each time the request's transport asks for more (as static.File does)."""
 
-    def __init__(self, request, chunks: Iterator[bytes]) -> None:
+    def __init__(self, request: Request, chunks: Iterator[bytes]) -> None:
         self._request = request
         self._chunks: Iterator[bytes] | None = chunks
 
