@@ -5,8 +5,8 @@ C{twistd mission-control}: the service tree, built from the parsed options.
 L{makeService} opens the store and builds the hub, the WebSocket factory, the API and the site,
 under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint
 and, with C{--demo}, the simulated fleet.  The options themselves (the command line, the
-environment, the key files) are L{mission_control.options}'; twistd's plugin finds L{Options}
-and L{makeService} here, as C{twistd} plugins expect of the module they name.
+environment, the key files) are parsed and checked in L{mission_control.options}; twistd's
+plugin still finds L{Options} and L{makeService} here, in the module it names.
 """
 
 from __future__ import annotations
