@@ -1,342 +1,49 @@
 # -*- test-case-name: tests.test_tap -*-
 """
-C{twistd mission-control}: the options and the service tree.
+C{twistd mission-control}: the service tree, built from the parsed options.
 
-Every option can also come from a C{MISSION_CONTROL_<NAME>} environment variable (C{--jwt-leeway}
-reads C{MISSION_CONTROL_JWT_LEEWAY}); the command line wins.  Repeatable options take a
-comma- or space-separated list from the environment.  Everything that can be wrong with the
-configuration (an endpoint string, a short secret, a missing key file) is found in
-L{Options.postOptions} and reported as one usage line, before anything starts.
+L{makeService} opens the store and builds the hub, the WebSocket factory, the API and the site,
+under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint
+and, with C{--demo}, the simulated fleet.  The options themselves (the command line, the
+environment, the key files) are parsed and checked in L{mission_control.options}; twistd's
+plugin still finds L{Options} and L{makeService} here, in the module it names.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, tcp
-from twisted.internet.endpoints import serverFromString
+from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python import usage
 
 from mission_control import auth
-from mission_control.auth import OriginPolicy, TokenVerifier
+from mission_control.auth import TokenVerifier
 from mission_control.demo import DemoFleet
 from mission_control.hub import Hub
+from mission_control.listener import Listener, ListenError, urls_of
+from mission_control.options import Options
 from mission_control.protocol import HubServerFactory
 from mission_control.store import MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard
-from mission_control.web.site import build_site
+from mission_control.web.site import HubSite, build_site
 
-ENV_PREFIX = "MISSION_CONTROL_"
-DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+__all__ = ["MissionControlService", "Options", "makeService", "urls_of"]
+
 STORE_FILE_NAME = "mission-control.sqlite3"
-MAX_MESSAGE_SIZE_CEILING = 16 * 1024 * 1024
-#: What a flag in the environment (C{MISSION_CONTROL_DEMO}) may say, in any case.
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
-
-
-def _positive_float(name):
-    def convert(value):
-        number = float(value)
-        if number < 0 or number != number or number == float("inf"):
-            raise ValueError(f"{name} must be a number >= 0")
-        return number
-
-    return convert
-
-
-class Options(usage.Options):
-    synopsis = "[options]"
-    longdesc = (
-        "Run the mission-control hub: JWT-authenticated WebSocket broadcasting of agent "
-        "statuses and session activity, with a JSON HTTP API on the same listener."
-    )
-
-    optFlags = [
-        ["demo", None, "Run a simulated fleet of agents that publishes events, for trying it out."],
-    ]
-
-    # Defaults are applied in postOptions, after the environment, so that we can tell "not given".
-    optParameters = [
-        ["data-dir", None, None, "State directory (the generated dev secret). [./mission-control-data]"],
-        ["jwt-secret-file", None, None, "File with the HMAC secret (at least 32 bytes)."],
-        ["jwt-public-key", None, None, "PEM public key for RS*/PS*/ES*/EdDSA tokens."],
-        ["jwt-issuer", None, None, "Required iss claim."],
-        ["jwt-audience", None, None, "Required aud claim."],
-        ["jwt-leeway", None, None, "Clock skew allowed on exp/nbf/iat, seconds. [5]"],
-        ["heartbeat-interval", None, None, "Seconds between heartbeat frames; 0 turns them off. [30]"],
-        ["ping-interval", None, None, "Seconds between WebSocket pings. [20]"],
-        ["ping-timeout", None, None, "Seconds to wait for a pong before dropping the peer. [10]"],
-        ["max-message-size", None, None, "Largest client message in bytes; larger ones close with 1009. [65536]"],
-        ["max-connections-per-user", None, None, "Connections one user may hold; the next gets 429. [20]"],
-        ["max-connections", None, None, "Connections in total; the next gets 503. [10000]"],
-        ["max-http-connections", None, None, "HTTP connections open at once (WebSockets not counted); the next gets 503. [1000]"],
-        ["max-outbound-bytes", None, None, "Bytes queued for one slow client before it is closed with 4008. [1048576]"],
-        ["max-messages-per-second", None, None, "Messages one connection may send per second (twice that in a burst); past it error frames, then close 4029. [20]"],
-        ["max-publishes-per-second", None, None, "HTTP publishes one user may make per second (twice that in a burst); past it 429. [200]"],
-        ["max-reads-per-second", None, None, "HTTP reads (GET) one user may make per second (twice that in a burst); past it 429. [20]"],
-        ["max-handshakes-per-second", None, None, "WebSocket handshakes one user may make per second (bursts of --max-connections-per-user or twice the rate, the larger); past it 429. [5]"],
-        ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
-        ["history-size", None, None, "Events kept for resume. [100000]"],
-        ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
-    ]
-
-    _repeatable = ("listen", "jwt-algorithm", "allowed-origin")
-
-    DEFAULTS = {
-        "data-dir": "./mission-control-data",
-        "jwt-leeway": "5",
-        "heartbeat-interval": "30",
-        "ping-interval": "20",
-        "ping-timeout": "10",
-        "max-message-size": "65536",
-        "max-connections-per-user": "20",
-        "max-connections": "10000",
-        "max-http-connections": "1000",
-        "max-outbound-bytes": "1048576",
-        "max-messages-per-second": "20",
-        "max-publishes-per-second": "200",
-        "max-reads-per-second": "20",
-        "max-handshakes-per-second": "5",
-        "store": "sqlite",
-        "history-size": "100000",
-        "history-age": "86400",
-    }
-
-    def __init__(self, environ=None):
-        super().__init__()
-        self.environ = os.environ if environ is None else environ
-        for name in self._repeatable:
-            self[name] = []
-
-    def parseOptions(self, options=None):
-        try:
-            super().parseOptions(options)
-        except usage.UsageError as e:
-            if self.parent is None:
-                raise
-            # Under twistd, which would print its whole usage text and then the error, both on
-            # stdout: one line on stderr and a non-zero exit instead.
-            raise SystemExit(f"twistd mission-control: {e}") from None
-
-    def opt_listen(self, endpoint):
-        """Twisted endpoint string to listen on (repeatable). [tcp:8080:interface=127.0.0.1]"""
-        self["listen"].append(endpoint)
-
-    def opt_jwt_algorithm(self, algorithm):
-        """
-        Accepted JWT algorithm (repeatable). [HS256 with a secret; with a public key, the key's
-        own: RS256 for RSA, ES256/ES384/ES512 for EC by curve, EdDSA for Ed25519/Ed448]
-        """
-        self["jwt-algorithm"].append(algorithm)
-
-    def opt_allowed_origin(self, origin):
-        """Browser Origin allowed to connect, as browsers send it (repeatable). [any]"""
-        self["allowed-origin"].append(origin)
-
-    def _from_environment(self):
-        for name in [p[0] for p in self.optParameters] + list(self._repeatable):
-            key = ENV_PREFIX + name.upper().replace("-", "_")
-            value = self.environ.get(key)
-            if value is None or value == "":
-                continue
-            if name in self._repeatable:
-                if not self[name]:
-                    self[name] = value.replace(",", " ").split()
-            elif self[name] is None:
-                self[name] = value
-        if not self["demo"]:
-            value = self.environ.get(ENV_PREFIX + "DEMO", "")
-            flag = value.strip().lower()
-            if flag in TRUE_WORDS:
-                self["demo"] = 1
-            elif flag in FALSE_WORDS or flag == "":
-                self["demo"] = 0
-            else:
-                raise usage.UsageError(
-                    f"{ENV_PREFIX}DEMO must be one of {', '.join(TRUE_WORDS)} (on) or "
-                    f"{', '.join(FALSE_WORDS)} (off), not {value!r}"
-                )
-
-    def postOptions(self):
-        self._twistd_files()
-        self._from_environment()
-        for name, value in self.DEFAULTS.items():
-            if self[name] is None:
-                self[name] = value
-        if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
-
-        self._numbers()
-        self._keys()
-        if self["store"] not in ("sqlite", "memory"):
-            raise usage.UsageError(f"--store must be sqlite or memory, not {self['store']!r}")
-        try:
-            self["origins"] = OriginPolicy(self["allowed-origin"])
-        except ValueError as e:
-            raise usage.UsageError(f"--allowed-origin: {e}") from None
-        from twisted.internet import reactor
-
-        for description in self["listen"]:
-            try:
-                serverFromString(reactor, description)
-            except Exception as e:
-                raise usage.UsageError(
-                    f"--listen {description!r} is not a usable endpoint: {_describe(e)}"
-                ) from None
-
-    def _twistd_files(self):
-        """
-        Under twistd, check the files it is about to write for us, and make the log file private.
-
-        twistd opens its log file before it daemonizes and writes the pidfile after: a directory
-        that is missing or not writable ends either in a traceback.  And the umask it applies
-        to daemons (0077, or C{--umask}) takes effect only after the log file exists, so the first
-        log file would be readable by everyone.  Both are settled here, before anything starts:
-        a usage error naming the option, and the log file created with that umask.
-        """
-        parent = self.parent
-        if parent is None:
-            return
-        daemon = not parent.get("nodaemon")
-        files = [("--logfile", _twistd_log_file(parent, daemon)),
-                 ("--pidfile", parent.get("pidfile"))]
-        for option, path in files:
-            if not path:
-                continue
-            path = os.path.abspath(path)
-            directory = os.path.dirname(path)
-            if not os.path.isdir(directory):
-                raise usage.UsageError(f"{option} {path}: the directory {directory} does not exist "
-                                       f"(create it first, writable by the hub's user)")
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise usage.UsageError(f"{option} {path}: cannot write in {directory}")
-            if os.path.exists(path) and not os.access(path, os.W_OK):
-                raise usage.UsageError(f"{option} {path}: the file is not writable")
-        umask = parent.get("umask")
-        if umask is None and daemon:
-            umask = 0o077  # what twistd applies to daemons, after opening the log file
-        log_file = files[0][1]
-        if log_file and umask is not None and not os.path.exists(log_file):
-            try:
-                fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND,
-                             0o666 & ~umask)
-            except FileExistsError:
-                return
-            except OSError as e:
-                raise usage.UsageError(
-                    f"--logfile {os.path.abspath(log_file)}: {e.strerror}") from None
-            try:
-                os.fchmod(fd, 0o666 & ~umask)
-            finally:
-                os.close(fd)
-
-    def _numbers(self):
-        floats = {
-            "jwt-leeway": _positive_float("--jwt-leeway"),
-            "heartbeat-interval": _positive_float("--heartbeat-interval"),
-            "ping-interval": _positive_float("--ping-interval"),
-            "ping-timeout": _positive_float("--ping-timeout"),
-            "history-age": _positive_float("--history-age"),
-            "max-messages-per-second": _positive_float("--max-messages-per-second"),
-            "max-publishes-per-second": _positive_float("--max-publishes-per-second"),
-            "max-reads-per-second": _positive_float("--max-reads-per-second"),
-            "max-handshakes-per-second": _positive_float("--max-handshakes-per-second"),
-        }
-        for name, convert in floats.items():
-            try:
-                self[name] = convert(self[name])
-            except ValueError:
-                raise usage.UsageError(f"--{name} must be a number >= 0, not {self[name]!r}") from None
-        for name in ("ping-interval", "ping-timeout", "history-age", "max-messages-per-second",
-                     "max-publishes-per-second", "max-reads-per-second",
-                     "max-handshakes-per-second"):
-            if self[name] <= 0:
-                raise usage.UsageError(f"--{name} must be greater than 0")
-        limits = {
-            "max-message-size": (128, MAX_MESSAGE_SIZE_CEILING),
-            "max-connections-per-user": (1, 1_000_000),
-            "max-connections": (1, 10_000_000),
-            "max-http-connections": (1, 1_000_000),
-            "max-outbound-bytes": (1024, 1 << 34),
-            "history-size": (1, 1_000_000_000),
-        }
-        for name, (low, high) in limits.items():
-            try:
-                value = int(self[name])
-            except (TypeError, ValueError):
-                value = None
-            if value is None or not low <= value <= high:
-                raise usage.UsageError(
-                    f"--{name} must be a whole number from {low} to {high}, not {self[name]!r}"
-                )
-            self[name] = value
-
-    def _keys(self):
-        secret_file, public_key = self["jwt-secret-file"], self["jwt-public-key"]
-        algorithms = self["jwt-algorithm"]
-        self["generated-secret"] = None
-        if secret_file and public_key:
-            raise usage.UsageError("give --jwt-secret-file or --jwt-public-key, not both")
-        try:
-            if public_key:
-                for algorithm in algorithms:
-                    if algorithm not in auth.PUBLIC_KEY_ALGORITHMS:
-                        raise ValueError(
-                            f"--jwt-algorithm {algorithm} is not a public-key algorithm "
-                            f"({', '.join(auth.PUBLIC_KEY_ALGORITHMS)})"
-                        )
-                # Without --jwt-algorithm, the key's own default (RS256, ES256, EdDSA...).
-                key, algorithms = auth.load_public_key(public_key, algorithms)
-            else:
-                algorithms = algorithms or ["HS256"]
-                for algorithm in algorithms:
-                    if algorithm not in auth.HMAC_ALGORITHMS:
-                        raise ValueError(
-                            f"--jwt-algorithm {algorithm} needs --jwt-public-key; with a secret "
-                            f"use {', '.join(auth.HMAC_ALGORITHMS)}"
-                        )
-                if secret_file:
-                    key = auth.read_secret(secret_file)
-                else:
-                    key, path, created = auth.load_or_create_secret(self["data-dir"])
-                    self["secret-path"] = path
-                    self["generated-secret"] = created
-        except (ValueError, OSError) as e:
-            raise usage.UsageError(str(e)) from None
-        self["jwt-algorithm"] = algorithms
-        self["verifier"] = TokenVerifier(
-            key=key,
-            algorithms=algorithms,
-            issuer=self["jwt-issuer"],
-            audience=self["jwt-audience"],
-            leeway=self["jwt-leeway"],
-        )
-
-
-def _twistd_log_file(parent, daemon: bool) -> str | None:
-    """The file twistd will log to, as its options say (C{None}: stdout, syslog, a logger)."""
-    if parent.get("logger") or parent.get("syslog"):
-        return None
-    name = parent.get("logfile")
-    if name == "-":
-        return None
-    if not name:
-        return "twistd.log" if daemon else None
-    return name
-
 
 #: File descriptors kept for what is not a connection: listeners, the database, logs.
 FILE_RESERVE = 64
 
 
-def raise_file_limit(needed: int, getrlimit=None, setrlimit=None) -> int | None:
+def raise_file_limit(needed: int, getrlimit: Callable[[int], tuple[int, int]] | None = None,
+                     setrlimit: Callable[[int, tuple[int, int]], None] | None = None
+                     ) -> int | None:
     """
     Raise the soft limit on open files towards C{needed}, as far as the hard limit allows.
 
@@ -361,77 +68,59 @@ def raise_file_limit(needed: int, getrlimit=None, setrlimit=None) -> int | None:
     return soft
 
 
-def _describe(error: Exception) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0][:200]
-
-
-def stop_listening(port, site) -> defer.Deferred:
-    """
-    Stop listening at once, after accepting every connection the kernel has already queued, so
-    that each of those gets an answer and every later one is refused.
-
-    C{stopListening} alone stops accepting now and closes the socket later (on the next turn of
-    the reactor, after logging): a client whose connection completes in between is queued, then
-    reset when the socket closes, having been told nothing.  Here the last accepts and the end of
-    listening (C{shutdown} of the listening socket, which Linux turns into "not listening") come
-    in one go.  Ports other than Twisted's TCP and Unix ones just get C{stopListening}.
-    """
-    if isinstance(port, tcp.Port) and port.connected and not port.disconnecting:
-        port.stopReading()
-        for _ in range(100):  # bounded: a flood of new connections must not hold the stop
-            before = site.accepted_count
-            port.doRead()
-            if site.accepted_count == before:
-                break
-        try:
-            port.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # not every system lets a listening socket be shut down; closing it follows
-    return defer.maybeDeferred(port.stopListening)
-
-
 class MissionControlService(service.MultiService):
     """
-    The hub, its listeners and (with C{--demo}) the simulated fleet.  Listening happens in
-    C{privilegedStartService}, so a port that is taken stops twistd with one clear line.
+    The hub, its listeners and (with C{--demo}) the simulated fleet.
 
-    @ivar ports: C{(endpoint description, listening port)} pairs, once started.
+    Each C{--listen} endpoint is a child L{Listener}, as C{twisted.web.tap} adds a C{strports}
+    service per C{--port}: listening starts in C{privilegedStartService}, before twistd sheds
+    privileges.  A listen that fails there (a port that is taken, a socket path that cannot be
+    made) stops the start with one line (see L{privilegedStartService}).
+
+    @ivar listeners: the L{Listener} of each C{--listen} endpoint, in the order given.
     """
 
     log = Logger()
 
-    def __init__(self, hub: Hub, site, listen: list[str], reactor, options=None) -> None:
+    def __init__(self, hub: Hub, site: HubSite, listen: list[str], reactor: Any,
+                 options: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.hub = hub
         self.site = site
         self.listen = listen
         self.reactor = reactor
-        self.options = options or {}
-        self.ports: list = []
+        self.options: Mapping[str, Any] = options or {}
+        self.listeners = [Listener(description, site, reactor) for description in listen]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self._privileged = False
 
-    def privilegedStartService(self):
-        for description in self.listen:
-            endpoint = serverFromString(self.reactor, description)
-            result = []
-            endpoint.listen(self.site).addBoth(result.append)
-            if not result or not hasattr(result[0], "getHost"):
-                # Do not leave the listeners opened so far behind.
-                for _, port in self.ports:
-                    port.stopListening()
-                self.ports = []
-            if not result:
-                raise SystemExit(f"mission-control: listening on {description} did not complete")
-            if not hasattr(result[0], "getHost"):
-                raise SystemExit(
-                    f"mission-control: cannot listen on {description}: "
-                    f"{_describe(result[0].value)}"
-                )
-            self.ports.append((description, result[0]))
-        super().privilegedStartService()
+    @property
+    def ports(self) -> list[tuple[str, Any]]:
+        """C{(endpoint description, listening port)} of every listener that listens."""
+        return [(listener.description, listener.port) for listener in self.listeners
+                if listener.port is not None]
 
-    def startService(self):
-        if not self.ports:
+    def privilegedStartService(self) -> None:
+        """
+        Start listening on every endpoint.  One that fails stops the start: the listeners opened
+        so far are closed, and C{SystemExit} carries one line that names the endpoint and the
+        reason.
+
+        Twisted's service raises the endpoint's own error (C{CannotListenError}) from here, and
+        twistd would print it with its traceback; C{SystemExit} is how twistd reports an error
+        in one line (as it does for its own usage errors) with a non-zero exit status.
+        """
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            for listener in self.listeners:
+                listener.stop_listening()
+            raise SystemExit(f"mission-control: {e}") from None
+        self._privileged = True
+
+    def startService(self) -> None:
+        if not self._privileged:
             self.privilegedStartService()
         super().startService()
         self.hub.start()
@@ -478,7 +167,7 @@ class MissionControlService(service.MultiService):
     close_timeout = 5.0
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> Any:
         """
         Stop listening, so that a client connecting from now on is refused at once; answer the
         connections already accepted (a WebSocket handshake gets 503 shutting down) and close
@@ -490,8 +179,8 @@ class MissionControlService(service.MultiService):
         plain signal to back off and retry.
         """
         self.hub.stop()
-        ports, self.ports = self.ports, []
-        unlistened = [stop_listening(port, self.site) for _, port in ports]
+        self._privileged = False
+        unlistened = [listener.stop_listening() for listener in self.listeners]
         self.site.drain()
         self.hub.close_all()
         everyone = self._everyone_gone()
@@ -503,14 +192,14 @@ class MissionControlService(service.MultiService):
                           count=max(self.hub.connection_count, self.site.open_count()))
         else:
             timer.cancel()
-        yield super().stopService()
+        yield super().stopService()  # the listeners have stopped already: only the others
         # Return only once the ports are closed, so a new listener can take them at once.
         yield defer.gatherResults(unlistened, consumeErrors=True)
         # Every write went through the store synchronously; closing checkpoints and releases it.
         self.hub.store.close()
 
     @defer.inlineCallbacks
-    def _everyone_gone(self):
+    def _everyone_gone(self) -> Any:
         """Fires once the hub has no WebSocket and the network no accepted connection."""
         yield self.hub.when_empty()
         yield self.site.closed(self.reactor)
@@ -527,22 +216,6 @@ def console_script() -> str:
         return "mission-control"
     relative = os.path.relpath(beside)
     return relative if not relative.startswith(os.pardir) else os.path.abspath(beside)
-
-
-def urls_of(description: str, port) -> list[str]:
-    """The URLs a listening port serves, for the start-up log."""
-    host = port.getHost()
-    secure = description.split(":", 1)[0].strip().lower() == "ssl"
-    if hasattr(host, "port"):
-        name = host.host if ":" not in host.host else f"[{host.host}]"
-        if name in ("0.0.0.0", "[::]"):
-            name = "localhost"
-        base = f"{name}:{host.port}"
-        return [f"{'https' if secure else 'http'}://{base}/", f"{'wss' if secure else 'ws'}://{base}/ws"]
-    name = getattr(host, "name", host)
-    if isinstance(name, bytes):
-        name = os.fsdecode(name)
-    return [f"unix socket {name} (HTTP, and WebSocket at /ws)"]
 
 
 #: The user of the signed-in dashboard link of the start-up log, and how long its token lasts.
@@ -571,7 +244,7 @@ def dashboard_urls(urls: list[str]) -> list[str]:
     return [url for url in urls if url.startswith(("http://", "https://"))]
 
 
-def open_store(options):
+def open_store(options: Mapping[str, Any]) -> MemoryStore | SQLiteStore:
     """The store the options ask for: SQLite in the data dir (the default), or memory."""
     retention = Retention(max_events=options["history-size"], max_age=options["history-age"])
     if options["store"] == "memory":
@@ -583,7 +256,7 @@ def open_store(options):
         raise SystemExit(f"mission-control: {e}") from None
 
 
-def makeService(options, reactor=None) -> MissionControlService:
+def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionControlService:
     """Build the service tree from parsed L{Options}."""
     if reactor is None:
         from twisted.internet import reactor

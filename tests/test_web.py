@@ -1,6 +1,8 @@
 """
-Tests for the C{Site} (L{mission_control.web.site}): health, the root, headers, failures without
-tracebacks, the redacting access log and the request-head deadline.
+Tests for the C{Site} (L{mission_control.web.site}) over real sockets: the tree it serves, the
+headers of every response, failures without tracebacks, the request-head deadline and kept-alive
+connections.  Its parts have their own: tests/test_web_channel.py, tests/test_web_resources.py,
+tests/test_web_redaction.py, tests/test_web_responses.py.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 from twisted.web import resource
 
-from mission_control.web.site import access_log_formatter, redact
 from tests.helpers import http_request, raw_request, start_server
 from tests.test_websocket import _SilentPeer
 
@@ -23,24 +24,12 @@ class SiteTests(unittest.TestCase):
         return raw_request(self.server.port, http_request(method, path, **kwargs))
 
     @defer.inlineCallbacks
-    def test_healthz(self):
-        """GET /healthz answers 200 {"status": "ok"} without a token."""
-        response = yield self.get("/healthz")
-        self.assertEqual((response.status, response.json()), (200, {"status": "ok"}))
-
-    @defer.inlineCallbacks
     def test_root(self):
         """GET / is the dashboard's page (tests/test_web_dashboard.py has the rest of it)."""
         response = yield self.get("/")
         self.assertEqual(response.status, 200)
         self.assertEqual(response.headers["content-type"], "text/html; charset=utf-8")
         self.assertIn("frame-ancestors 'none'", response.headers["content-security-policy"])
-
-    @defer.inlineCallbacks
-    def test_wrong_method_on_health(self):
-        """POST /healthz is 405 with Allow."""
-        response = yield self.get("/healthz", method="POST", body={})
-        self.assertEqual((response.status, response.headers["allow"]), (405, "GET, HEAD"))
 
     @defer.inlineCallbacks
     def test_server_header(self):
@@ -85,42 +74,3 @@ class SiteTests(unittest.TestCase):
             "GET", "/healthz", headers={"Connection": "close"})
         response = yield raw_request(self.server.port, request, close_after=False)
         self.assertEqual(response.raw.count(b"HTTP/1.1 200"), 2)
-
-
-class AccessLogTests(unittest.SynchronousTestCase):
-    """The access log never shows a token from the query string."""
-
-    def test_redact(self):
-        """token= values are replaced wherever they are in the query; other values stay."""
-        self.assertEqual(redact(b"/ws?token=abc.def&x=1"), b"/ws?token=[redacted]&x=1")
-        self.assertEqual(redact(b"/ws?a=1&TOKEN=abc"), b"/ws?a=1&TOKEN=[redacted]")
-        self.assertEqual(redact(b"/ws?mytoken=keep"), b"/ws?mytoken=keep")
-
-    def test_formatter(self):
-        """The combined-format line carries the redacted URI and Referer."""
-        from twisted.web.test.requesthelper import DummyRequest
-
-        request = DummyRequest([b"ws"])
-        request.uri = b"/ws?token=eyJsecret"
-        request.method = b"GET"
-        request.clientproto = b"HTTP/1.1"
-        request.code = 401
-        request.sentLength = 0
-        request.requestHeaders.setRawHeaders(b"referer", [b"https://mc.example/?token=eyJref&a=1"])
-        line = access_log_formatter("[27/Nov/2026:00:00:00 +0000]", request)
-        self.assertIn("/ws?token=[redacted]", line)
-        self.assertIn("https://mc.example/?token=[redacted]&a=1", line)
-        self.assertNotIn("eyJsecret", line)
-        self.assertNotIn("eyJref", line)
-
-
-class HealthDuringShutdownTests(unittest.TestCase):
-    """The health check tells a load balancer to stop sending clients."""
-
-    @defer.inlineCallbacks
-    def test_stopping(self):
-        """Once the hub stops accepting, /healthz answers 503 {"status": "stopping"}."""
-        server = start_server(self)
-        server.hub.stop()
-        response = yield raw_request(server.port, http_request("GET", "/healthz"))
-        self.assertEqual((response.status, response.json()), (503, {"status": "stopping"}))

@@ -1,0 +1,161 @@
+# -*- test-case-name: tests.test_listener -*-
+"""
+The hub's listeners: one L{Listener} service per C{--listen} endpoint, a child of the hub's
+service as C{twisted.web.tap} adds its C{strports} services, and what the start-up log says
+about each (L{urls_of}).
+
+A L{Listener} is Twisted's C{StreamServerEndpointService}, built as C{strports.service} builds
+it (a listen that fails at once raises from C{privilegedStartService}), with two changes: that
+failure is raised as a L{ListenError} naming the C{--listen} description, so the hub's service
+can turn it into one line; and stopping first accepts the connections the kernel has already
+queued (L{stop_listening}), so that each of them gets an answer.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Protocol
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import defer, tcp
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, IReactorCore
+
+
+class ListeningPort(Protocol):
+    """What is used of a listening port (an C{IListeningPort}): its address, and stopping."""
+
+    def getHost(self) -> IAddress: ...
+
+    def stopListening(self) -> defer.Deferred[None] | None: ...
+
+
+class AcceptCounter(Protocol):
+    """What L{stop_listening} needs of the factory: how many connections it accepted, ever."""
+
+    accepted_count: int
+
+
+def describe_error(error: BaseException) -> str:
+    """The first line of an error's message (its type's name if it has none), for a usage line."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:200]
+
+
+class ListenError(Exception):
+    """
+    Listening on a C{--listen} endpoint failed as the service started.
+
+    @ivar description: the endpoint description, as given to C{--listen}.
+    @ivar reason: the exception the endpoint raised.
+    """
+
+    def __init__(self, description: str, reason: BaseException) -> None:
+        super().__init__(description, reason)
+        self.description = description
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.description}: {describe_error(self.reason)}"
+
+
+def stop_listening(port: ListeningPort, site: AcceptCounter) -> defer.Deferred[None]:
+    """
+    Stop listening at once, after accepting every connection the kernel has already queued, so
+    that each of those gets an answer and every later one is refused.
+
+    C{stopListening} alone stops accepting now and closes the socket later (on the next turn of
+    the reactor, after logging): a client whose connection completes in between is queued, then
+    reset when the socket closes, having been told nothing.  Here the last accepts and the end of
+    listening (C{shutdown} of the listening socket, which Linux turns into "not listening") come
+    in one go.  Ports other than Twisted's TCP and Unix ones just get C{stopListening}.
+    """
+    if isinstance(port, tcp.Port) and port.connected and not port.disconnecting:
+        port.stopReading()
+        for _ in range(100):  # bounded: a flood of new connections must not hold the stop
+            before = site.accepted_count
+            port.doRead()
+            if site.accepted_count == before:
+                break
+        try:
+            port.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not every system lets a listening socket be shut down; closing it follows
+    try:
+        stopped = port.stopListening()
+    except Exception:
+        return defer.fail()
+    return stopped if stopped is not None else defer.succeed(None)
+
+
+class Listener(StreamServerEndpointService):
+    """
+    Listen on one C{--listen} endpoint with the hub's site.
+
+    @ivar description: the endpoint description, as given to C{--listen}.
+    @ivar port: the listening port once listening began, else L{None}.
+    """
+
+    # As strports.service sets it: a listen that fails at once fails privilegedStartService.
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, site: Any, reactor: IReactorCore) -> None:
+        super().__init__(serverFromString(reactor, description), site)
+        self.description = description
+        self.port: ListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        """Start listening; a listen that fails at once raises L{ListenError}."""
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            self._waitingForPort = None
+            raise ListenError(self.description, e) from e
+        assert self._waitingForPort is not None
+        # At once for the endpoints Twisted has (TCP, TLS, Unix); later for one that completes
+        # later, whose failure Twisted's service logs.
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: ListeningPort | None) -> ListeningPort | None:
+        self.port = port
+        return port
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening (see L{stop_listening}); fires once the port is closed."""
+        service.Service.stopService(self)
+        return self.stop_listening()
+
+    def stop_listening(self) -> defer.Deferred[None]:
+        """
+        Stop listening now, draining the accept queue (L{stop_listening}), or give up a listen
+        still under way.  Stopping what is not listening does nothing.
+        """
+        waiting, self._waitingForPort = self._waitingForPort, None
+        if waiting is None:
+            return defer.succeed(None)
+        waiting.cancel()
+        return waiting.addCallback(self._close)
+
+    def _close(self, port: ListeningPort | None) -> defer.Deferred[None] | None:
+        self.port = None
+        if port is None:
+            return None
+        return stop_listening(port, self.factory)
+
+
+def urls_of(description: str, port: ListeningPort) -> list[str]:
+    """The URLs a listening port serves, for the start-up log."""
+    host: Any = port.getHost()
+    secure = description.split(":", 1)[0].strip().lower() == "ssl"
+    if hasattr(host, "port"):
+        name = host.host if ":" not in host.host else f"[{host.host}]"
+        if name in ("0.0.0.0", "[::]"):
+            name = "localhost"
+        base = f"{name}:{host.port}"
+        return [f"{'https' if secure else 'http'}://{base}/", f"{'wss' if secure else 'ws'}://{base}/ws"]
+    name = getattr(host, "name", host)
+    if isinstance(name, bytes):
+        name = os.fsdecode(name)
+    return [f"unix socket {name} (HTTP, and WebSocket at /ws)"]
