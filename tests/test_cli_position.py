@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control import cli
+from mission_control.cli import frames
 from tests.cli_helpers import (
     SNAPSHOT,
     WELCOME,
@@ -60,3 +61,27 @@ class StreamPositionTests(SynchronousTestCase):
         self.assertPosition(self.observed(welcome("bad epoch"), snapshot(3)), None, None)
         self.assertPosition(self.observed(welcome("e"), event(True), event(-1), event("7")),
                             None, None)
+
+
+class FrameValueTests(SynchronousTestCase):
+    """L{mission_control.cli.frames}: which values from a hub are taken for a seq or an epoch."""
+
+    def test_seq(self):
+        """A seq is a whole number from 0, not a bool, a float, a string or something huge."""
+        for value in [0, 1, 10 ** 18 - 1]:
+            self.assertTrue(frames.is_seq(value), value)
+        for value in [-1, True, 1.0, "1", None, 10 ** 18]:
+            self.assertFalse(frames.is_seq(value), value)
+
+    def test_epoch(self):
+        """An epoch is what the hub takes back in a query: 1-64 letters, digits, _ and -."""
+        for value in ["e", "a-b_C9", "x" * 64]:
+            self.assertTrue(frames.is_epoch(value), value)
+        for value in ["", "x" * 65, "bad epoch", "e\n", "é", 7, None]:
+            self.assertFalse(frames.is_epoch(value), value)
+
+    def test_payload(self):
+        """A payload that is not an object reads as an empty one."""
+        self.assertEqual(frames.payload({"payload": {"a": 1}}), {"a": 1})
+        for frame in [{}, {"payload": [1]}, {"payload": "x"}, {"payload": None}]:
+            self.assertEqual(frames.payload(frame), {}, frame)

@@ -8,8 +8,10 @@ C{task.react}, against a real server on a loopback port (L{tests.helpers.start_s
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource
 from twisted.web import server as web_server
@@ -17,7 +19,7 @@ from twisted.web.util import Redirect
 
 from mission_control import cli
 from tests.cli_helpers import UsageAssertions, free_port, publish, run, secret_dir
-from tests.helpers import start_server
+from tests.helpers import ChildProcess, start_server
 
 
 # publish: everything that is refused before any request
@@ -193,3 +195,105 @@ class PublishRedirectTests(TestCase):
         self.assertEqual((code, out), (1, ""))
         self.assertIn("302 Found", err)
         self.assertEqual(recorder.authorizations, [])
+
+
+class _Silent(Protocol):
+    """A peer that accepts the connection and the request, and never answers."""
+
+    def dataReceived(self, data):
+        self.factory.requests.append(data)
+
+
+class _Flood(Protocol):
+    """A peer that answers 200 with a body of C{size} bytes of JSON text."""
+
+    size = 3 * 1024 * 1024
+
+    def dataReceived(self, data):
+        if b"\r\n\r\n" in data and self.transport.connected:
+            head = f"HTTP/1.1 200 OK\r\nContent-Length: {self.size}\r\n\r\n".encode()
+            self.transport.write(head + b" " * self.size)
+
+
+class PublishLimitTests(TestCase):
+    """C{publish} against peers that do not answer as a hub does."""
+
+    timeout = 30
+
+    def listen(self, protocol):
+        factory = Factory.forProtocol(protocol)
+        factory.requests = []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return factory, f"http://127.0.0.1:{port.getHost().port}"
+
+    @defer.inlineCallbacks
+    def test_timeout(self):
+        """A hub that takes the request and never answers: after the timeout, one line saying
+        the request timed out, exit code 1, and nothing left running (no timer, no connection:
+        trial fails a test that leaves either behind)."""
+        factory, url = self.listen(_Silent)
+        started = reactor.seconds()
+        code, out, err = yield publish(
+            ["publish", "status", "agent-atlas", "busy", "--token", "x.y.z", "--url", url],
+            timeout=0.3)
+        self.assertGreaterEqual(reactor.seconds() - started, 0.3)
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err, f"mission-control publish status: request to {url}"
+                              f"/api/agents/agent-atlas/status failed: timed out\n")
+        self.assertEqual(len(factory.requests), 1)
+        self.assertIn(b"POST /api/agents/agent-atlas/status HTTP/1.1", factory.requests[0])
+
+    @defer.inlineCallbacks
+    def test_answer_read_up_to_a_limit(self):
+        """An answer larger than any hub's is read no further than the limit (1 MiB) and is not
+        taken for a hub's: one line saying so, exit code 1."""
+        _, url = self.listen(_Flood)
+        code, out, err = yield publish(
+            ["publish", "status", "agent-atlas", "busy", "--token", "x.y.z", "--url", url])
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err, f"mission-control publish status: {url}/api/agents/agent-atlas/"
+                              f"status did not answer like a mission-control hub\n")
+
+
+class PublishProcessTests(TestCase):
+    """The console script's C{publish} as a process: it runs under task.react and exits with
+    the command's code."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def run_script(self, *argv):
+        process = ChildProcess()
+        reactor.spawnProcess(process, sys.executable,
+                             [sys.executable, "-m", "mission_control.cli", *argv],
+                             env=dict(os.environ))
+        code = yield process.ended
+        return code, process.out.decode(), process.err.decode()
+
+    @defer.inlineCallbacks
+    def test_published_and_refused(self):
+        """Published: the seq on stdout, exit code 0.  Refused: the status and the hub's message
+        on stderr, exit code 1, nothing on stdout."""
+        data_dir, _ = secret_dir(self)
+        server = start_server(self, ["--data-dir", data_dir])
+        url = f"http://127.0.0.1:{server.port}"
+        result = yield self.run_script("publish", "status", "agent-1", "busy", "--url", url,
+                                       "--data-dir", data_dir)
+        self.assertEqual(result, (0, "published agent:status seq=1\n", ""))
+        result = yield self.run_script("publish", "status", "agent-1", "busy", "--url", url,
+                                       "--token", server.token("someone", role="viewer"))
+        self.assertEqual(result, (1, "", "mission-control publish status: 403 Forbidden: "
+                                         "not allowed to publish for this agent\n"))
+        self.assertEqual(server.hub.store.last_seq, 1)
+
+    @defer.inlineCallbacks
+    def test_unreachable(self):
+        """Nothing listening: one line on stderr, exit code 1."""
+        code, out, err = yield self.run_script(
+            "publish", "status", "agent-1", "busy", "--token", "x.y.z",
+            "--url", f"http://127.0.0.1:{free_port()}")
+        self.assertEqual((code, out), (1, ""))
+        self.assertRegex(err, r"^mission-control publish status: cannot reach http://127\.0\.0\.1"
+                              r":\d+/api/agents/agent-1/status: connection refused "
+                              r"\(is the hub running there\?\)\n$")

@@ -159,3 +159,61 @@ class FramePrinterTests(SynchronousTestCase):
                   {"type": "ack", "payload": {"seq": 41}}, AUTH_OK]
         lines, _ = self.printed(frames, json_mode=True)
         self.assertEqual([json.loads(line) for line in lines], frames)
+
+
+class FrameRendererTests(SynchronousTestCase):
+    """L{cli.FrameRenderer} on its own: decoded frames in, the lines for each out, at once."""
+
+    def test_lines_per_frame(self):
+        """The welcome alone makes no line yet; the snapshot after it makes the connected line;
+        an event makes its own line; end() has nothing left to show."""
+        renderer = cli.FrameRenderer(tz=timezone.utc)
+        self.assertEqual(renderer.render(WELCOME), [])
+        self.assertEqual(renderer.render(SNAPSHOT),
+                         ["16:04:05 connected as alice (viewer), 2 agents, 1 sessions, "
+                          "lastSeq=40"])
+        self.assertEqual(renderer.render(STATUS), [
+            '16:04:05 agent:status  agent-atlas  busy  "working on a task"  seq=12'])
+        self.assertEqual(renderer.end(), [])
+
+    def test_welcome_held_until_the_end(self):
+        """A connection that ends after its welcome shows it, without counts, at the end; the
+        next connection starts afresh."""
+        renderer = cli.FrameRenderer(tz=timezone.utc)
+        renderer.render(welcome(last_seq=7))
+        self.assertEqual(renderer.end(), ["16:04:05 connected as alice (viewer), lastSeq=7"])
+        self.assertEqual(renderer.end(), [])
+
+    def test_json_mode(self):
+        """In JSON mode the text received is the line; a frame whose text spans lines is encoded
+        again on one; heartbeats only when verbose."""
+        renderer = cli.FrameRenderer(json_mode=True)
+        self.assertEqual(renderer.render({"type": "x"}, '{"type":  "x"}'), ['{"type":  "x"}'])
+        [line] = renderer.render({"type": "x"}, '{"type":\n"x"}')
+        self.assertEqual(json.loads(line), {"type": "x"})
+        self.assertNotIn("\n", line)
+        self.assertEqual(renderer.render(HEARTBEAT, encode(HEARTBEAT).decode()), [])
+        self.assertEqual(len(cli.FrameRenderer(json_mode=True, verbose=True).render(HEARTBEAT)),
+                         1)
+
+    def test_unknown_frames_and_odd_values(self):
+        """A frame type it does not know is shown with its payload, cut to 200 characters; values
+        of the wrong kind (a list for a payload, a string for a seq) are shown, never trusted."""
+        renderer = cli.FrameRenderer(tz=timezone.utc)
+        [line] = renderer.render({"type": "custom", "ts": "2026-11-27T16:04:05Z",
+                                  "payload": {"text": "y" * 300}})
+        self.assertTrue(line.startswith('16:04:05 custom  {"text":"yyy'), line)
+        self.assertTrue(line.endswith("..."))
+        self.assertEqual(len(line), len("16:04:05 custom  ") + 200)
+        self.assertEqual(renderer.render({"type": "resumed", "payload": ["x"]}),
+                         ["--:--:-- history lost (None): showing a fresh snapshot"])
+        self.assertEqual(renderer.render(dict(STATUS, seq="7\x1b")),
+                         ['16:04:05 agent:status  agent-atlas  busy  "working on a task"  '
+                          'seq=7\\x1b'])
+
+    def test_decode_frame(self):
+        """Only a text message holding a JSON object is a frame."""
+        self.assertEqual(cli.render.decode_frame(b'{"type": "x"}', False), {"type": "x"})
+        for data, is_binary in [(b'{"type": "x"}', True), (b"[1]", False), (b"\xff", False),
+                                (b"{", False), (b"[" * 100000, False)]:
+            self.assertIsNone(cli.render.decode_frame(data, is_binary), data[:10])

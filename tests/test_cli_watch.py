@@ -14,12 +14,15 @@ import os
 import sys
 from datetime import timezone
 
+from OpenSSL.SSL import Error as OpenSSLError
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, reactor, task
 from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mission_control import cli, events
+from mission_control.cli.connection import Ending, judge_ending
 from tests import certs
 from tests.cli_helpers import (
     AUTH_OK,
@@ -764,3 +767,58 @@ class WatchProcessTests(TestCase):
     def test_ctrl_c(self):
         """Ctrl-C (SIGINT) closes the connection and exits with 0, without a traceback."""
         return self.assertSignalEndsCleanly("INT")
+
+
+class JudgeEndingTests(SynchronousTestCase):
+    """L{judge_ending}: how the watch goes on after a connection ended, without a connection."""
+
+    url = "wss://hub.example:8443/ws?token=secret"
+
+    def judge(self, code=1006, reason="", minted=True, refusal=None, opened=True,
+              lost_reason=None, not_clean=None, cafile=None):
+        connection = FakeConnection()
+        connection.refusal, connection.opened = refusal, opened
+        connection.lost_reason, connection.wasNotCleanReason = lost_reason, not_clean
+        if minted:
+            credentials = cli.Credentials(key=cli.SigningKey(b"s" * 32, "/data/jwt-secret"))
+        else:
+            credentials = cli.Credentials(given="x.y.z")
+        return judge_ending(connection, code, reason, credentials, self.url, cafile)
+
+    def test_final_endings(self):
+        """Final refusals (with the secret's path for a 401 of a minted token), 4003, 4009, 4001
+        of a given token and an untrusted certificate end the watch; the URL's query (which may
+        hold a token) is never shown."""
+        self.assertEqual(self.judge(refusal=(401, "invalid token"), opened=False), Ending(
+            "the hub refused the connection: 401 invalid token (the token was minted from "
+            "/data/jwt-secret: does the server use that secret? Otherwise pass --token)",
+            final=True))
+        self.assertEqual(self.judge(refusal=(403, "origin not allowed"), minted=False,
+                                    opened=False),
+                         Ending("the hub refused the connection: 403 origin not allowed",
+                                final=True))
+        self.assertTrue(self.judge(4003).final)
+        self.assertTrue(self.judge(4009).final)
+        self.assertTrue(self.judge(4001, minted=False).final)
+        untrusted = Failure(OpenSSLError([("SSL routines", "", "certificate verify failed")]))
+        ending = self.judge(opened=False, lost_reason=untrusted, cafile="ca.pem")
+        self.assertTrue(ending.final)
+        self.assertEqual(ending.message,
+                         "cannot connect to wss://hub.example:8443/ws: the hub's certificate is "
+                         "not trusted by --cafile ca.pem (certificate verify failed); is that the "
+                         "certificate of the CA that signed the hub's?")
+
+    def test_retried_endings(self):
+        """Refusals worth asking again, 4001 of a minted token, other closes and failed
+        handshakes are retried; only 4008 and 4029 keep the backoff growing."""
+        self.assertEqual(self.judge(refusal=(503, "shutting down"), opened=False),
+                         Ending("the hub refused the connection: 503 shutting down"))
+        self.assertEqual(self.judge(4001, "token expired"), Ending(
+            "connection to wss://hub.example:8443/ws closed (4001 token expired)"))
+        self.assertEqual(self.judge(4008, "too slow"), Ending(
+            "connection to wss://hub.example:8443/ws closed (4008 too slow)", keep_backoff=True))
+        self.assertTrue(self.judge(4029).keep_backoff)
+        self.assertFalse(self.judge(1001, "\x1b[2J").keep_backoff)
+        self.assertIn("closed (1001 \\x1b[2J)", self.judge(1001, "\x1b[2J").message)
+        self.assertEqual(self.judge(None, opened=False, not_clean="peer dropped"), Ending(
+            "WebSocket handshake with wss://hub.example:8443/ws failed: peer dropped"))

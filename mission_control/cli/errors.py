@@ -17,6 +17,7 @@ from service_identity import VerificationError as ServiceIdentityError
 from twisted.internet import defer
 from twisted.internet.error import (
     ConnectError,
+    ConnectingCancelledError,
     ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
@@ -64,11 +65,12 @@ def is_tls_failure(error: BaseException | Failure | None) -> bool:
 
 def never_connected(error: BaseException | Failure | None) -> bool:
     """
-    Whether C{error} says the hub was never reached: no connection, no name, no TLS session.
-    (A failure after that is one of the request: the hub may have seen it.)
+    Whether C{error} says the hub was never reached: no connection, no name, no TLS session, or
+    connecting was given up.  (A failure after that is one of the request: the hub may have
+    seen it.)
     """
     cause = root_cause(error)
-    return isinstance(cause, (ConnectError, DNSLookupError, defer.CancelledError)) \
+    return isinstance(cause, (ConnectError, ConnectingCancelledError, DNSLookupError)) \
         or is_tls_failure(cause)
 
 
