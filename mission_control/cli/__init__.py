@@ -32,12 +32,27 @@ C{publish} and C{watch}), C{MISSION_CONTROL_TOKEN}.
 No proxy settings are used: the hub is reached directly, by C{publish} and C{watch} alike.
 
 Layout: this package is the command line itself: L{MissionControlOptions}, the root of the
-L{usage.Options} tree, and L{run} and L{main}, which parse it and run the command.
-L{mission_control.cli.common} holds what the commands share (the option bases, the local secret
-and credentials, the checks, the URLs); each command has its own module: L{token
-<mission_control.cli.token>} and L{publish <mission_control.cli.publish>} are plain blocking
-functions, and L{watch <mission_control.cli.watch>} is a L{Watcher} driven by an injected reactor,
-which L{main} runs with the real one.
+L{usage.Options} tree, and L{run} and L{main}, which parse it and run the command.  The modules
+of the package hold one concern each:
+
+    options          the base of every command's options, usage errors, checks of values
+    credentials      the local secret, and the token a client command sends
+    connect_options  the options of the commands that talk to a hub (URL, token, CA)
+    urls             the hub's URL in its HTTP and WebSocket forms, and a resuming query
+    tls              the one --cafile loader, TLS client setup and endpoint of both commands
+    errors           failures as one plain line, untrusted text made safe for a terminal
+    token            C{token}: mint and print
+    publish          C{publish}: its options, and the POST run on the reactor
+    exchange         one HTTP exchange with treq: no redirects, bounded answer, a timeout
+    watch            C{watch}: its options, and the L{Watcher} run under L{task.react}
+    watcher          the reconnect loop, on an injected reactor
+    connection       one WebSocket connection, and what its end means
+    position         where the watcher is in the hub's history (pure)
+    frames           reading values from the hub's frames (pure)
+    render           the lines printed for the hub's frames (pure), and their printer
+
+C{publish} and C{watch} both run under L{task.react} with the real reactor; their functions
+take the reactor as an argument, so the tests drive them on theirs.
 """
 
 from __future__ import annotations
@@ -50,31 +65,26 @@ from typing import Any, Callable, Mapping, NoReturn, Sequence, TextIO
 from twisted.internet import defer, task
 from twisted.python import usage
 
-from mission_control.cli.common import (
+from mission_control.cli.credentials import (
     LOCAL_TOKEN_SUBJECT,
     LOCAL_TOKEN_TTL,
+    Credentials,
+    SigningKey,
+)
+from mission_control.cli.options import (
     CommandMissing,
     CommandUsageError,
-    Credentials,
     HelpRequested,
-    SigningKey,
     _Options,
-    display_url,
-    http_base_url,
     parse_duration,
-    resume_url,
-    websocket_url,
 )
+from mission_control.cli.position import StreamPosition
 from mission_control.cli.publish import PublishOptions, _PublishEventOptions, publish_command
+from mission_control.cli.render import FramePrinter, FrameRenderer
 from mission_control.cli.token import TokenOptions, mint_command
-from mission_control.cli.watch import (
-    FramePrinter,
-    StreamPosition,
-    Watcher,
-    WatchOptions,
-    build_watcher,
-    watch_main,
-)
+from mission_control.cli.urls import display_url, http_base_url, resume_url, websocket_url
+from mission_control.cli.watch import WatchOptions, build_watcher, watch_main
+from mission_control.cli.watcher import Watcher
 
 __all__ = [
     # The command line, defined here.
@@ -87,6 +97,7 @@ __all__ = [
     "LOCAL_TOKEN_TTL",
     "Credentials",
     "FramePrinter",
+    "FrameRenderer",
     "SigningKey",
     "StreamPosition",
     "Watcher",
@@ -94,6 +105,7 @@ __all__ = [
     "display_url",
     "http_base_url",
     "parse_duration",
+    "publish_command",
     "resume_url",
     "usage",
     "websocket_url",
@@ -150,8 +162,8 @@ def _leaf(options: usage.Options) -> usage.Options:
 def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
         environ: Mapping[str, str]) -> int:
     """
-    Run one command line; return its exit code.  C{token} and C{publish} run here and block;
-    C{watch} runs the global reactor until it ends (tests drive L{Watcher} with their own).
+    Run one command line; return its exit code.  C{token} runs here; C{publish} and C{watch} run
+    the global reactor until they end (the tests drive L{publish_command} and L{Watcher} on theirs).
     """
     try:
         options = parse_command_line(argv, environ)
@@ -168,13 +180,18 @@ def run(argv: Sequence[str], stdout: TextIO, stderr: TextIO,
     if isinstance(leaf, TokenOptions):
         return mint_command(leaf, stdout, time.time())
     if isinstance(leaf, _PublishEventOptions):
-        return publish_command(leaf, stdout, stderr, time.time())
+        return _react(publish_command, leaf, stdout, stderr)
     return _react(watch_main, leaf, stdout, stderr)
 
 
-def _react(main: Callable[..., defer.Deferred], *args: Any) -> int:
+def _react(main: Callable[..., defer.Deferred[int]], *args: Any) -> int:
+    """Run C{main(reactor, *args)} under L{task.react}; return the exit code it fires with."""
+    def exit_with(code: int) -> None:
+        if code:
+            raise SystemExit(code)
+
     try:
-        task.react(main, args)
+        task.react(lambda reactor: main(reactor, *args).addCallback(exit_with))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
     return 0  # pragma: no cover - react always exits

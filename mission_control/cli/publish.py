@@ -1,42 +1,39 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.test_cli_publish -*-
 """
 C{mission-control publish status|activity}: their options, and L{publish_command}, which POSTs
-the event through the hub's HTTP API with urllib (blocking; no proxies, no redirects) and prints
-its seq, or the hub's error, or why the request failed.
+the event through the hub's HTTP API (L{mission_control.cli.exchange}: treq, on the reactor, no
+proxies, no redirects) and prints its seq, or the hub's error, or why the request failed.  The
+console script runs it under L{task.react}, like C{watch}.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable, TextIO
 from urllib.parse import quote, urlsplit
 
+from twisted.internet import defer
 from twisted.python import usage
 
 from mission_control import auth, events
 from mission_control.ids import ID_RULE
-from mission_control.cli.common import (
+from mission_control.cli.connect_options import (
     DEFAULT_HTTP_URL,
-    ENV_PREFIX,
-    HTTP_TIMEOUT,
-    LOCAL_TOKEN_TTL,
-    MAX_RESPONSE_BYTES,
     USER_AGENT,
-    Credentials,
-    _read_cafile,
     _ServerOptions,
-    _token_help,
-    describe_error,
-    display_url,
-    http_base_url,
-    parse_json_object,
-    printable,
+    token_help,
 )
+from mission_control.cli.credentials import LOCAL_TOKEN_TTL, Credentials
+from mission_control.cli.errors import describe_error, printable
+from mission_control.cli.exchange import ExchangeFailed, Reply, post
+from mission_control.cli.options import ENV_PREFIX, parse_json_object
+from mission_control.cli.urls import display_url, http_base_url
+
+#: How long a publish waits for the hub, connecting included (seconds).
+HTTP_TIMEOUT = 10.0
+#: How much of the hub's answer is read: an event's answer is small.
+MAX_RESPONSE_BYTES = 1024 * 1024
 
 
 # mission-control publish
@@ -50,18 +47,11 @@ class _PublishConnectionOptions(_ServerOptions):
     optParameters = [
         ["url", None, None,
          f"The hub's HTTP URL. [env {ENV_PREFIX}URL, default {DEFAULT_HTTP_URL}]"],
-        ["token", None, None, _token_help("admin")],
+        ["token", None, None, token_help("admin")],
     ]
 
     def normalize_url(self, value: str) -> str:
         return http_base_url(value)
-
-    def load_tls(self, path: str, url: str) -> ssl.SSLContext:
-        data = _read_cafile(path)
-        try:
-            return ssl.create_default_context(cadata=data.decode("ascii"))
-        except (ssl.SSLError, ValueError):
-            raise usage.UsageError(f"--cafile {path} holds no PEM certificate") from None
 
 
 class _PublishEventOptions(_PublishConnectionOptions):
@@ -164,62 +154,52 @@ class PublishOptions(_PublishConnectionOptions):
         self.require_subcommand()
 
 
-def publish_command(options: _PublishEventOptions, stdout: TextIO, stderr: TextIO,
-                    now: float) -> int:
-    """POST the event; print C{published <type> seq=<n>}, or the hub's error, or why it failed."""
+def publish_command(reactor: Any, options: _PublishEventOptions, stdout: TextIO, stderr: TextIO,
+                    timeout: float = HTTP_TIMEOUT) -> defer.Deferred[int]:
+    """
+    POST the event; print C{published <type> seq=<n>}, or the hub's error, or why it failed.
+    Fires with the exit code: 0, or 1 when the event was not published.
+    """
     prefix = options.command_name()
     url = options["url"] + options["path"]
     credentials: Credentials = options["credentials"]
-    request = urllib.request.Request(
-        url,
-        data=events.encode_json(options["body"]),
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "Authorization": f"Bearer {credentials.token(now)}",
-            "User-Agent": USER_AGENT,
-        },
-    )
-    try:
-        with _opener(options["tls"]).open(request, timeout=HTTP_TIMEOUT) as response:
-            answer = response.read(MAX_RESPONSE_BYTES)
-    except urllib.error.HTTPError as e:
-        with e:
-            message = _error_message(e.read(MAX_RESPONSE_BYTES))
-        hint = credentials.refusal_hint() if e.code == 401 else ""
-        stderr.write(f"{prefix}: {e.code} {printable(str(e.reason))}{message}{hint}\n")
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "Authorization": f"Bearer {credentials.token(reactor.seconds())}",
+        "User-Agent": USER_AGENT,
+    }
+
+    def answered(reply: Reply) -> int:
+        if not reply.ok:
+            hint = credentials.refusal_hint() if reply.code == 401 else ""
+            stderr.write(f"{prefix}: {reply.code} {printable(reply.phrase)}"
+                         f"{_error_message(reply.body)}{hint}\n")
+            return 1
+        try:
+            event = json.loads(reply.body)["event"]
+            line = f"published {printable(str(event['type']))} seq={printable(str(event['seq']))}"
+        except (ValueError, KeyError, TypeError):
+            stderr.write(f"{prefix}: {display_url(url)} did not answer like a mission-control "
+                         f"hub\n")
+            return 1
+        stdout.write(line + "\n")
+        return 0
+
+    def failed(failure: Any) -> int:
+        failure.trap(ExchangeFailed)
+        error: ExchangeFailed = failure.value
+        why = "timed out" if error.timed_out else describe_error(
+            error.reason, urlsplit(url).hostname, options["cafile"])
+        if error.connected:
+            stderr.write(f"{prefix}: request to {display_url(url)} failed: {why}\n")
+        else:
+            stderr.write(f"{prefix}: cannot reach {display_url(url)}: {why}\n")
         return 1
-    except urllib.error.URLError as e:
-        why = describe_error(e.reason, urlsplit(url).hostname, options["cafile"])
-        stderr.write(f"{prefix}: cannot reach {display_url(url)}: {why}\n")
-        return 1
-    except (OSError, http.client.HTTPException) as e:
-        stderr.write(f"{prefix}: request to {display_url(url)} failed: {describe_error(e)}\n")
-        return 1
-    try:
-        event = json.loads(answer)["event"]
-        line = f"published {printable(str(event['type']))} seq={printable(str(event['seq']))}"
-    except (ValueError, KeyError, TypeError):
-        stderr.write(f"{prefix}: {display_url(url)} did not answer like a mission-control hub\n")
-        return 1
-    stdout.write(line + "\n")
-    return 0
 
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    """The hub never redirects; following one would hand the bearer token to another URL."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-def _opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(
-        urllib.request.ProxyHandler({}),
-        _NoRedirects(),
-        urllib.request.HTTPSHandler(context=context or ssl.create_default_context()),
-    )
+    d = post(reactor, url, events.encode_json(options["body"]), headers, options["trust_root"],
+             timeout, MAX_RESPONSE_BYTES)
+    return d.addCallbacks(answered, failed)
 
 
 def _error_message(body: bytes) -> str:

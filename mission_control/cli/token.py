@@ -12,14 +12,9 @@ from twisted.python import usage
 
 from mission_control import channels, policy
 from mission_control.ids import ID_RULE
-from mission_control.cli.common import (
-    _KeyOptions,
-    check_name,
-    check_role,
-    check_subject,
-    parse_duration,
-    printable,
-)
+from mission_control.cli.credentials import _KeyOptions
+from mission_control.cli.errors import printable
+from mission_control.cli.options import check_name, check_role, check_subject, parse_duration
 
 
 # mission-control token

@@ -1,0 +1,31 @@
+# -*- test-case-name: tests.test_cli_render,tests.test_cli_position -*-
+"""
+How C{watch} reads the values in the hub's frames, for the renderer and the stream position
+alike: a frame's payload, and whether a value can be a seq or an epoch.  A hub's frames are
+untrusted input: a value of the wrong kind is treated as absent, never trusted or sent back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, TypeGuard
+
+#: What an epoch may look like: what the hub accepts in the C{epoch} query parameter.  Anything
+#: else from a hub is not used, rather than sent back and refused with a (final) 400.
+_EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
+
+
+def payload(frame: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A frame's payload, or an empty one when the hub sent something else there."""
+    value = frame.get("payload")
+    return value if isinstance(value, Mapping) else {}
+
+
+def is_seq(value: object) -> TypeGuard[int]:
+    """Whether C{value} can be a seq: a whole number, not negative (and not C{True})."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** 18
+
+
+def is_epoch(value: object) -> TypeGuard[str]:
+    """Whether C{value} can be an epoch the hub would accept back."""
+    return isinstance(value, str) and _EPOCH_RE.match(value) is not None
