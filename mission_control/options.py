@@ -275,6 +275,7 @@ class Options(usage.Options):
         secret_file, public_key = self["jwt-secret-file"], self["jwt-public-key"]
         algorithms = self["jwt-algorithm"]
         self["generated-secret"] = None
+        key: auth.VerifyingKey
         if secret_file and public_key:
             raise usage.UsageError("give --jwt-secret-file or --jwt-public-key, not both")
         try:

@@ -230,7 +230,10 @@ def dashboard_token(verifier: TokenVerifier, now: float) -> str:
     mints (L{auth.mint_token}) with the hub's own key, issuer, audience and first algorithm, so
     that the hub accepts it whatever those are.
     """
-    return auth.mint_token(verifier.key, DASHBOARD_SUB, now, ttl=DASHBOARD_TTL, role="admin",
+    key = verifier.key
+    if not isinstance(key, bytes):
+        raise ValueError("a dashboard token is minted only with the hub's own secret")
+    return auth.mint_token(key, DASHBOARD_SUB, now, ttl=DASHBOARD_TTL, role="admin",
                            name=DASHBOARD_NAME, issuer=verifier.issuer,
                            audience=verifier.audience, algorithm=verifier.algorithms[0])
 

@@ -174,7 +174,7 @@ class Liveness:
         for everyone (they reconnect), so an agent that died meanwhile is caught here.
         """
         for payload in list(self.store.agents()):
-            agent_id = payload.get("agentId")
+            agent_id = payload["agentId"]
             metadata = payload.get("metadata") or {}
             if (payload.get("status") == "online" and metadata.get("source") == "connection"
                     and not self.is_connected(agent_id)):
