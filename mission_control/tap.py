@@ -125,7 +125,7 @@ class MissionControlService(service.MultiService):
         super().startService()
         self.hub.start()
         self._check_file_limit()
-        renewed = getattr(self.hub.store, "epoch_renewed", None)
+        renewed = self.hub.store.epoch_renewed
         if renewed:
             self.log.warn("store history has a new epoch ({why}): resuming clients will redraw",
                           why=renewed)

@@ -17,24 +17,39 @@ from the store.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Callable, Iterator, Protocol
+
+from twisted.internet.interfaces import IReactorTime
 
 from mission_control import channels, events, replay
+from mission_control.hub.client import Client
+from mission_control.hub.registry import Registry
+from mission_control.store import IEventStore
 
-if TYPE_CHECKING:
-    from mission_control.hub.client import Client
-    from mission_control.hub.node import Hub
+
+class CatchUpNode(Protocol):
+    """What catching up needs of the node (L{mission_control.hub.node.Hub} is one)."""
+
+    clock: IReactorTime
+    store: IEventStore
+    registry: Registry[Client]
+    #: Turns encoded bytes into what L{IConnection.deliver} takes.
+    prepare: Callable[[bytes], Any]
+
+    def frame(self, frame_type: str, payload: dict, reply_to: str | None = None) -> dict: ...
+
+    def now(self) -> str: ...
 
 
 class CatchUp:
-    """Snapshots and replays for the clients of one L{Hub}."""
+    """Snapshots and replays for the clients of one node."""
 
     #: Events per replay page (one page per reactor turn).
     replay_batch = 500
     #: Snapshots larger than this many bytes are streamed (see L{send_snapshot}).
     snapshot_stream_threshold = 256 * 1024
 
-    def __init__(self, node: Hub) -> None:
+    def __init__(self, node: CatchUpNode) -> None:
         self.node = node
         #: C{(lastSeq, the full snapshot up to its "ts":)}: shared by every connection that
         #: subscribes to everything, until the next event.

@@ -15,20 +15,19 @@ of a connection is a client, as in centrifuge.)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from mission_control import channels, events, policy
-from mission_control.auth import Refusal
+from mission_control.auth import Refusal, TokenVerifier
 from mission_control.events import ValidationError
 from mission_control.hub.connection import ConnectRequest, IConnection
+from mission_control.hub.registry import Registry
 from mission_control.limits import TokenBucket
-from mission_control.store import IdempotencyConflict
-
-if TYPE_CHECKING:
-    from mission_control.hub.node import Hub
+from mission_control.policy import Principal
+from mission_control.store import IdempotencyConflict, IEventStore
 
 #: Close codes the client uses.
 TOKEN_EXPIRED = 4001
@@ -41,11 +40,35 @@ _CHANNEL_LIST_RULE = (
 )
 
 
+class ClientNode(Protocol):
+    """What a client needs of its node (L{mission_control.hub.node.Hub} is one)."""
+
+    clock: IReactorTime
+    store: IEventStore
+    verifier: TokenVerifier | None
+    registry: Registry[Client]
+    #: Seconds before a token's C{exp} that C{auth:expiring} warns.
+    expiry_warning: float
+
+    @property
+    def max_strikes(self) -> int: ...
+
+    def frame(self, frame_type: str, payload: dict, reply_to: str | None = None) -> dict: ...
+
+    def error_frame(self, code: str, message: str, reply_to: str | None = None) -> dict: ...
+
+    def owns_session(self, principal: Principal) -> Callable[[str], bool]: ...
+
+    def publish_for(self, principal: Principal, event_type: str, body: object,
+                    subject_id: str | None = None, idempotency_key: str | None = None,
+                    fingerprint: str = "") -> dict: ...
+
+
 @dataclass(eq=False)
 class Client:
     """The hub's record of one connection, and the answers to its frames."""
 
-    node: Hub
+    node: ClientNode
     conn: IConnection
     request: ConnectRequest
     connected_at: float

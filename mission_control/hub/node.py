@@ -91,7 +91,7 @@ class Hub:
         # all at once), then handshake_rate a second.
         burst = handshake_burst or max(max_connections_per_user, int(handshake_rate * 2), 1)
         self.handshakes = RateLimits(handshake_rate, burst)
-        self.registry = Registry()
+        self.registry: Registry[Client] = Registry()
         self.catchup = CatchUp(self)
         self.presence_manager: IPresenceManager = LocalPresence()
         self.liveness = Liveness(clock, store, self.registry.is_connected, self.publish,
@@ -105,7 +105,9 @@ class Hub:
     def start(self) -> None:
         """Start the periodic work (L{HubService}: heartbeats, retention, the sweep)."""
         if self.service is None:
-            self.service = HubService(self)
+            self.service = HubService(
+                self.clock, self.send_heartbeat, self.heartbeat_interval, self.trim,
+                self.trim_interval, self.liveness.sweep_absent, self.reconnect_grace)
             self.service.startService()
 
     def stop(self) -> None:

@@ -14,16 +14,28 @@ C{presence} hears it from the moment it starts catching up (L{Registry.watch_pre
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import Generic, Iterable, Iterator, Protocol, TypeVar
 
 from mission_control import channels, events
-
-if TYPE_CHECKING:
-    from mission_control.hub.client import Client
-    from mission_control.hub.connection import IConnection
+from mission_control.hub.connection import ConnectRequest, IConnection
 
 
-class Registry:
+class Member(Protocol):
+    """What the registry reads and keeps of a client (L{mission_control.hub.client.Client})."""
+
+    conn: IConnection
+    request: ConnectRequest
+    connected_at: float
+    acked_seq: int
+    channels: set[str]
+    live: bool
+    presence_watched: bool
+
+
+Client = TypeVar("Client", bound=Member)
+
+
+class Registry(Generic[Client]):
     """The index of open connections: by connection, by user id, by channel, and the live set."""
 
     def __init__(self) -> None:
