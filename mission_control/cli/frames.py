@@ -7,12 +7,10 @@ untrusted input: a value of the wrong kind is treated as absent, never trusted o
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping, TypeGuard
 
-#: What an epoch may look like: what the hub accepts in the C{epoch} query parameter.  Anything
-#: else from a hub is not used, rather than sent back and refused with a (final) 400.
-_EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
+from mission_control import ids
+
 
 
 def payload(frame: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -27,5 +25,8 @@ def is_seq(value: object) -> TypeGuard[int]:
 
 
 def is_epoch(value: object) -> TypeGuard[str]:
-    """Whether C{value} can be an epoch the hub would accept back."""
-    return isinstance(value, str) and _EPOCH_RE.match(value) is not None
+    """
+    Whether C{value} can be an epoch the hub would accept back (L{ids.is_valid_epoch}).  Anything
+    else from a hub is not used, rather than sent back and refused with a (final) 400.
+    """
+    return ids.is_valid_epoch(value)

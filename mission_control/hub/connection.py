@@ -9,7 +9,6 @@ L{IConnection}; the unit tests' fake connections do too.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
@@ -49,8 +48,6 @@ class IConnection(Interface):
 #: The close code of a connection an administrator closed (DELETE /api/connections/ID): the
 #: client should not reconnect on its own, only after a person acts.
 CLOSED_BY_ADMIN = 4009
-
-_EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ class ConnectRequest:
             if not (since_text.isascii() and since_text.isdigit() and len(since_text) <= 18):
                 raise Refusal(400, "invalid since")
             since = int(since_text)
-        if epoch is not None and not _EPOCH_RE.match(epoch):
+        if epoch is not None and not ids.is_valid_epoch(epoch):
             raise Refusal(400, "invalid epoch")
         if client is not None and not ids.is_valid_id(client):
             raise Refusal(400, "invalid client name")
