@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_hub -*-
+# -*- test-case-name: tests.test_hub_service -*-
 """
 The hub's periodic work, as services: heartbeats and retention passes are C{TimerService}s on the
 hub's clock, and one sweep, L{Hub.reconnect_grace} after start, marks offline the agents that did
