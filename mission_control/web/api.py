@@ -20,6 +20,8 @@ ten minutes returns the first result instead of storing a duplicate.
 A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
 JSON, and hands the rest to the L{Hub}.  Every client mistake is a 4xx with
 C{{"error": {"code", "message"}}}; nothing from the request is echoed except field names.
+One route is one short method here, so the module is as long as the API is wide (about 400
+lines); what the routes share with the WebSocket lives in the hub and the rules, not here.
 """
 
 from __future__ import annotations
