@@ -29,7 +29,7 @@ class DescribeErrorTests(SynchronousTestCase):
     """L{errors.describe_error} and the checks around it."""
 
     def test_plain_lines(self):
-        """Refused, unresolvable, timed out and reset each have their plain line."""
+        """Refused, unresolvable, timed out, reset and closed early each have their plain line."""
         self.assertEqual(errors.describe_error(ConnectionRefusedError()),
                          "connection refused (is the hub running there?)")
         self.assertEqual(errors.describe_error(Failure(DNSLookupError("x"))),
@@ -37,6 +37,11 @@ class DescribeErrorTests(SynchronousTestCase):
         self.assertEqual(errors.describe_error(TimeoutError()), "timed out")
         self.assertEqual(errors.describe_error(ConnectionResetError()),
                          "the connection was reset")
+        closed = ("the connection closed before the hub answered (is a mission-control hub "
+                  "listening there, with TLS if the URL says https or wss?)")
+        self.assertEqual(errors.describe_error(ResponseNeverReceived([Failure(ConnectionLost())])),
+                         closed)
+        self.assertEqual(errors.describe_error(ConnectionDone()), closed)
 
     def test_wrapped_by_the_http_client(self):
         """The reason under Twisted's HTTP client wrappers is the one described; of several, the

@@ -120,6 +120,11 @@ def describe_error(error: BaseException | Failure | None, host: str | None = Non
         return "timed out"
     if isinstance(cause, ConnectionResetError):
         return "the connection was reset"
+    if isinstance(cause, (ConnectionDone, ConnectionLost)):
+        # Twisted's own text ("Connection to the other side was lost in a non-clean fashion")
+        # does not say what to check; the usual cause is a URL that does not match the listener.
+        return ("the connection closed before the hub answered (is a mission-control hub "
+                "listening there, with TLS if the URL says https or wss?)")
     problem = certificate_problem(cause, host, cafile)
     if problem is not None:
         return problem
