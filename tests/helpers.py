@@ -25,7 +25,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.trial.unittest import SkipTest
 
-from mission_control import auth
+from mission_control import tokens
 from mission_control.tap import Options, makeService
 
 _scratch = tempfile.TemporaryDirectory(prefix="mc-test-")
@@ -79,7 +79,7 @@ class RunningServer:
         return self.options["verifier"].key
 
     def token(self, sub="alice", role=None, ttl=3600.0, **claims) -> str:
-        return auth.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, role=role, **claims)
+        return tokens.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, role=role, **claims)
 
     def url(self, path="/ws", query="") -> str:
         ws = "wss" if self.scheme == "https" else "ws"
