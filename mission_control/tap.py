@@ -24,10 +24,10 @@ from twisted.logger import Logger
 from mission_control import tokens
 from mission_control.auth import TokenVerifier
 from mission_control.demo import DemoFleet
+from mission_control.factory import HubServerFactory
 from mission_control.hub import Hub
 from mission_control.listener import Listener, ListenError, urls_of
 from mission_control.options import Options
-from mission_control.protocol import HubServerFactory
 from mission_control.store import MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard

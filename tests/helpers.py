@@ -254,6 +254,11 @@ def raw_request(port: int, request: bytes, close_after=True):
     return parse_response(data)
 
 
+def bearer(token) -> dict:
+    """The Authorization header that carries C{token}."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 def upgrade_request(path="/ws", headers=None, host="127.0.0.1") -> bytes:
     """A valid WebSocket upgrade request, with extra C{headers}."""
     lines = [
