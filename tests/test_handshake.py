@@ -1,6 +1,7 @@
 """
 Tests for L{mission_control.handshake}: the checks before the upgrade and every refusal, end to end
-over loopback sockets.
+over loopback sockets, and the pure parts (the query parameters read, the logger without debug,
+request text made printable) on their own.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from mission_control.handshake import _printable, _WithoutDebug, exact_query_params
 from tests.helpers import (
     bearer,
     connect,
@@ -191,3 +193,98 @@ class TokenNeverLoggedTests(unittest.TestCase):
         for token in (good, expired):
             for part in token.split("."):
                 self.assertNotIn(part, text)
+
+
+class RefusalLogTests(unittest.TestCase):
+    """Where the audit line of a refused handshake is logged."""
+
+    @defer.inlineCallbacks
+    def test_logged_as_the_connection(self):
+        """
+        The line is logged, at warn for a 401, under the namespace of the connection's class
+        (mission_control.protocol.HubServerProtocol), the one operators filter on.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server = start_server(self)
+        yield raw_request(server.port, upgrade_request())
+        yield wait_until(lambda: any("handshake refused" in formatEvent(e) for e in events))
+        [refused] = [e for e in events if "handshake refused" in formatEvent(e)]
+        self.assertEqual(refused["log_namespace"], "mission_control.protocol.HubServerProtocol")
+        self.assertEqual(refused["log_level"].name, "warn")
+        self.assertIn(": 401 missing token", formatEvent(refused))
+
+
+class ExactQueryParamsTests(unittest.SynchronousTestCase):
+    """Query parameters by their names as written, values decoded."""
+
+    def test_values_decoded(self):
+        """Values are percent-decoded and + is a space; a name given twice keeps both, in order."""
+        self.assertEqual(exact_query_params("/ws?token=a%2Eb&channels=x+y&token=c"),
+                         {"token": ["a.b", "c"], "channels": ["x y"]})
+
+    def test_encoded_names_are_nobodys(self):
+        """A name with a percent escape or a + is left out: %74oken is never the token."""
+        self.assertEqual(exact_query_params("/ws?%74oken=t1&to+ken=t2&tok%65n=t3"), {})
+        self.assertEqual(exact_query_params("/ws?%74oken=t1&token=t2"), {"token": ["t2"]})
+
+    def test_blank_fields_left_out(self):
+        """A field without =, without a name or without a value is no parameter (as parse_qs)."""
+        self.assertEqual(exact_query_params("/ws?token&=v&since=&&epoch=e"), {"epoch": ["e"]})
+
+    def test_no_query(self):
+        """A URI without a query has no parameters; a fragment is not part of the query."""
+        self.assertEqual(exact_query_params("/ws"), {})
+        self.assertEqual(exact_query_params("/ws?since=4#token=x"), {"since": ["4"]})
+
+    def test_undecodable_values_replaced(self):
+        """Bytes that are not UTF-8 become U+FFFD; a broken escape stays as written."""
+        self.assertEqual(exact_query_params("/ws?a=%ff&b=%zz"), {"a": ["\ufffd"], "b": ["%zz"]})
+
+
+class _RecordingLogger:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, level):
+        return lambda *args, **kwargs: self.calls.append((level, args))
+
+
+class WithoutDebugTests(unittest.SynchronousTestCase):
+    """Autobahn's logger, with its debug and trace levels silenced."""
+
+    def test_debug_and_trace_dropped(self):
+        """debug and trace never reach the logger underneath: they would log whole handshakes."""
+        underneath = _RecordingLogger()
+        log = _WithoutDebug(underneath)
+        log.debug("headers {headers}", headers={"authorization": "Bearer t"})
+        log.trace("query {q}", q="token=t")
+        self.assertEqual(underneath.calls, [])
+
+    def test_other_levels_pass(self):
+        """Every other level is the logger's own."""
+        underneath = _RecordingLogger()
+        log = _WithoutDebug(underneath)
+        log.info("one")
+        log.warn("two")
+        log.failure("three")
+        self.assertEqual(underneath.calls, [("info", ("one",)), ("warn", ("two",)),
+                                            ("failure", ("three",))])
+
+
+class PrintableTests(unittest.SynchronousTestCase):
+    """Text from a request, made fit for one log line."""
+
+    def test_control_characters_replaced(self):
+        """Line breaks, escapes and other unprintable characters become ?."""
+        self.assertEqual(_printable("a\r\nb\x1b[31mc\u200b"), "a??b?[31mc?")
+
+    def test_truncated(self):
+        """At most C{limit} characters are kept (200 unless told)."""
+        self.assertEqual(len(_printable("x" * 500)), 200)
+        self.assertEqual(_printable("abcdef", limit=3), "abc")
+
+    def test_any_object(self):
+        """What is not text is logged as its str()."""
+        self.assertEqual(_printable(401), "401")
