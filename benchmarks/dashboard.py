@@ -47,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
-from mission_control import auth  # noqa: E402
+from mission_control import keys, tokens  # noqa: E402
 from tests.browser import CHROMIUM_ARGS, find_chromium  # noqa: E402
 
 STATIC = os.path.join(ROOT, "mission_control", "static", "dashboard")
@@ -127,7 +127,7 @@ def start_hub(port: int, data_dir: str) -> subprocess.Popen:
         stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, env=env,
     )
     deadline = time.monotonic() + 30
-    secret = os.path.join(data_dir, auth.SECRET_FILE_NAME)
+    secret = os.path.join(data_dir, keys.SECRET_FILE_NAME)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             break
@@ -356,8 +356,8 @@ def main() -> None:
     port = free_port()
     hub = start_hub(port, data_dir)
     try:
-        secret = auth.read_secret(os.path.join(data_dir, auth.SECRET_FILE_NAME))
-        token = auth.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
+        secret = keys.read_secret(os.path.join(data_dir, keys.SECRET_FILE_NAME))
+        token = tokens.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
         started = time.monotonic()
         how = publish_all(port, token, [agent_status(i) for i in range(args.agents)])
         published = time.monotonic() - started

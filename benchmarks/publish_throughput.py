@@ -31,7 +31,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from mission_control import auth  # noqa: E402
+from mission_control import keys, tokens  # noqa: E402
 
 
 def free_port() -> int:
@@ -92,8 +92,8 @@ def main() -> None:
     port = free_port()
     hub = start_hub(port, data_dir, args.store)
     try:
-        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
-        token = auth.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
+        secret = keys.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = tokens.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
         counts: list[float] = []
         latencies: list[float] = []
         started = time.monotonic()

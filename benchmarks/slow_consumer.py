@@ -76,7 +76,7 @@ from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from mission_control import auth
+from mission_control import keys, tokens
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
@@ -177,8 +177,8 @@ class HubProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def token(self, sub: str, role: str | None = None) -> str:
-        secret = auth.read_secret(os.path.join(self.data_dir, "jwt-secret"))
-        return auth.mint_token(secret, sub, time.time(), ttl=3600, role=role)
+        secret = keys.read_secret(os.path.join(self.data_dir, "jwt-secret"))
+        return tokens.mint_token(secret, sub, time.time(), ttl=3600, role=role)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.popen.poll() is None:

@@ -8,33 +8,29 @@ HTTP API (L{web}) are thin adapters around it, so the rules are tested without s
 
 Reasons are fixed phrases on purpose: they end up in an HTTP status line and in logs, so nothing
 taken from the request (and never the token) may appear in them.
+
+The keys themselves are read or generated at start by L{mission_control.keys}; tokens are minted
+by L{mission_control.tokens}.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import jwt
 from jwt.types import Options
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from mission_control.channels import parse_claim
 from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
+from mission_control.keys import VerifyingKey
 from mission_control.lru import BoundedLRU
 from mission_control.policy import DEFAULT_ROLE, ROLES, Principal
 from mission_control.text import decode_json, is_display_text
 
-
-#: An HMAC secret shorter than this is refused at start (RFC 7518 section 3.2 asks for at least
-#: the hash size; 32 bytes covers HS256).
-MIN_SECRET_BYTES = 32
 
 #: Longest token we bother to parse.  Real tokens are a few hundred bytes; this stops a client
 #: from making us base64-decode and verify megabytes.
@@ -43,39 +39,11 @@ MAX_TOKEN_LENGTH = 8192
 MAX_SUB_LENGTH = 256
 MAX_NAME_LENGTH = 256
 
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
-_KEY_ALGORITHMS = {
-    "RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"),
-    "EC": ("ES256", "ES384", "ES512"),
-    "OKP": ("EdDSA",),
-}
-PUBLIC_KEY_ALGORITHMS = tuple(a for algs in _KEY_ALGORITHMS.values() for a in algs)
-
 #: Time claims past the year 9999 are refused: no real token needs one, and Python's datetime
 #: (and every client's) cannot show them.
 MAX_TIME_CLAIM = 253_402_300_799
 
 _BEARER_RE = re.compile(r"\s*bearer\s+(\S+)\s*\Z", re.IGNORECASE)
-
-SECRET_FILE_NAME = "jwt-secret"
-
-#: A public key that verifies tokens (L{load_public_key}).
-PublicKey = Union[
-    rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey
-]
-_PUBLIC_KEY_TYPES = (
-    rsa.RSAPublicKey, ec.EllipticCurvePublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey
-)
-#: What L{TokenVerifier} checks signatures with: an HMAC secret, or a public key.
-VerifyingKey = Union[bytes, PublicKey]
-#: What L{mint_token} signs with: an HMAC secret, or a private key.
-SigningKey = Union[
-    bytes,
-    rsa.RSAPrivateKey,
-    ec.EllipticCurvePrivateKey,
-    ed25519.Ed25519PrivateKey,
-    ed448.Ed448PrivateKey,
-]
 
 
 class Refusal(Exception):
@@ -332,131 +300,3 @@ class OriginPolicy:
             return True
         normalized = normalize_origin(origin)
         return normalized is not None and normalized in self._allowed
-
-
-# The secret: generated for development, read from a file in production.
-
-
-def read_secret(path: str) -> bytes:
-    """
-    Read an HMAC secret from C{path}, surrounding white space removed.
-
-    @raise ValueError: with a message fit for a usage line when it is unreadable or too short.
-    """
-    try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except OSError as e:
-        raise ValueError(f"cannot read JWT secret file {path}: {e.strerror}") from None
-    if len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(
-            f"JWT secret in {path} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"
-        )
-    return secret
-
-
-def load_or_create_secret(data_dir: str) -> tuple[bytes, str, bool]:
-    """
-    The development secret in C{data_dir}, generated (64 hex characters, mode 0600) on first use.
-
-    @return: C{(secret, path, created)}.
-    """
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    path = os.path.join(data_dir, SECRET_FILE_NAME)
-    created = False
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-        created = True
-    return read_secret(path), path, created
-
-
-def key_algorithms(key: object) -> tuple[str, ...]:
-    """
-    The JWT algorithms a public key can verify, its default first: RSA keys RS*/PS* (RS256), EC
-    keys the one ES* of their curve (P-256: ES256, P-384: ES384, P-521: ES512), Ed25519 and Ed448
-    EdDSA.  An EC key on another curve verifies nothing.
-    """
-    if isinstance(key, rsa.RSAPublicKey):
-        return _KEY_ALGORITHMS["RSA"]
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        algorithm = _EC_CURVES.get(key.curve.name)
-        return (algorithm,) if algorithm else ()
-    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-        return _KEY_ALGORITHMS["OKP"]
-    return ()
-
-
-_EC_CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
-
-
-def load_public_key(path: str, algorithms: Sequence[str] = ()) -> tuple[PublicKey, list[str]]:
-    """
-    Load a PEM public key and settle the algorithms it verifies: C{algorithms} when given, each of
-    which must fit the key, else the key's default (L{key_algorithms}).
-
-    @return: C{(key, algorithms)}.
-    @raise ValueError: with a message fit for a usage line.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read JWT public key {path}: {e.strerror}") from None
-    try:
-        key = load_pem_public_key(data)
-    except Exception:
-        raise ValueError(f"{path} is not a PEM public key") from None
-    fitting = key_algorithms(key)
-    kind = _key_kind(key)
-    # A key that fits an algorithm is always one of the verifying key types.
-    if not fitting or not isinstance(key, _PUBLIC_KEY_TYPES):
-        raise ValueError(f"{path}: unsupported key type or curve ({kind})")
-    for algorithm in algorithms:
-        if algorithm not in fitting:
-            raise ValueError(
-                f"--jwt-algorithm {algorithm} does not fit the {kind} key in {path} "
-                f"(it verifies {', '.join(fitting)})"
-            )
-    return key, list(algorithms) or [fitting[0]]
-
-
-def _key_kind(key: object) -> str:
-    if isinstance(key, rsa.RSAPublicKey):
-        return "RSA"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"EC {key.curve.name}"
-    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
-        return "EdDSA"
-    return type(key).__name__
-
-
-def mint_token(
-    secret: SigningKey,
-    sub: str,
-    now: float,
-    ttl: float = 3600.0,
-    role: str | None = None,
-    name: str | None = None,
-    issuer: str | None = None,
-    audience: str | None = None,
-    algorithm: str = "HS256",
-    channels: list[str] | None = None,
-) -> str:
-    """Mint a token the hub accepts: C{sub}, C{exp}, C{iat}, and the optional claims given."""
-    claims: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": int(now + ttl)}
-    if channels is not None:
-        claims["channels"] = list(channels)
-    if role is not None:
-        claims["role"] = role
-    if name is not None:
-        claims["name"] = name
-    if issuer is not None:
-        claims["iss"] = issuer
-    if audience is not None:
-        claims["aud"] = audience
-    return jwt.encode(claims, secret, algorithm=algorithm)

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from mission_control import auth
+from mission_control import keys
 from mission_control.auth import OriginPolicy, TokenVerifier
 from mission_control.listener import describe_error
 
@@ -275,31 +275,31 @@ class Options(usage.Options):
         secret_file, public_key = self["jwt-secret-file"], self["jwt-public-key"]
         algorithms = self["jwt-algorithm"]
         self["generated-secret"] = None
-        key: auth.VerifyingKey
+        key: keys.VerifyingKey
         if secret_file and public_key:
             raise usage.UsageError("give --jwt-secret-file or --jwt-public-key, not both")
         try:
             if public_key:
                 for algorithm in algorithms:
-                    if algorithm not in auth.PUBLIC_KEY_ALGORITHMS:
+                    if algorithm not in keys.PUBLIC_KEY_ALGORITHMS:
                         raise ValueError(
                             f"--jwt-algorithm {algorithm} is not a public-key algorithm "
-                            f"({', '.join(auth.PUBLIC_KEY_ALGORITHMS)})"
+                            f"({', '.join(keys.PUBLIC_KEY_ALGORITHMS)})"
                         )
                 # Without --jwt-algorithm, the key's own default (RS256, ES256, EdDSA...).
-                key, algorithms = auth.load_public_key(public_key, algorithms)
+                key, algorithms = keys.load_public_key(public_key, algorithms)
             else:
                 algorithms = algorithms or ["HS256"]
                 for algorithm in algorithms:
-                    if algorithm not in auth.HMAC_ALGORITHMS:
+                    if algorithm not in keys.HMAC_ALGORITHMS:
                         raise ValueError(
                             f"--jwt-algorithm {algorithm} needs --jwt-public-key; with a secret "
-                            f"use {', '.join(auth.HMAC_ALGORITHMS)}"
+                            f"use {', '.join(keys.HMAC_ALGORITHMS)}"
                         )
                 if secret_file:
-                    key = auth.read_secret(secret_file)
+                    key = keys.read_secret(secret_file)
                 else:
-                    key, path, created = auth.load_or_create_secret(self["data-dir"])
+                    key, path, created = keys.load_or_create_secret(self["data-dir"])
                     self["secret-path"] = path
                     self["generated-secret"] = created
         except (ValueError, OSError) as e:

@@ -24,12 +24,9 @@ Wire protocol (the full text is docs/websocket-api.md):
                                              {"type":"resumed","payload":{"recovered":true,...}}
                                              (or recovered:false and a snapshot)
 
-The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
-reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE),
-connection ID" (the hub's, when it registers the connection) or
-"security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
-never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
-parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
+The handshake, every check before the upgrade and every refusal, is L{HandshakeProtocol}'s
+(L{mission_control.handshake}); the factory that builds these protocols and admits handshakes is
+L{mission_control.factory}.
 
 Every frame a client sends costs one message of its rate (C{Hub.allow_message}): a message's
 first frame is charged when the message is answered, its continuation frames, pings and pongs as
@@ -47,168 +44,38 @@ that much of the server's memory, and the hub's fan-out to everyone else is neve
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, Mapping, cast
-from urllib import parse
 
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
 from mission_control.events import encode_json
-from mission_control.hub import ConnectRequest, Hub, IConnection
-from mission_control.policy import Principal
-from mission_control.web.site import redact, status_phrase
+from mission_control.handshake import HandshakeProtocol
+from mission_control.hub import IConnection
 
-#: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
-#: own handshake failures carry text from the request ("... header value: <value>"): those are
-#: logged and answered with the standard phrase of their status instead.
-SERVER_NAME = "mission-control"
-WEBSOCKET_PATHS = ("/ws", "/ws/")
-#: Frames one message may arrive in.  Browsers send a message in one frame; a client library
-#: fragmenting a 64 KiB message in 1 KiB pieces needs 64.
-MAX_FRAGMENTS = 64
 #: Close codes for what a client sends: the connection is not read after them.
 CLOSE_TOO_MANY_MESSAGES = 4029
 CLOSE_TOO_BIG = 1009
 _HANG_UP_CODES = (CLOSE_TOO_MANY_MESSAGES,)
-#: Headers of every response to a handshake, the 101 and the refusals.
-RESPONSE_HEADERS = (("Server", SERVER_NAME), ("X-Content-Type-Options", "nosniff"))
-
-
-def exact_query_params(uri: str) -> dict[str, list[str]]:
-    """
-    The query parameters of C{uri} as Autobahn's C{parse_qs} reads them (values percent-decoded,
-    blank ones left out), but only those whose name is written as is: a name with a percent
-    escape or a C{+} is nobody's parameter here, so C{%74oken} is never the token.
-    """
-    params: dict[str, list[str]] = {}
-    query = parse.urlsplit(uri).query
-    for field in query.split("&"):
-        name, sep, value = field.partition("=")
-        if not sep or not value or not name or "%" in name or "+" in name:
-            continue
-        params.setdefault(name, []).append(parse.unquote_plus(value, errors="replace"))
-    return params
-
-
-class _WithoutDebug:
-    """
-    Autobahn's logger minus its debug and trace levels, whatever the global log level: at those
-    levels Autobahn logs whole handshakes, and with them the tokens in headers and query strings.
-    """
-
-    def __init__(self, logger: Any) -> None:
-        self._logger = logger
-
-    def debug(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    trace = debug
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._logger, name)
-
 
 #: A frame held while a message streams, and the method that sends it once the message ends.
 _Held = tuple[Callable[[Any], None], Any]
 
 
 @implementer(IConnection)
-class HubServerProtocol(WebSocketServerProtocol):
-    """One client connection: the hub's L{mission_control.hub.IConnection}."""
+class HubServerProtocol(HandshakeProtocol):
+    """
+    One client connection: the hub's L{mission_control.hub.IConnection}.  Its handshake is
+    L{HandshakeProtocol}'s; from the upgrade on, everything is here.
+    """
 
-    log = _WithoutDebug(WebSocketServerProtocol.log)
-    _log = Logger()
-
-    principal: Principal | None = None
     connection_id: str | None = None
     paused = False
     _paused_bytes = 0
-    _connect_request: ConnectRequest | None = None
 
-    # The handshake
-
-    def onConnect(self, request: ConnectionRequest) -> None:
-        peer = self.peer
-        factory = self.factory
-        principal = None
-        try:
-            # Parameters by their names as written (see exact_query_params), for every use.
-            request.params = exact_query_params(self.http_request_uri)
-            principal = factory.authenticate(request)
-            factory.hub.admit(principal)
-            self._connect_request = ConnectRequest.from_params(request.params, peer or "")
-        except Refusal as refusal:
-            self._refusal, self._refused_user = refusal, principal
-            raise ConnectionDeny(refusal.status, refusal.reason)
-        except Exception:
-            self._log.failure("security: handshake refused from {peer}: 500 internal error",
-                              peer=peer)
-            self._refusal = Refusal(500, "internal error", code="internal_error")
-            self._refusal_logged = True
-            raise ConnectionDeny(500, "Internal Server Error")
-        # Accepted: the hub logs the audit line when it registers the connection (onOpen).
-        self.principal = principal
-        return None
-
-    _refusal: Refusal | None = None
-    _refused_user: Principal | None = None
-    _refusal_logged = False
-
-    def failHandshake(self, reason: str, code: int = 400,
-                      responseHeaders: Iterable[tuple[str, str]] | None = None) -> None:
-        """
-        Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD), and log
-        it: one line per refused handshake, ours.  Autobahn's own reasons can quote the request;
-        they go to the log only, redacted.
-        """
-        refusal, detail = self._refusal, ""
-        if refusal is None or refusal.status != code:
-            refusal = Refusal(code, status_phrase(code))
-            detail = f" ({_printable(redact(str(reason)))})"
-        if not self._refusal_logged:
-            user = self._refused_user
-            level = self._log.warn if code in (401, 403, 429) else self._log.info
-            level(
-                "security: handshake refused from {peer}: {status} {reason}{detail}{user}",
-                peer=self.peer,
-                status=code,
-                reason=refusal.reason,
-                detail=detail,
-                user=f" (user {_printable(user.sub)})" if user is not None else "",
-            )
-        self.wasNotCleanReason = refusal.reason
-        # The refusal is a complete HTTP exchange, not a broken connection: marked clean, Autobahn
-        # does not log the drop a second time.
-        self.wasClean = True
-        body = encode_json({"error": {"code": refusal.code, "message": refusal.reason}})
-        headers = [
-            *RESPONSE_HEADERS,
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-        ]
-        if code == 401:
-            headers.append(("WWW-Authenticate", 'Bearer realm="mission-control"'))
-        if code == 426:
-            headers.append(("Upgrade", "websocket"))
-        if code == 405:
-            headers.append(("Allow", "GET"))
-        headers.extend(responseHeaders or ())
-        self.sendHttpErrorResponse(code, refusal.reason, headers)
-        if self._request_method() != "HEAD":
-            self.sendData(body)
-        self.dropConnection(abort=False)
-
-    def _request_method(self) -> str | None:
-        """The method of the handshake request, once Autobahn has read its request line."""
-        line = getattr(self, "http_status_line", None) or ""
-        return line.split(" ", 1)[0] or None
+    # From the upgrade on
 
     def onOpen(self) -> None:
         self._watch_backpressure()
@@ -461,96 +328,3 @@ class _Backpressure:
 
     def stopProducing(self) -> None:
         pass
-
-
-def _printable(text: object, limit: int = 200) -> str:
-    """Text from a request, made safe for one log line."""
-    value = str(text)[:limit]
-    return "".join(c if c.isprintable() else "?" for c in value)
-
-
-class HubServerFactory(WebSocketServerFactory):
-    """
-    Builds L{HubServerProtocol}s and holds what they share: the hub, the token verifier, the
-    Origin policy.  Every Autobahn protocol option is set explicitly; its defaults are unsafe for a
-    public listener (no size limits, any Origin, no ping, a status page naming its version).
-    """
-
-    protocol = HubServerProtocol
-
-    def __init__(
-        self,
-        hub: Hub,
-        verifier: TokenVerifier,
-        origins: OriginPolicy | None = None,
-        reactor: IReactorTime | None = None,
-        max_message_size: int = 65536,
-        max_outbound_bytes: int = 1048576,
-        ping_interval: float = 20.0,
-        ping_timeout: float = 10.0,
-        handshake_timeout: float = 10.0,
-        max_fragments: int = MAX_FRAGMENTS,
-    ) -> None:
-        super().__init__(server=SERVER_NAME, reactor=reactor,
-                         headers=dict(RESPONSE_HEADERS[1:]))
-        self.hub = hub
-        self.verifier = verifier
-        self.origins = origins or OriginPolicy()
-        self.max_outbound_bytes = max_outbound_bytes
-        self.max_fragments = max_fragments
-        self.setProtocolOptions(
-            versions=[13],
-            webStatus=False,
-            utf8validateIncoming=True,
-            maskServerFrames=False,
-            requireMaskedClientFrames=True,
-            applyMask=True,
-            maxFramePayloadSize=max_message_size,
-            maxMessagePayloadSize=max_message_size,
-            autoFragmentSize=0,
-            failByDrop=False,
-            echoCloseCodeReason=False,
-            openHandshakeTimeout=handshake_timeout,
-            closeHandshakeTimeout=5,
-            tcpNoDelay=True,
-            # Compression off: it defeats prepared (encode-once) broadcast and invites bombs.
-            perMessageCompressionAccept=lambda offers: None,
-            autoPingInterval=ping_interval,
-            autoPingTimeout=ping_timeout,
-            autoPingSize=12,
-            autoPingRestartOnAnyTraffic=True,
-            serveFlashSocketPolicy=False,
-            # Origins are checked in onConnect (403, with browser-style origins); Autobahn's own
-            # check answers 400 and needs explicit ports.
-            allowedOrigins=["*"],
-            allowNullOrigin=True,
-            # Connection caps are the hub's (503 and 429 from admit()).
-            maxConnections=0,
-            trustXForwardedFor=0,
-        )
-        hub.set_prepare(self.prepareMessage)
-
-    def admit(self, request: ConnectionRequest) -> Principal:
-        """
-        Decide a handshake: the path, the Origin, the token, the hub's connection caps.
-
-        @return: the L{Principal} of the new connection.
-        @raise Refusal: with the status and fixed reason to answer.
-        """
-        principal = self.authenticate(request)
-        self.hub.admit(principal)
-        return principal
-
-    def authenticate(self, request: ConnectionRequest) -> Principal:
-        """
-        The path, the Origin and the token of a handshake (L{admit} without the hub's caps).
-
-        @return: the L{Principal} the token names.
-        @raise Refusal: with the status and fixed reason to answer.
-        """
-        if request.path not in WEBSOCKET_PATHS:
-            raise Refusal(404, "not found")
-        if not self.origins.allows(request.headers.get("origin")):
-            raise Refusal(403, "origin not allowed")
-        token = token_from_request(request.headers, request.params)
-        return self.verifier.verify(token, self.reactor.seconds())

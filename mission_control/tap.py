@@ -21,13 +21,13 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mission_control import auth
+from mission_control import tokens
 from mission_control.auth import TokenVerifier
 from mission_control.demo import DemoFleet
+from mission_control.factory import HubServerFactory
 from mission_control.hub import Hub
 from mission_control.listener import Listener, ListenError, urls_of
 from mission_control.options import Options
-from mission_control.protocol import HubServerFactory
 from mission_control.store import MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard
@@ -227,13 +227,13 @@ DASHBOARD_TTL = 12 * 3600.0
 def dashboard_token(verifier: TokenVerifier, now: float) -> str:
     """
     An admin token for the start-up log's dashboard link, minted as C{mission-control token}
-    mints (L{auth.mint_token}) with the hub's own key, issuer, audience and first algorithm, so
+    mints (L{tokens.mint_token}) with the hub's own key, issuer, audience and first algorithm, so
     that the hub accepts it whatever those are.
     """
     key = verifier.key
     if not isinstance(key, bytes):
         raise ValueError("a dashboard token is minted only with the hub's own secret")
-    return auth.mint_token(key, DASHBOARD_SUB, now, ttl=DASHBOARD_TTL, role="admin",
+    return tokens.mint_token(key, DASHBOARD_SUB, now, ttl=DASHBOARD_TTL, role="admin",
                            name=DASHBOARD_NAME, issuer=verifier.issuer,
                            audience=verifier.audience, algorithm=verifier.algorithms[0])
 

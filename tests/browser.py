@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from twisted.internet import defer, reactor, threads, utils
 from twisted.python import failure
 
-from mission_control import auth
+from mission_control import keys, tokens
 from tests.helpers import PROJECT_ROOT, free_port, spawn_twistd, wait_until
 
 CHROMIUM_ENV = "MISSION_CONTROL_CHROMIUM"
@@ -344,9 +344,9 @@ class DashboardHub:
 
     def expired_token(self, sub: str = "alice", role: str = "admin") -> str:
         """A token signed with the hub's secret whose C{exp} passed an hour ago."""
-        secret = auth.read_secret(os.path.join(self.data_dir, auth.SECRET_FILE_NAME))
+        secret = keys.read_secret(os.path.join(self.data_dir, keys.SECRET_FILE_NAME))
         now = time.time()
-        return auth.mint_token(secret, sub, now - 7200, ttl=3600, role=role)
+        return tokens.mint_token(secret, sub, now - 7200, ttl=3600, role=role)
 
     def dashboard_link(self) -> str | None:
         """The signed-in link of the start-up log (C{dashboard: http://...#token=...})."""

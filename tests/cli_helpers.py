@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.application.internet import backoffPolicy
 from twisted.internet import reactor
 
-from mission_control import auth, cli, events
+from mission_control import auth, cli, events, keys
 from mission_control.cli.publish import HTTP_TIMEOUT
 from tests.helpers import tmp_path
 
@@ -62,7 +62,7 @@ def publish(argv, environ=None, timeout=HTTP_TIMEOUT):
 def secret_dir(testcase):
     """A data dir holding a generated secret, as the server leaves it: C{(path, secret)}."""
     path = tmp_path(testcase)
-    secret, _, _ = auth.load_or_create_secret(path)
+    secret, _, _ = keys.load_or_create_secret(path)
     return path, secret
 
 

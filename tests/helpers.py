@@ -25,7 +25,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.trial.unittest import SkipTest
 
-from mission_control import auth
+from mission_control import tokens
 from mission_control.tap import Options, makeService
 
 _scratch = tempfile.TemporaryDirectory(prefix="mc-test-")
@@ -79,7 +79,7 @@ class RunningServer:
         return self.options["verifier"].key
 
     def token(self, sub="alice", role=None, ttl=3600.0, **claims) -> str:
-        return auth.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, role=role, **claims)
+        return tokens.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, role=role, **claims)
 
     def url(self, path="/ws", query="") -> str:
         ws = "wss" if self.scheme == "https" else "ws"
@@ -252,6 +252,11 @@ def raw_request(port: int, request: bytes, close_after=True):
     yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
     data = yield proto.done
     return parse_response(data)
+
+
+def bearer(token) -> dict:
+    """The Authorization header that carries C{token}."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def upgrade_request(path="/ws", headers=None, host="127.0.0.1") -> bytes:

@@ -1,5 +1,6 @@
 """
-Tests for L{mission_control.auth}: token verification, token extraction, Origins, secrets, roles.
+Tests for L{mission_control.auth}: token verification, token extraction, Origins, roles.  The keys
+tokens are checked with are tested in L{tests.test_keys}, minting in L{tests.test_tokens}.
 """
 
 from __future__ import annotations
@@ -8,8 +9,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import stat
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -279,54 +278,6 @@ class TokenVerifierPublicKeyTests(SynchronousTestCase):
         error = self.assertRaises(Refusal, verifier.verify, forged, NOW)
         self.assertEqual((error.status, error.reason), (401, "invalid token"))
 
-    def test_load_public_key_checks_algorithms(self):
-        """A key file must be PEM and fit every configured algorithm."""
-        _, rsa_pem = self.keypair("RS256")
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(rsa_pem)
-        key, algorithms = auth.load_public_key(path, ["RS256", "PS256"])
-        self.assertIsInstance(key, rsa.RSAPublicKey)
-        self.assertEqual(algorithms, ["RS256", "PS256"])
-        self.assertRaises(ValueError, auth.load_public_key, path, ["ES256"])
-        with open(path, "wb") as f:
-            f.write(b"not a key")
-        self.assertRaises(ValueError, auth.load_public_key, path, ["RS256"])
-        self.assertRaises(ValueError, auth.load_public_key, path + ".missing", ["RS256"])
-
-    def test_default_algorithm_follows_the_key(self):
-        """Without algorithms, the key's own is used: RS256, ES256/384/512 by curve, EdDSA."""
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        keys = {
-            "RS256": rsa.generate_private_key(public_exponent=65537, key_size=2048),
-            "ES256": ec.generate_private_key(ec.SECP256R1()),
-            "ES384": ec.generate_private_key(ec.SECP384R1()),
-            "ES512": ec.generate_private_key(ec.SECP521R1()),
-            "EdDSA": ed25519.Ed25519PrivateKey.generate(),
-        }
-        for expected, private in keys.items():
-            path = self.mktemp()
-            with open(path, "wb") as f:
-                f.write(private.public_key().public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-            key, algorithms = auth.load_public_key(path)
-            self.assertEqual(algorithms, [expected])
-            token = jwt.encode(claims(), private, algorithm=expected)
-            self.assertEqual(TokenVerifier(key=key, algorithms=algorithms).verify(token, NOW).sub,
-                             "alice")
-
-    def test_curve_must_match(self):
-        """A P-384 key with ES256 is refused at load time, not with a 401 on every token."""
-        private = ec.generate_private_key(ec.SECP384R1())
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(private.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        error = self.assertRaises(ValueError, auth.load_public_key, path, ["ES256"])
-        self.assertIn("ES384", str(error))
-
-
 class TokenFromRequestTests(SynchronousTestCase):
     """Where the token is taken from."""
 
@@ -384,41 +335,3 @@ class OriginTests(SynchronousTestCase):
     def test_bad_entry(self):
         """A list entry that is not an origin is a configuration error."""
         self.assertRaises(ValueError, OriginPolicy, ["mc.example.com"])
-
-
-class SecretTests(SynchronousTestCase):
-    """The HMAC secret: read, generated, checked."""
-
-    def test_generated_once_with_mode_0600(self):
-        """The dev secret is created 0600 on first use and read back unchanged afterwards."""
-        data_dir = self.mktemp()
-        secret, path, created = auth.load_or_create_secret(data_dir)
-        self.assertTrue(created)
-        self.assertGreaterEqual(len(secret), auth.MIN_SECRET_BYTES)
-        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
-        again, _, created_again = auth.load_or_create_secret(data_dir)
-        self.assertEqual((again, created_again), (secret, False))
-
-    def test_short_secret_refused(self):
-        """A secret under 32 bytes is refused with a message that says so."""
-        path = self.mktemp()
-        with open(path, "wb") as f:
-            f.write(b"short\n")
-        error = self.assertRaises(ValueError, auth.read_secret, path)
-        self.assertIn("at least 32", str(error))
-
-    def test_missing_secret_file(self):
-        """A missing secret file is a clear error naming the file."""
-        path = self.mktemp()
-        error = self.assertRaises(ValueError, auth.read_secret, path)
-        self.assertIn(path, str(error))
-
-    def test_mint_round_trip(self):
-        """mint_token makes tokens the verifier accepts, with the claims given."""
-        token = auth.mint_token(SECRET, "bob", NOW, ttl=60, role="agent", name="Bob")
-        verifier = TokenVerifier(key=SECRET, algorithms=["HS256"])
-        principal = verifier.verify(token, NOW)
-        self.assertEqual((principal.sub, principal.role, principal.name, principal.expires_at),
-                         ("bob", "agent", "Bob", NOW + 60))
-        error = self.assertRaises(Refusal, verifier.verify, token, NOW + 66)
-        self.assertEqual(error.reason, "token expired")

@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mission_control import auth, cli
+from mission_control import auth, cli, tokens
 from tests.cli_helpers import UsageAssertions, claims, run, secret_dir, secret_file, verify
 from tests.helpers import tmp_path
 
@@ -270,7 +270,7 @@ class CommandLineTests(UsageAssertions, SynchronousTestCase):
         self.assertEqual((principal.sub, principal.role, principal.name),
                          ("carol", "viewer", None))
         self.assertUsageError(["watch", "--data-dir", data_dir, "--sub", ""], "--sub must be")
-        token = auth.mint_token(secret, "dave", time.time(), ttl=60)
+        token = tokens.mint_token(secret, "dave", time.time(), ttl=60)
         self.assertUsageError(["watch", "--token", token, "--sub", "carol"],
                               "--sub is for the token watch mints")
 

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from mission_control import auth
+from mission_control import tokens
 from mission_control.demo import AGENT_NAMES
 from tests import browser
 from tests.browser import UNAVAILABLE, DashboardHub, PageError, run_browser
@@ -246,8 +246,8 @@ class SignInTests(DashboardTestCase):
         the hub's reason), and #connection says refused.
         """
         expired = self.hub.expired_token("alice", "admin")
-        foreign = auth.mint_token(b"another hub's secret, 32 bytes long", "alice", time.time(),
-                                  role="admin")
+        foreign = tokens.mint_token(b"another hub's secret, 32 bytes long", "alice", time.time(),
+                                   role="admin")
 
         def check(session):
             for label, token, reason in (

@@ -21,7 +21,7 @@ import time
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from mission_control import auth
+from mission_control import tokens
 from tests.helpers import PROJECT_ROOT, node_version
 
 DASHBOARD = pathlib.Path(PROJECT_ROOT, "mission_control", "static", "dashboard")
@@ -158,14 +158,14 @@ class ClaimsTests(NodeTestCase):
 
     def test_a_minted_token_round_trips(self):
         """
-        A token minted by L{auth.mint_token} reads back with its sub, exp, role and name, also
+        A token minted by L{tokens.mint_token} reads back with its sub, exp, role and name, also
         when its base64url holds the two characters base64 spells otherwise ("-" and "_"); a
         token whose JSON is UTF-8 rather than \\u escapes (as other token services write it)
         reads back with its characters outside ASCII as they were.
         """
         now = time.time()
         name = "Zoë ?????>>>>>"  # runs that encode as "_" and "-" whatever their offset
-        minted = auth.mint_token(b"k" * 32, "alice", now, ttl=240, role="operator", name=name)
+        minted = tokens.mint_token(b"k" * 32, "alice", now, ttl=240, role="operator", name=name)
         middle = minted.split(".")[1]
         self.assertTrue("-" in middle and "_" in middle, middle)
         utf8 = ".".join(

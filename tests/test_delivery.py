@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from mission_control import auth
+from mission_control import keys, tokens
 from tests.helpers import (
     connect,
     fill_sessions,
@@ -198,8 +198,8 @@ class KillTests(unittest.TestCase):
         data_dir = os.path.abspath(self.mktemp())
         port = free_port()
         proc = yield self.start(data_dir, port)
-        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
-        token = auth.mint_token(secret, "root", reactor.seconds(), role="admin")
+        secret = keys.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = tokens.mint_token(secret, "root", reactor.seconds(), role="admin")
         answered = []
         for i in range(200):
             response = yield raw_request(port, status_request(token, agent=f"a{i % 9}",
@@ -237,8 +237,8 @@ class GracefulShutdownTests(unittest.TestCase):
         proc = spawn_twistd(self, *args)
         yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in proc.output or proc.ended.called,
                          timeout=20)
-        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
-        token = auth.mint_token(secret, "root", reactor.seconds(), role="admin")
+        secret = keys.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = tokens.mint_token(secret, "root", reactor.seconds(), role="admin")
         server = _Remote(port, secret)
         clients = []
         for i in range(20):
@@ -271,7 +271,7 @@ class _Remote:
         self.secret = secret
 
     def token(self, sub, ttl=600.0, **claims):
-        return auth.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, **claims)
+        return tokens.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, **claims)
 
     def url(self, path="/ws", query=""):
         return f"ws://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from mission_control import auth
+from mission_control import tokens
 from mission_control.hub import ConnectRequest
 from mission_control.policy import Principal
 from tests.hubfakes import FAR_FUTURE, SECRET, FakeConnection, HubTestCase
@@ -66,7 +66,7 @@ class TokenLifecycleTests(HubTestCase):
     """Expiry, the warning before it, and fresh tokens over the connection."""
 
     def token(self, sub="alice", ttl=300):
-        return auth.mint_token(SECRET, sub, self.clock.seconds(), ttl=ttl)
+        return tokens.mint_token(SECRET, sub, self.clock.seconds(), ttl=ttl)
 
     def auth(self, conn, token):
         return self.hub.handle_frame(conn, json.dumps({"type": "auth", "id": "t1", "token": token})
@@ -106,7 +106,7 @@ class TokenLifecycleTests(HubTestCase):
         """
         now = self.clock.seconds()
         conn = self.connect(expires_at=now + 100)
-        same = auth.mint_token(SECRET, "alice", now, ttl=100)
+        same = tokens.mint_token(SECRET, "alice", now, ttl=100)
         self.clock.advance(40)
         self.assertEqual(conn.types().count("auth:expiring"), 1)
         for _ in range(3):
@@ -345,8 +345,8 @@ class PublishFrameTests(HubTestCase):
         """An auth frame with a token that allows less drops the channels it no longer allows."""
         conn = self.connect("op", role="operator")
         self.clock.advance(1)
-        narrower = auth.mint_token(SECRET, "op", self.clock.seconds(), role="viewer",
-                                   channels=["presence"])
+        narrower = tokens.mint_token(SECRET, "op", self.clock.seconds(), role="viewer",
+                                    channels=["presence"])
         reply = self.hub.handle_frame(conn, json.dumps({"type": "auth", "token": narrower})
                                       .encode(), False)
         self.assertEqual(reply["payload"]["channels"], [])

@@ -23,7 +23,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mission_control import auth
+from mission_control import auth, tokens
 from mission_control.options import DEFAULT_LISTEN, Options
 from tests import certs
 from tests.helpers import (
@@ -171,7 +171,7 @@ class DefaultsTests(OptionsMixin, SynchronousTestCase):
             secret = f.read().strip()
         self.assertGreaterEqual(len(secret), 32)
         self.assertEqual(options["verifier"].key, secret)
-        token = auth.mint_token(secret, "alice", 1000.0)
+        token = tokens.mint_token(secret, "alice", 1000.0)
         self.assertEqual(options["verifier"].verify(token, 1000.0).sub, "alice")
 
     def test_generated_secret_is_kept(self):
@@ -294,10 +294,10 @@ class RepeatableOptionTests(OptionsMixin, SynchronousTestCase):
         options = self.parse("--jwt-algorithm", "HS256", "--jwt-algorithm", "HS512")
         self.assertEqual(options["verifier"].algorithms, ["HS256", "HS512"])
         key = options["verifier"].key
-        token = auth.mint_token(key, "alice", 1000.0, algorithm="HS512")
+        token = tokens.mint_token(key, "alice", 1000.0, algorithm="HS512")
         self.assertEqual(options["verifier"].verify(token, 1000.0).sub, "alice")
         options = self.parse("--jwt-algorithm", "HS512")
-        token = auth.mint_token(options["verifier"].key, "alice", 1000.0, algorithm="HS256")
+        token = tokens.mint_token(options["verifier"].key, "alice", 1000.0, algorithm="HS256")
         self.assertRaises(auth.Refusal, options["verifier"].verify, token, 1000.0)
 
     def test_algorithms_from_environment(self):

@@ -20,7 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from mission_control import auth, tap
+from mission_control import keys, tap, tokens
 from mission_control.demo import DemoFleet
 from mission_control.listener import Listener
 from mission_control.tap import MissionControlService, makeService
@@ -211,7 +211,7 @@ class ServiceTreeTests(OptionsMixin, SynchronousTestCase):
     def test_dashboard_link_with_a_read_secret(self):
         """A development secret read from an earlier start (not generated now) links too."""
         data_dir = self.data_dir()
-        auth.load_or_create_secret(data_dir)
+        keys.load_or_create_secret(data_dir)
         options, service = self.build("--data-dir", data_dir)
         self.assertFalse(options["generated-secret"])
         service.startService()
@@ -460,8 +460,8 @@ class TwistdShutdownTests(TestCase):
         yield wait_until(lambda: f"ws://127.0.0.1:{port}/ws" in proto.output
                          or proto.ended.called, timeout=15)
         self.assertFalse(proto.ended.called, proto.output)
-        secret = auth.read_secret(os.path.join(data_dir, "jwt-secret"))
-        token = auth.mint_token(secret, "alice", reactor.seconds(), ttl=600)
+        secret = keys.read_secret(os.path.join(data_dir, "jwt-secret"))
+        token = tokens.mint_token(secret, "alice", reactor.seconds(), ttl=600)
 
         def endpoint():
             return TCP4ClientEndpoint(reactor, "127.0.0.1", port)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from twisted.python import usage
 
-from mission_control import auth, policy
+from mission_control import keys, policy, tokens
 from mission_control.cli.options import ENV_PREFIX, PROGRAM, _Options
 
 DEFAULT_DATA_DIR = "./mission-control-data"
@@ -46,7 +46,7 @@ class SigningKey:
 
     def mint(self, sub: str, now: float, ttl: float, role: str | None = None,
              name: str | None = None, channels: list[str] | None = None) -> str:
-        return auth.mint_token(self.secret, sub, now, ttl=ttl, role=role, name=name,
+        return tokens.mint_token(self.secret, sub, now, ttl=ttl, role=role, name=name,
                                issuer=self.issuer, audience=self.audience, channels=channels)
 
 
@@ -110,11 +110,11 @@ class _KeyOptions(_Options):
         if secret_file:
             return secret_file
         if data_dir:
-            return os.path.join(data_dir, auth.SECRET_FILE_NAME)
+            return os.path.join(data_dir, keys.SECRET_FILE_NAME)
         from_env = self.env("JWT_SECRET_FILE")
         if from_env:
             return from_env
-        return os.path.join(self.env("DATA_DIR") or DEFAULT_DATA_DIR, auth.SECRET_FILE_NAME)
+        return os.path.join(self.env("DATA_DIR") or DEFAULT_DATA_DIR, keys.SECRET_FILE_NAME)
 
     def signing_key(self, missing: str) -> SigningKey:
         """
@@ -126,7 +126,7 @@ class _KeyOptions(_Options):
         if not os.path.exists(path):
             raise usage.UsageError(f"{missing}: no JWT secret at {path}; {_SECRET_HINT}")
         try:
-            secret = auth.read_secret(path)
+            secret = keys.read_secret(path)
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         return SigningKey(

@@ -1,0 +1,169 @@
+# -*- test-case-name: tests.test_handshake,tests.test_websocket -*-
+"""
+The WebSocket handshake: the checks before the upgrade, and the refusals.
+
+L{HandshakeProtocol} is the first half of every connection's protocol; from the upgrade on,
+L{mission_control.protocol.HubServerProtocol} takes over.  It stands apart because what it speaks
+is HTTP, with rules of its own: nothing taken from the request reaches a status line, and no token
+reaches a log.
+
+The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP status with a fixed
+reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE),
+connection ID" (the hub's, when it registers the connection) or
+"security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
+never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
+parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+from urllib import parse
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.logger import Logger
+
+from mission_control.auth import Refusal
+from mission_control.events import encode_json
+from mission_control.hub import ConnectRequest
+from mission_control.policy import Principal
+from mission_control.web.site import redact, status_phrase
+
+#: The HTTP status line of every refusal is built from our own fixed phrases only.  Autobahn's
+#: own handshake failures carry text from the request ("... header value: <value>"): those are
+#: logged and answered with the standard phrase of their status instead.
+SERVER_NAME = "mission-control"
+#: Headers of every response to a handshake, the 101 and the refusals.
+RESPONSE_HEADERS = (("Server", SERVER_NAME), ("X-Content-Type-Options", "nosniff"))
+
+
+def exact_query_params(uri: str) -> dict[str, list[str]]:
+    """
+    The query parameters of C{uri} as Autobahn's C{parse_qs} reads them (values percent-decoded,
+    blank ones left out), but only those whose name is written as is: a name with a percent
+    escape or a C{+} is nobody's parameter here, so C{%74oken} is never the token.
+    """
+    params: dict[str, list[str]] = {}
+    query = parse.urlsplit(uri).query
+    for field in query.split("&"):
+        name, sep, value = field.partition("=")
+        if not sep or not value or not name or "%" in name or "+" in name:
+            continue
+        params.setdefault(name, []).append(parse.unquote_plus(value, errors="replace"))
+    return params
+
+
+class _WithoutDebug:
+    """
+    Autobahn's logger minus its debug and trace levels, whatever the global log level: at those
+    levels Autobahn logs whole handshakes, and with them the tokens in headers and query strings.
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+
+    def debug(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    trace = debug
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)
+
+
+def _printable(text: object, limit: int = 200) -> str:
+    """Text from a request, made safe for one log line."""
+    value = str(text)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in value)
+
+
+class HandshakeProtocol(WebSocketServerProtocol):
+    """
+    A connection up to its upgrade: the checks of C{onConnect} (the factory's, then the hub's
+    caps) and the refusals of C{failHandshake}.  Subclassed by the protocol of open connections.
+    """
+
+    log = _WithoutDebug(WebSocketServerProtocol.log)
+    #: Named for the class of the connection (a Logger's namespace follows its instance's class).
+    _log = Logger()
+
+    principal: Principal | None = None
+    _connect_request: ConnectRequest | None = None
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        peer = self.peer
+        factory = self.factory
+        principal = None
+        try:
+            # Parameters by their names as written (see exact_query_params), for every use.
+            request.params = exact_query_params(self.http_request_uri)
+            principal = factory.authenticate(request)
+            factory.hub.admit(principal)
+            self._connect_request = ConnectRequest.from_params(request.params, peer or "")
+        except Refusal as refusal:
+            self._refusal, self._refused_user = refusal, principal
+            raise ConnectionDeny(refusal.status, refusal.reason)
+        except Exception:
+            self._log.failure("security: handshake refused from {peer}: 500 internal error",
+                              peer=peer)
+            self._refusal = Refusal(500, "internal error", code="internal_error")
+            self._refusal_logged = True
+            raise ConnectionDeny(500, "Internal Server Error")
+        # Accepted: the hub logs the audit line when it registers the connection (onOpen).
+        self.principal = principal
+        return None
+
+    _refusal: Refusal | None = None
+    _refused_user: Principal | None = None
+    _refusal_logged = False
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Iterable[tuple[str, str]] | None = None) -> None:
+        """
+        Refuse the handshake with a fixed phrase and a JSON error body (no body for HEAD), and log
+        it: one line per refused handshake, ours.  Autobahn's own reasons can quote the request;
+        they go to the log only, redacted.
+        """
+        refusal, detail = self._refusal, ""
+        if refusal is None or refusal.status != code:
+            refusal = Refusal(code, status_phrase(code))
+            detail = f" ({_printable(redact(str(reason)))})"
+        if not self._refusal_logged:
+            user = self._refused_user
+            level = self._log.warn if code in (401, 403, 429) else self._log.info
+            level(
+                "security: handshake refused from {peer}: {status} {reason}{detail}{user}",
+                peer=self.peer,
+                status=code,
+                reason=refusal.reason,
+                detail=detail,
+                user=f" (user {_printable(user.sub)})" if user is not None else "",
+            )
+        self.wasNotCleanReason = refusal.reason
+        # The refusal is a complete HTTP exchange, not a broken connection: marked clean, Autobahn
+        # does not log the drop a second time.
+        self.wasClean = True
+        body = encode_json({"error": {"code": refusal.code, "message": refusal.reason}})
+        headers = [
+            *RESPONSE_HEADERS,
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ]
+        if code == 401:
+            headers.append(("WWW-Authenticate", 'Bearer realm="mission-control"'))
+        if code == 426:
+            headers.append(("Upgrade", "websocket"))
+        if code == 405:
+            headers.append(("Allow", "GET"))
+        headers.extend(responseHeaders or ())
+        self.sendHttpErrorResponse(code, refusal.reason, headers)
+        if self._request_method() != "HEAD":
+            self.sendData(body)
+        self.dropConnection(abort=False)
+
+    def _request_method(self) -> str | None:
+        """The method of the handshake request, once Autobahn has read its request line."""
+        line = getattr(self, "http_status_line", None) or ""
+        return line.split(" ", 1)[0] or None
