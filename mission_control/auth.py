@@ -25,7 +25,7 @@ import jwt
 from jwt.types import Options
 
 from mission_control.channels import parse_claim
-from mission_control.ids import is_valid_id  # noqa: F401 (re-exported: the id rule lives there)
+from mission_control.ids import is_valid_id
 from mission_control.keys import VerifyingKey
 from mission_control.lru import BoundedLRU
 from mission_control.policy import DEFAULT_ROLE, ROLES, Principal

@@ -19,7 +19,7 @@ from typing import Mapping, NoReturn, Sequence
 
 from twisted.python import usage
 
-from mission_control import __version__, auth, policy
+from mission_control import __version__, auth, ids, policy
 from mission_control.ids import ID_RULE
 from mission_control.text import is_display_text
 
@@ -180,7 +180,7 @@ def check_subject(sub: str, role: str) -> None:
             f"--sub must be 1-{auth.MAX_SUB_LENGTH} characters without control or invisible "
             "characters"
         )
-    if role == "agent" and not auth.is_valid_id(sub):
+    if role == "agent" and not ids.is_valid_id(sub):
         raise usage.UsageError(f"with --role agent, --sub is the agent id: {ID_RULE}")
 
 

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 from twisted.internet import defer
 from twisted.python import usage
 
-from mission_control import auth, events
+from mission_control import events, ids
 from mission_control.ids import ID_RULE
 from mission_control.cli.connect_options import (
     DEFAULT_HTTP_URL,
@@ -71,7 +71,7 @@ class _PublishEventOptions(_PublishConnectionOptions):
         self["subject"], self["value"] = args
 
     def postOptions(self) -> None:
-        if not auth.is_valid_id(self["subject"]):
+        if not ids.is_valid_id(self["subject"]):
             raise usage.UsageError(
                 f"{self.arguments[0]} must be {ID_RULE}"
             )

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from twisted.internet import defer
 from twisted.python import usage
 
-from mission_control import auth
+from mission_control import ids
 from mission_control.ids import ID_RULE
 from mission_control.cli.connect_options import DEFAULT_WS_URL, _ServerOptions, token_help
 from mission_control.cli.credentials import LOCAL_TOKEN_SUBJECT, LOCAL_TOKEN_TTL
@@ -62,7 +62,7 @@ class WatchOptions(_ServerOptions):
         return websocket_url(value)
 
     def postOptions(self) -> None:
-        if self["client"] is not None and not auth.is_valid_id(self["client"]):
+        if self["client"] is not None and not ids.is_valid_id(self["client"]):
             raise usage.UsageError(f"--client must be {ID_RULE}")
         self.resolve_connection()
         if self["sub"] is not None:

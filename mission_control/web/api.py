@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.web import resource
 from twisted.web.server import Request
 
-from mission_control import auth, channels, events, policy, replay
+from mission_control import channels, events, ids, policy, replay
 from mission_control.auth import Refusal, TokenVerifier, token_from_request
 from mission_control.policy import Principal
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, ValidationError, encode_json
@@ -236,7 +236,7 @@ class Api(resource.Resource):
         return key
 
     def _subject_id(self, value: str, field: str) -> str:
-        if not auth.is_valid_id(value):
+        if not ids.is_valid_id(value):
             raise ApiError(400, "bad_request", f"{field} must be {ID_RULE}")
         return value
 
