@@ -20,7 +20,7 @@ are short delegations to the parts, kept so that no adapter reaches past the nod
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -405,15 +405,13 @@ class Hub:
         """Deliver C{frame}, encoded once, to every connection that receives any of C{names}."""
         return self._deliver(frame, self.registry.subscribers(names))
 
-    def _deliver(self, frame: Mapping, targets: Iterable[IConnection]) -> int:
+    def _deliver(self, frame: Mapping, targets: Collection[IConnection]) -> int:
         if not targets:
             return 0
         prepared = self.prepare(events.encode_json(frame))
-        count = 0
         for conn in targets:
             conn.deliver(prepared)
-            count += 1
-        return count
+        return len(targets)
 
     def send_heartbeat(self) -> None:
         ts = self.now()

@@ -14,7 +14,7 @@ C{presence} hears it from the moment it starts catching up (L{Registry.watch_pre
 
 from __future__ import annotations
 
-from typing import Generic, Iterable, Iterator, Protocol, TypeVar
+from typing import Collection, Generic, Iterable, Iterator, Protocol, TypeVar
 
 from mission_control import channels, events
 from mission_control.hub.connection import ConnectRequest, IConnection
@@ -163,7 +163,7 @@ class Registry(Generic[Client]):
         """Every live connection (a copy: delivering may close one, which removes it)."""
         return tuple(self._live)
 
-    def subscribers(self, names: Iterable[str]) -> Iterable[IConnection]:
+    def subscribers(self, names: Iterable[str]) -> Collection[IConnection]:
         """
         The connections that receive any of the channels C{names}, each once, found through the
         channel index (not by scanning every connection); a copy, as L{live} is.
