@@ -4,10 +4,16 @@ Test support: a real server on a loopback port, Autobahn clients, raw HTTP.
 Everything here talks over real sockets on 127.0.0.1; nothing is mocked.  Every helper registers
 its own clean-up on the test case, and the server's clean-up waits for the hub to see every
 connection gone before it stops listening, so the reactor is clean when a test ends.
+
+It is also where helpers that several test modules share live (option parsing, hand-made tokens,
+files, silent peers), so that test modules never import from one another.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import itertools
 import json
 import os
@@ -23,6 +29,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.python import usage
 from twisted.trial.unittest import SkipTest
 
 from mission_control import tokens
@@ -47,6 +54,33 @@ def parse_options(args=(), environ=None, data_dir=None) -> Options:
         argv = ["--listen", "tcp:0:interface=127.0.0.1"] + argv
     options.parseOptions(argv)
     return options
+
+
+class OptionsMixin:
+    """Parse options as twistd would, with an empty environment and a data dir of the test's own."""
+
+    def data_dir(self) -> str:
+        return os.path.abspath(self.mktemp())
+
+    def parse(self, *args: str, environ: dict | None = None, data_dir: bool = True) -> Options:
+        options = Options(environ=environ or {})
+        argv = list(args)
+        if data_dir and "--data-dir" not in argv and "MISSION_CONTROL_DATA_DIR" not in (
+            environ or {}
+        ):
+            argv = ["--data-dir", self.data_dir()] + argv
+        options.parseOptions(argv)
+        return options
+
+    def assertUsageError(self, args, *fragments, environ=None) -> str:
+        """Parsing C{args} raises L{usage.UsageError}, one line that contains every fragment."""
+        exc = self.assertRaises(usage.UsageError, self.parse, *args, environ=environ)
+        message = str(exc)
+        self.assertEqual(len(message.splitlines()), 1, message)
+        self.assertNotIn("Traceback", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+        return message
 
 
 def wait_until(predicate, timeout=5.0, interval=0.01):
@@ -202,6 +236,20 @@ class RawExchange(Protocol):
         self.done.callback(self.data)
 
 
+class SilentPeer(Protocol):
+    """Sends C{request} and then reads nothing and answers nothing (no pongs)."""
+
+    def __init__(self, request):
+        self.request = request
+        self.lost = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.request)
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
 @dataclass
 class RawResponse:
     status: int
@@ -259,6 +307,30 @@ def bearer(token) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
+def b64url(data: bytes) -> str:
+    """C{data} in unpadded base64url, as JWTs encode their parts."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def forge_hs256(claims: dict, key: bytes, header: dict | None = None) -> str:
+    """
+    An HS256 JWT signed by hand, as an attacker would, for keys PyJWT refuses to use as HMAC
+    secrets (a PEM public key: the classic algorithm-confusion attack).  The header and claims
+    are C{json.dumps} with its default separators.
+    """
+    header = header or {"alg": "HS256", "typ": "JWT"}
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
+def sign_raw(payload: bytes, key: bytes) -> str:
+    """An HS256 token around C{payload} exactly as given: JSON no encoder would write."""
+    signing_input = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(payload)
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64url(signature)
+
+
 def upgrade_request(path="/ws", headers=None, host="127.0.0.1") -> bytes:
     """A valid WebSocket upgrade request, with extra C{headers}."""
     lines = [
@@ -295,6 +367,16 @@ def tmp_path(testcase, name="") -> str:
     path = testcase.mktemp()
     os.makedirs(path)
     return os.path.join(path, name) if name else path
+
+
+def write_file(testcase, name: str, content: bytes, mode: int = 0o600) -> str:
+    directory = os.path.abspath(testcase.mktemp())
+    os.makedirs(directory)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(content)
+    os.chmod(path, mode)
+    return path
 
 
 class _HeadReader(Protocol):

@@ -5,9 +5,6 @@ tokens are checked with are tested in L{tests.test_keys}, minting in L{tests.tes
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 
 import jwt
@@ -18,28 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from mission_control import auth
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier
 from mission_control.policy import Principal
+from tests.helpers import b64url, forge_hs256, sign_raw
 
 NOW = 1_800_000_000.0
 SECRET = b"s" * 64
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def forge_hs256(claims: dict, key: bytes, header: dict | None = None) -> str:
-    """Sign by hand, as an attacker would (PyJWT refuses to use a PEM key as an HMAC secret)."""
-    header = header or {"alg": "HS256", "typ": "JWT"}
-    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return signing_input + "." + b64url(signature)
-
-
-def sign_raw(payload: bytes, key: bytes = SECRET) -> str:
-    """An HS256 token around C{payload} exactly as given: JSON no encoder would write."""
-    signing_input = b64url(b'{"alg":"HS256","typ":"JWT"}') + "." + b64url(payload)
-    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
-    return signing_input + "." + b64url(signature)
 
 
 def claims(**overrides) -> dict:
@@ -172,14 +151,14 @@ class TokenVerifierHMACTests(SynchronousTestCase):
             fields = {"sub": '"alice"', "exp": str(exp)}
             fields[name] = value
             payload = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
-            self.assertIn(self.refused(sign_raw(payload.encode())),
+            self.assertIn(self.refused(sign_raw(payload.encode(), SECRET)),
                           ("invalid claims", "invalid token"), (name, value))
 
     def test_duplicate_claims_refused(self):
         """A claim given twice is refused, whichever order: the last one does not win."""
         for payload in (b'{"sub":"alice","sub":"root","exp":%d}',
                         b'{"sub":"alice","exp":%d,"role":"viewer","role":"admin"}'):
-            token = sign_raw(payload % int(NOW + 600))
+            token = sign_raw(payload % int(NOW + 600), SECRET)
             self.assertEqual(self.refused(token), "invalid token")
 
     def test_sub_and_name_must_show_as_themselves(self):
@@ -192,7 +171,7 @@ class TokenVerifierHMACTests(SynchronousTestCase):
                      "ali\x85ce"):
             self.assertEqual(self.refused(self.token(sub=text)), "invalid claims", repr(text))
             self.assertEqual(self.refused(self.token(name=text)), "invalid claims", repr(text))
-        lone = sign_raw(b'{"sub":"\\ud800","exp":%d}' % int(NOW + 600))
+        lone = sign_raw(b'{"sub":"\\ud800","exp":%d}' % int(NOW + 600), SECRET)
         self.assertEqual(self.refused(lone), "invalid token")
         principal = self.verifier.verify(self.token(sub="zoë", name="Zoë Ødegård 日本"), NOW)
         self.assertEqual((principal.sub, principal.name), ("zoë", "Zoë Ødegård 日本"))

@@ -9,6 +9,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
 from tests.helpers import (
+    SilentPeer,
+    bearer,
     connect,
     http_request,
     raw_handshake,
@@ -17,11 +19,6 @@ from tests.helpers import (
     upgrade_request,
     wait_until,
 )
-from tests.test_websocket import _SilentPeer
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 class ChannelE2ETests(unittest.TestCase):
@@ -174,7 +171,7 @@ class LivenessE2ETests(unittest.TestCase):
         server = start_server(self, ["--ping-interval", "1", "--ping-timeout", "1"])
         watcher = yield connect(self, server, server.token("v"))
         yield watcher.next_of("snapshot")
-        frozen = _SilentPeer(upgrade_request(headers=bearer(server.token("a8", role="agent"))))
+        frozen = SilentPeer(upgrade_request(headers=bearer(server.token("a8", role="agent"))))
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), frozen)
         yield watcher.next_of("agent:status")
         started = reactor.seconds()

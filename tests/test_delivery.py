@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from mission_control import keys, tokens
 from tests.helpers import (
+    bearer,
     connect,
     fill_sessions,
     free_port,
@@ -29,10 +30,6 @@ from tests.helpers import (
     upgrade_request,
     wait_until,
 )
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 def status_request(token, agent="a1", status="busy", key=None, message=None):

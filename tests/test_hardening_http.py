@@ -30,6 +30,7 @@ from mission_control.web.site import (
 )
 from tests.helpers import (
     LogCapture,
+    bearer,
     connect,
     http_request,
     is_dashboard_link,
@@ -44,10 +45,6 @@ from tests.helpers import (
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0"
        ".c2lnbmF0dXJlLW9mLXRoZS10b2tlbi1oZXJl")
 SECRET_PARTS = JWT.split(".")
-
-
-def bearer(token):
-    return {"Authorization": f"Bearer {token}"}
 
 
 class _Upgraded(Protocol):

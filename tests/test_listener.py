@@ -16,6 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mission_control.listener import Listener, ListenError, urls_of
 from mission_control.tap import makeService
 from tests.helpers import (
+    OptionsMixin,
+    bearer,
     free_port,
     http_request,
     parse_response,
@@ -24,7 +26,6 @@ from tests.helpers import (
     upgrade_request,
     wait_until,
 )
-from tests.test_options import OptionsMixin, bearer
 
 
 class UrlsTests(SynchronousTestCase):

@@ -9,17 +9,12 @@ explicit environment so that the caller's own C{MISSION_CONTROL_*} variables pla
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import os
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet import defer, reactor
-from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -28,26 +23,16 @@ from mission_control.options import DEFAULT_LISTEN, Options
 from tests import certs
 from tests.helpers import (
     PROJECT_ROOT,
+    OptionsMixin,
+    bearer,
     connect,
+    forge_hs256,
     http_request,
     raw_request,
     start_server,
     upgrade_request,
+    write_file,
 )
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def write_file(testcase, name: str, content: bytes, mode: int = 0o600) -> str:
-    directory = os.path.abspath(testcase.mktemp())
-    os.makedirs(directory)
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(content)
-    os.chmod(path, mode)
-    return path
 
 
 def public_pem(private_key) -> bytes:
@@ -71,48 +56,6 @@ def ec_key():
     if "ec" not in _keys:
         _keys["ec"] = ec.generate_private_key(ec.SECP256R1())
     return _keys["ec"]
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def hand_made_hs256(secret: bytes, claims: dict) -> str:
-    """
-    An HS256 JWT built by hand, for keys PyJWT refuses to use as HMAC secrets (a PEM public key:
-    the classic algorithm-confusion attack).
-    """
-    header = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64url(json.dumps(claims).encode())
-    signing_input = f"{header}.{body}".encode("ascii")
-    return f"{header}.{body}.{b64url(hmac.new(secret, signing_input, hashlib.sha256).digest())}"
-
-
-class OptionsMixin:
-    """Parse options as twistd would, with an empty environment and a data dir of the test's own."""
-
-    def data_dir(self) -> str:
-        return os.path.abspath(self.mktemp())
-
-    def parse(self, *args: str, environ: dict | None = None, data_dir: bool = True) -> Options:
-        options = Options(environ=environ or {})
-        argv = list(args)
-        if data_dir and "--data-dir" not in argv and "MISSION_CONTROL_DATA_DIR" not in (
-            environ or {}
-        ):
-            argv = ["--data-dir", self.data_dir()] + argv
-        options.parseOptions(argv)
-        return options
-
-    def assertUsageError(self, args, *fragments, environ=None) -> str:
-        """Parsing C{args} raises L{usage.UsageError}, one line that contains every fragment."""
-        exc = self.assertRaises(usage.UsageError, self.parse, *args, environ=environ)
-        message = str(exc)
-        self.assertEqual(len(message.splitlines()), 1, message)
-        self.assertNotIn("Traceback", message)
-        for fragment in fragments:
-            self.assertIn(fragment, message)
-        return message
 
 
 class DefaultsTests(OptionsMixin, SynchronousTestCase):
@@ -523,9 +466,9 @@ class PublicKeyTests(TestCase):
         self.assertEqual(welcome["payload"]["user"]["id"], "alice")
 
         # The attack token is well formed: signed like this with a real secret, PyJWT accepts it.
-        probe = hand_made_hs256(b"p" * 32, self.claims("mallory"))
+        probe = forge_hs256(self.claims("mallory"), b"p" * 32)
         self.assertEqual(jwt.decode(probe, b"p" * 32, algorithms=["HS256"])["sub"], "mallory")
-        attack = hand_made_hs256(self.pem, self.claims("mallory"))
+        attack = forge_hs256(self.claims("mallory"), self.pem)
         response = yield raw_request(server.port, upgrade_request(headers=bearer(attack)))
         self.assertEqual(response.status, 401, response.raw)
         response = yield raw_request(server.port,

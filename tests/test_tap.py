@@ -26,7 +26,9 @@ from mission_control.listener import Listener
 from mission_control.tap import MissionControlService, makeService
 from tests.helpers import (
     ChildProcess,
+    OptionsMixin,
     TwistdProcess,
+    bearer,
     free_port,
     spawn_twistd,
     http_request,
@@ -34,8 +36,8 @@ from tests.helpers import (
     raw_request,
     upgrade_request,
     wait_until,
+    write_file,
 )
-from tests.test_options import OptionsMixin, bearer, write_file
 
 
 class ServiceTreeTests(OptionsMixin, SynchronousTestCase):

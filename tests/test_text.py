@@ -14,8 +14,15 @@ from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control.text import NotText, decode_json, is_display_text
-from tests.helpers import connect, http_request, raw_handshake, raw_request, start_server, upgrade_request
-from tests.test_auth import sign_raw
+from tests.helpers import (
+    connect,
+    http_request,
+    raw_handshake,
+    raw_request,
+    sign_raw,
+    start_server,
+    upgrade_request,
+)
 
 LONE = b'{"status": "idle", "message": "\\ud800"}'
 

@@ -12,8 +12,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 from twisted.web import resource
 
-from tests.helpers import http_request, raw_request, start_server
-from tests.test_websocket import _SilentPeer
+from tests.helpers import SilentPeer, http_request, raw_request, start_server
 
 
 class SiteTests(unittest.TestCase):
@@ -61,7 +60,7 @@ class SiteTests(unittest.TestCase):
     def test_head_deadline_for_plain_http(self):
         """An HTTP request whose head is not complete in time is dropped."""
         self.server.service.site.handshake_timeout = 0.3
-        slow = _SilentPeer(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        slow = SilentPeer(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port), slow)
         started = reactor.seconds()
         yield slow.lost

@@ -12,12 +12,12 @@ import json
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.trial import unittest
 
 from mission_control.events import STATUSES
 from mission_control.protocol import HubServerProtocol
 from tests.helpers import (
+    SilentPeer,
     bearer,
     connect,
     http_request,
@@ -217,7 +217,7 @@ class LifecycleTests(unittest.TestCase):
     def test_ping_timeout(self):
         """A peer that stops answering pings is dropped within interval + timeout + 1 s."""
         server = start_server(self, ["--ping-interval", "1", "--ping-timeout", "1"])
-        silent = _SilentPeer(upgrade_request(headers=bearer(server.token())))
+        silent = SilentPeer(upgrade_request(headers=bearer(server.token())))
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), silent)
         yield wait_until(lambda: server.hub.connection_count == 1)
         started = reactor.seconds()
@@ -241,7 +241,7 @@ class LifecycleTests(unittest.TestCase):
         """A client that has not sent its whole handshake in time is dropped."""
         server = start_server(self)
         server.service.site.handshake_timeout = 0.3
-        slow = _SilentPeer(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+        slow = SilentPeer(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
         yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", server.port), slow)
         started = reactor.seconds()
         yield slow.lost
@@ -294,17 +294,3 @@ class LifecycleTests(unittest.TestCase):
         for client in clients:
             yield client.closed
             self.assertEqual(client.close_code, 1001)
-
-
-class _SilentPeer(Protocol):
-    """Sends C{request} and then reads nothing and answers nothing (no pongs)."""
-
-    def __init__(self, request):
-        self.request = request
-        self.lost = defer.Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.request)
-
-    def connectionLost(self, reason):
-        self.lost.callback(None)
