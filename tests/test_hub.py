@@ -6,6 +6,13 @@ L{Clock}).  The same behaviour over real sockets is in test_websocket.
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import json
+import os
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mission_control.auth import Refusal
@@ -519,3 +526,22 @@ class RobustnessTests(HubTestCase):
         allowed = [self.hub.allow_message(conn) for _ in range(10)]
         self.assertEqual(allowed, [True] * 4 + [False] * 6)
         self.assertEqual(conn.closed_with, (4029, "too many messages"))
+
+
+class FanOutBenchmarkTests(SynchronousTestCase):
+    """benchmarks/hub_fanout.py keeps working (a tiny run; its numbers are not checked)."""
+
+    def test_tiny_run(self):
+        """A run with 10 subscribers and 5 events checks every delivery and prints its figures."""
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "benchmarks", "hub_fanout.py")
+        spec = importlib.util.spec_from_file_location("hub_fanout", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.assertGreater(module.run(10, 5), 0)
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        module.main(["--subscribers", "10", "--events", "5", "--repeat", "1"])
+        figures = json.loads(out.getvalue())
+        self.assertEqual((figures["subscribers"], figures["events"]), (10, 5))
+        self.assertGreater(figures["us_per_publish"], 0)

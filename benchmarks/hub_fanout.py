@@ -1,0 +1,105 @@
+"""
+The hub's own cost of one publish and its fan-out, in process: no sockets, no HTTP, no framing.
+
+    python benchmarks/hub_fanout.py [--subscribers 1000] [--events 10000] [--repeat 5]
+
+Registers ``--subscribers`` connections (fakes that count what they are handed, spread over 50
+users, all on the default subscription) with a ``Hub`` on a memory store, then has an operator
+publish ``--events`` ``agent:status`` events through ``Hub.publish_for``, as the HTTP API and the
+WebSocket ``publish`` frame do: validation, the publishing rules, the append, the fan-out to every
+subscriber.  Checks that every subscriber got every event, and prints the microseconds per
+publish and per delivery, the median of ``--repeat`` runs.
+
+It isolates what the hub's Python does per event, the part a change of the hub's shape can move;
+the cost of the network and Autobahn's framing (the rest of a real delivery) is measured end to end
+by the other benchmarks.  Figures compare versions on one machine; they are not promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from twisted.internet.task import Clock  # noqa: E402
+from zope.interface import implementer  # noqa: E402
+
+from mission_control.hub import Hub, IConnection  # noqa: E402
+from mission_control.policy import Principal  # noqa: E402
+from mission_control.store import MemoryStore  # noqa: E402
+
+
+@implementer(IConnection)
+class CountingConnection:
+    """Counts deliveries; takes every frame at once (never paused)."""
+
+    paused = False
+
+    def __init__(self, sub: str) -> None:
+        self.principal = Principal(sub=sub, role="viewer", name=None, expires_at=4e9)
+        self.connection_id: str | None = None
+        self.delivered = 0
+
+    def deliver(self, prepared: Any) -> None:
+        self.delivered += 1
+
+    def send_frame(self, frame: Any) -> None:
+        pass
+
+    def send_stream(self, chunks: Any, done: Any) -> None:
+        done()
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+    def bytes_waiting(self) -> int:
+        return 0
+
+
+def run(subscribers: int, count: int) -> float:
+    """Seconds to publish C{count} events to C{subscribers} live connections."""
+    clock = Clock()
+    clock.advance(1.8e9)
+    hub = Hub(clock, MemoryStore(), max_connections=subscribers + 1,
+              max_connections_per_user=subscribers + 1)
+    conns = [CountingConnection(f"user-{i % 50}") for i in range(subscribers)]
+    for conn in conns:
+        hub.register(conn)  # the snapshot is one delivery
+    operator = Principal(sub="ops", role="operator", name=None, expires_at=4e9)
+    started = time.perf_counter()
+    for i in range(count):
+        hub.publish_for(operator, "agent:status", {"status": "busy", "message": f"step {i}"},
+                        f"agent-{i % 100}")
+    elapsed = time.perf_counter() - started
+    missing = [conn for conn in conns if conn.delivered != count + 1]
+    if missing:
+        raise SystemExit(f"{len(missing)} subscribers missed events")
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    runs = [run(args.subscribers, args.events) for _ in range(args.repeat)]
+    median = statistics.median(runs)
+    print(json.dumps({
+        "subscribers": args.subscribers,
+        "events": args.events,
+        "runs": args.repeat,
+        "us_per_publish": round(median / args.events * 1e6, 1),
+        "us_per_delivery": round(median / (args.events * args.subscribers) * 1e6, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
