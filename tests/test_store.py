@@ -537,6 +537,107 @@ class StoreContractMixin:
         self.assertEqual((again, created, store.last_seq), (first, False, 3))
 
 
+    # Batches
+
+    def test_append_many_consecutive_seqs(self):
+        """
+        A batch takes the next seqs, consecutive and in order, after single appends and before
+        the next; every event carries the batch's ts and is in the history as returned.
+        """
+        store = self.make_store()
+        self.publish(store, 2)
+        items = [("agent:status", status("b1")), ("session:activity", activity("s1")),
+                 ("agent:status", status("b2", "busy"))]
+        stored, created = store.append_many(items, TS, T0)
+        self.assertTrue(created)
+        self.assertEqual([(e.seq, e.type, e.payload, e.ts) for e in stored],
+                         [(3 + i, kind, payload, TS) for i, (kind, payload) in enumerate(items)])
+        self.assertEqual(store.events_after(2, 10), stored)
+        self.assertEqual((store.last_seq, self.publish(store, 1, start=9)), (5, [6]))
+
+    def test_append_many_latest_state_in_order(self):
+        """
+        The latest state after a batch is what as many single appends leave: the last event of
+        an agent in the batch wins, and the order of updates is the batch's.
+        """
+        store = self.make_store()
+        store.append("agent:status", status("a0"), TS, T0)
+        store.append_many([("agent:status", status("a1")), ("agent:status", status("a0", "busy")),
+                           ("agent:status", status("a1", "error"))], TS, T0)
+        self.assertEqual(store.agents(), [status("a0", "busy"), status("a1", "error")])
+
+    def test_append_many_owners_claimed_within_the_batch(self):
+        """
+        The first activity of a session in a batch that names an agent makes it the owner, and
+        a later one naming another agent does not change that, as with single appends.
+        """
+        store = self.make_store()
+        store.append_many([("session:activity", activity("s1")),
+                           ("session:activity", activity("s1", agentId="a1")),
+                           ("session:activity", activity("s1", "message", agentId="a2")),
+                           ("session:activity", activity("s2", agentId="a2"))], TS, T0)
+        self.assertEqual((store.session_owner("s1"), store.session_owner("s2")), ("a1", "a2"))
+
+    def test_append_many_bad_event_appends_nothing(self):
+        """
+        A batch with an event that cannot be stored (no id, not JSON) raises and appends none of
+        them: no seq used, no latest state, no owner.  An empty batch is refused too.
+        """
+        store = self.make_store()
+        self.publish(store, 1)
+        for bad in (("agent:status", {"status": "online"}), ("agent:status", status("x", x={1})),
+                    ("presence:join", {"userId": "u"})):
+            items = [("session:activity", activity("s1", agentId="a1")), bad,
+                     ("agent:status", status("a9"))]
+            self.assertRaises((ValueError, TypeError), store.append_many, items, TS, T0)
+        self.assertRaises(ValueError, store.append_many, [], TS, T0)
+        self.assertEqual((store.last_seq, self.seqs(store)), (1, [1]))
+        self.assertEqual((store.sessions(), store.session_owner("s1")), ([], None))
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a0"])
+        self.assertEqual(self.publish(store, 1, start=5), [2])
+
+    def test_append_many_idempotent_repeat(self):
+        """
+        A batch's key repeated with the same fingerprint returns every event of the first
+        batch, created false, and appends nothing; another fingerprint is a conflict.
+        """
+        store = self.make_store()
+        items = [("agent:status", status("a1")), ("session:activity", activity("s1"))]
+        first, _ = store.append_many(items, TS, T0, ("alice", "k1", "f1"))
+        store.append("agent:status", status("a2"), TS, T0)
+        again, created = store.append_many([("agent:status", status("a7"))], "later", T0 + 5,
+                                           ("alice", "k1", "f1"))
+        self.assertEqual((again, created), (first, False))
+        self.assertRaises(IdempotencyConflict, store.append_many, items, TS, T0,
+                          ("alice", "k1", "f2"))
+        self.assertEqual(store.last_seq, 3)
+
+    def test_append_many_repeat_after_events_left_history(self):
+        """A batch's repeat is answered with its events even after retention dropped them."""
+        store = self.make_store(Retention(max_events=1))
+        first, _ = store.append_many([("agent:status", status("a1")),
+                                      ("agent:status", status("a2"))], TS, T0, ("alice", "k", "f"))
+        self.publish(store, 2)
+        store.trim(T0)
+        again, created = store.append_many([("agent:status", status("a1"))], TS, T0,
+                                           ("alice", "k", "f"))
+        self.assertEqual((again, created, store.last_seq), (first, False, 4))
+
+    def test_batch_and_single_keys_do_not_mix(self):
+        """
+        A key first used by a batch is a conflict for a single append, and the other way round,
+        even with the same fingerprint: neither answer has the shape the other expects.
+        """
+        store = self.make_store()
+        store.append_many([("agent:status", status("a1"))], TS, T0, ("alice", "kb", "f"))
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "ks", "f"))
+        self.assertRaises(IdempotencyConflict, store.append, "agent:status", status("a1"), TS, T0,
+                          ("alice", "kb", "f"))
+        self.assertRaises(IdempotencyConflict, store.append_many, [("agent:status", status("a1"))],
+                          TS, T0, ("alice", "ks", "f"))
+        self.assertEqual(store.last_seq, 2)
+
+
 class MemoryStoreTests(StoreContractMixin, SynchronousTestCase):
     """The store contract, in memory."""
 
@@ -764,6 +865,44 @@ class SQLiteStoreTests(StoreContractMixin, SynchronousTestCase):
         store = self.reopen(store)
         self.assertEqual((store.last_seq, self.seqs(store)), (3, [1, 2, 3]))
         self.assertNotIn("boom", [a["agentId"] for a in store.agents()])
+
+    def test_failed_batch_leaves_nothing(self):
+        """
+        When SQLite fails in the middle of a batch, after earlier events of it were inserted,
+        the whole batch is rolled back: no event, latest state, owner or key of it, in memory or
+        on disk, and the next append takes the next seq, so seqs stay gap-free.
+        """
+        store = self.make_store()
+        self.publish(store, 2)
+        saboteur = sqlite3.connect(store.path)
+        self.addCleanup(saboteur.close)
+        saboteur.execute(
+            "CREATE TRIGGER sabotage BEFORE INSERT ON latest WHEN NEW.key = 'boom' "
+            "BEGIN SELECT RAISE(ABORT, 'sabotaged'); END"
+        )
+        saboteur.commit()
+        items = [("agent:status", status("b1")), ("session:activity", activity("s1", agentId="b1")),
+                 ("agent:status", status("boom")), ("agent:status", status("b2"))]
+        self.assertRaises(sqlite3.DatabaseError, store.append_many, items, TS, T0,
+                          ("alice", "k", "f"))
+        self.assertEqual((store.last_seq, self.seqs(store)), (2, [1, 2]))
+        self.assertEqual((store.session_owner("s1"), store.sessions()), (None, []))
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a0", "a1"])
+        stored, created = store.append_many(items[:2], TS, T0, ("alice", "k", "f"))
+        self.assertEqual(([e.seq for e in stored], created), ([3, 4], True))
+        store = self.reopen(store)
+        self.assertEqual((store.last_seq, self.seqs(store)), (4, [1, 2, 3, 4]))
+        self.assertEqual(store.session_owner("s1"), "b1")
+        self.assertNotIn("boom", [a["agentId"] for a in store.agents()])
+
+    def test_batch_survives_reopen_with_its_key(self):
+        """A committed batch and its idempotency key are on disk: a reopened store repeats it."""
+        store = self.make_store()
+        items = [("agent:status", status("a1")), ("session:activity", activity("s1"))]
+        first, _ = store.append_many(items, TS, T0, ("alice", "k", "f"))
+        store = self.reopen(store)
+        self.assertEqual(store.events_after(0, 10), first)
+        self.assertEqual(store.append_many(items, TS, T0 + 1, ("alice", "k", "f")), (first, False))
 
     def test_unencodable_payload_consumes_no_seq(self):
         """A payload that is not JSON raises TypeError before anything is written."""

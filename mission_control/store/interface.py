@@ -13,7 +13,7 @@ Every implementation runs the one contract-test mixin in tests/test_store.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from zope.interface import Attribute, Interface
 
@@ -109,6 +109,27 @@ class IEventStore(Interface):
             first event is returned instead (the C{fingerprint} of the request must match, else
             L{IdempotencyConflict}).
         @return: C{(StoredEvent, created)}: C{created} is false for an idempotent repeat.
+        """
+
+    def append_many(
+        items: Sequence[Tuple[str, dict]],
+        ts: str,
+        now: float,
+        idempotency: Optional[Idempotency] = None,
+    ) -> Tuple[list[StoredEvent], bool]:
+        """
+        Append C{items} (C{(event_type, payload)} pairs, at least one) as one atomic step: each
+        as L{append} appends one, in order, so they get consecutive seqs and the latest state
+        and session owners end as after as many single appends (an owner claimed by an earlier
+        item holds for the later ones).  All or nothing: when it raises, no event was stored and
+        no seq used.  When it returns, every event is durable (for a durable store), all with
+        the one C{ts}.
+
+        @param idempotency: as for L{append}, for the batch as a whole: a repeat returns every
+            event of the first batch.  A key used for a single append is not the key of a batch
+            (nor the other way round): L{IdempotencyConflict}.
+        @return: C{(events, created)}, the events in seq order.
+        @raise ValueError: for an empty batch, or an event that could not be stored.
         """
 
     def events_after(seq: int, limit: int) -> list[StoredEvent]:

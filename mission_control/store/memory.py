@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from zope.interface import implementer
 
@@ -50,11 +50,15 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Key:
-    """A remembered Idempotency-Key: the request's fingerprint and the event it produced."""
+    """
+    A remembered Idempotency-Key: the request's fingerprint, the events it produced (one for a
+    single append) and whether it was a batch's.
+    """
 
     fingerprint: str
-    event: StoredEvent
+    events: list[StoredEvent]
     created: float
+    batch: bool = False
 
 
 @implementer(IEventStore)
@@ -108,41 +112,65 @@ class MemoryStore(LatestStateReads):
         Assign the next seq, keep the event and make it the latest state of its agent or session.
         See L{IEventStore.append}.  Everything that can fail is checked before anything changes.
         """
-        key = state_key(event_type, payload)
-        encoded = encode_json(payload)
+        events, created = self._append([(event_type, payload)], ts, now, idempotency, False)
+        return events[0], created
+
+    def append_many(
+        self,
+        items: Sequence[tuple[str, dict]],
+        ts: str,
+        now: float,
+        idempotency: Optional[Idempotency] = None,
+    ) -> tuple[list[StoredEvent], bool]:
+        """
+        Append each of C{items} as L{append} appends one, in order, all or none: every key and
+        encoding is checked before anything changes.  See L{IEventStore.append_many}.
+        """
+        if not items:
+            raise ValueError("a batch needs at least one event")
+        return self._append(items, ts, now, idempotency, True)
+
+    def _append(self, items: Sequence[tuple[str, dict]], ts: str, now: float,
+                idempotency: Optional[Idempotency], batch: bool) -> tuple[list[StoredEvent], bool]:
+        keys = [(state_key(kind, payload), encode_json(payload)) for kind, payload in items]
         if idempotency is not None:
-            repeat = self._repeat(idempotency, now)
+            repeat = self._repeat(idempotency, now, batch)
             if repeat is not None:
                 return repeat, False
-        event = StoredEvent(seq=self.last_seq + 1, type=event_type, payload=payload, ts=ts)
-        self._keep(event, now)
-        self._latest.set(event_type, key, payload, encoded)
-        if event_type == SESSION_ACTIVITY:
-            owner = self._owners.get(key)
-            if owner is not None:
-                owner[1] = event.seq
-            elif payload.get("agentId") is not None:
-                self._owners[key] = [payload["agentId"], event.seq]
+        stored = []
+        for (event_type, payload), (key, encoded) in zip(items, keys):
+            event = StoredEvent(seq=self.last_seq + 1, type=event_type, payload=payload, ts=ts)
+            self._keep(event, now)
+            self._latest.set(event_type, key, payload, encoded)
+            if event_type == SESSION_ACTIVITY:
+                owner = self._owners.get(key)
+                if owner is not None:
+                    owner[1] = event.seq
+                elif payload.get("agentId") is not None:
+                    self._owners[key] = [payload["agentId"], event.seq]
+            self.last_seq = event.seq
+            stored.append(event)
         if idempotency is not None:
             user, idem_key, fingerprint = idempotency
             self._keys.pop((user, idem_key), None)
-            self._keys[(user, idem_key)] = _Key(fingerprint, event, now)
-        self.last_seq = event.seq
-        return event, True
+            self._keys[(user, idem_key)] = _Key(fingerprint, stored, now, batch)
+        return stored, True
 
-    def _repeat(self, idempotency: Idempotency, now: float) -> Optional[StoredEvent]:
+    def _repeat(self, idempotency: Idempotency, now: float,
+                batch: bool) -> Optional[list[StoredEvent]]:
         """
-        The event a live earlier use of this key produced, or C{None}.
+        The events a live earlier use of this key produced, or C{None}.
 
-        @raise IdempotencyConflict: when the key was used for a different request.
+        @raise IdempotencyConflict: when the key was used for a different request, or for a
+            batch where this is a single append (or the other way round).
         """
         user, idem_key, fingerprint = idempotency
         known = self._keys.get((user, idem_key))
         if known is None or not is_live(known.created, now):
             return None
-        if known.fingerprint != fingerprint:
+        if known.fingerprint != fingerprint or known.batch != batch:
             raise IdempotencyConflict("the Idempotency-Key was used for a different request")
-        return known.event
+        return known.events
 
     def _keep(self, event: StoredEvent, now: float) -> None:
         """Add C{event} to the history, dropping the oldest past C{max_events}."""

@@ -19,9 +19,10 @@ every event has been trimmed, and a rolled-back transaction consumes none, so th
 gap-free and C{last_seq} is read back from C{sqlite_sequence} on open.
 
 The file's settings, its schema and the upgrades of older versions are in
-L{mission_control.store.schema}; this module is the store that reads and writes it.  It is a
-little over 400 lines because each of its queries stays beside the one method that runs it: moving
-the statements away to shorten it would split every operation of the store across two files.
+L{mission_control.store.schema}; this module is the store that reads and writes it.  It is nearer
+500 lines than 400 lines because each of its queries stays beside the one method that runs it, the
+batch append's included: moving the statements away to shorten it would split every operation of
+the store across two files.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import json
 import os
 import sqlite3
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
@@ -75,6 +76,12 @@ _RECORD_KEY = (
     "INSERT OR REPLACE INTO idempotency (user, key, fingerprint, seq, created, type, payload, ts) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+#: The C{type} of an idempotency row that answers a batch: its C{seq} is the batch's first, its
+#: C{payload} the JSON list of C{[type, payload]} of every event, in seq order.
+_BATCH = "batch"
+
+#: An event about to be inserted: its type, payload, state key and JSON text.
+_Row = Tuple[str, dict, str, str]
 
 
 def read_boot_id() -> Optional[str]:
@@ -238,51 +245,102 @@ class SQLiteStore(LatestStateReads):
         seq), make it the latest state of its agent or session, and record the key.  See
         L{IEventStore.append}.
         """
-        key = state_key(event_type, payload)
-        encoded = encode_json(payload).decode("utf-8")
+        row = (event_type, payload, state_key(event_type, payload),
+               encode_json(payload).decode("utf-8"))
         with self._transaction() as db:
             if idempotency is not None:
-                repeat = self._repeat(db, idempotency, now)
+                repeat = self._repeat(db, idempotency, now, batch=False)
                 if repeat is not None:
-                    return repeat, False
-            seq = db.execute(_INSERT_EVENT, (event_type, encoded, ts, now)).lastrowid
-            assert seq is not None  # an INSERT into a table with rowids always sets it
-            db.execute(_UPSERT_LATEST, (event_type, key, encoded, seq, now))
-            if event_type == SESSION_ACTIVITY:
-                agent = payload.get("agentId")
-                if agent is not None:
-                    db.execute(_CLAIM_SESSION, (key, agent, seq))
-                else:
-                    db.execute(_TOUCH_SESSION, (seq, key))
+                    return repeat[0], False
+            seq = self._insert(db, row, ts, now)
             if idempotency is not None:
                 user, idem_key, fingerprint = idempotency
-                db.execute(
-                    _RECORD_KEY, (user, idem_key, fingerprint, seq, now, event_type, encoded, ts)
-                )
-        # Committed: only now does the in-memory view move.
-        self._last_seq = seq
+                db.execute(_RECORD_KEY, (user, idem_key, fingerprint, seq, now, event_type,
+                                         row[3], ts))
+        return self._committed([row], seq, ts)[0], True
+
+    def append_many(
+        self,
+        items: Sequence[tuple[str, dict]],
+        ts: str,
+        now: float,
+        idempotency: Optional[Idempotency] = None,
+    ) -> tuple[list[StoredEvent], bool]:
+        """
+        One transaction for the whole batch: each event inserted as L{append} inserts one, in
+        order, and the key recorded with all of their envelopes; a failure anywhere rolls all of
+        it back.  See L{IEventStore.append_many}.
+        """
+        if not items:
+            raise ValueError("a batch needs at least one event")
+        rows = [(kind, payload, state_key(kind, payload), encode_json(payload).decode("utf-8"))
+                for kind, payload in items]
+        with self._transaction() as db:
+            if idempotency is not None:
+                repeat = self._repeat(db, idempotency, now, batch=True)
+                if repeat is not None:
+                    return repeat, False
+            for row in rows:
+                seq = self._insert(db, row, ts, now)
+            first = seq - len(rows) + 1
+            if idempotency is not None:
+                user, idem_key, fingerprint = idempotency
+                envelopes = "[" + ",".join(
+                    f'[{encode_json(kind).decode()},{text}]' for kind, _, _, text in rows) + "]"
+                db.execute(_RECORD_KEY, (user, idem_key, fingerprint, first, now, _BATCH,
+                                         envelopes, ts))
+        return self._committed(rows, seq, ts), True
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, row: _Row, ts: str, now: float) -> int:
+        """Insert one event in the open transaction, with its latest state and owner; its seq."""
+        event_type, payload, key, encoded = row
+        seq = db.execute(_INSERT_EVENT, (event_type, encoded, ts, now)).lastrowid
+        assert seq is not None  # an INSERT into a table with rowids always sets it
+        db.execute(_UPSERT_LATEST, (event_type, key, encoded, seq, now))
+        if event_type == SESSION_ACTIVITY:
+            agent = payload.get("agentId")
+            if agent is not None:
+                db.execute(_CLAIM_SESSION, (key, agent, seq))
+            else:
+                db.execute(_TOUCH_SESSION, (seq, key))
+        return seq
+
+    def _committed(self, rows: list[_Row], last: int, ts: str) -> list[StoredEvent]:
+        """Committed: only now does the in-memory view move, over C{rows} ending at C{last}."""
+        first = last - len(rows) + 1
+        self._last_seq = last
         if self._first_stored is None:
-            self._first_stored = seq
-        for gone in self._latest.set(event_type, key, payload, encoded.encode("utf-8")):
-            self._forgotten.add((event_type, gone))
-        return StoredEvent(seq=seq, type=event_type, payload=payload, ts=ts), True
+            self._first_stored = first
+        stored = []
+        for seq, (event_type, payload, key, encoded) in enumerate(rows, first):
+            for gone in self._latest.set(event_type, key, payload, encoded.encode("utf-8")):
+                self._forgotten.add((event_type, gone))
+            stored.append(StoredEvent(seq=seq, type=event_type, payload=payload, ts=ts))
+        return stored
 
     def _repeat(
-        self, db: sqlite3.Connection, idempotency: Idempotency, now: float
-    ) -> Optional[StoredEvent]:
+        self, db: sqlite3.Connection, idempotency: Idempotency, now: float, batch: bool
+    ) -> Optional[list[StoredEvent]]:
         """
-        The event a live earlier use of this key produced, or C{None}.  The event is kept with
-        the key, so a repeat is answered even after the event itself left the history.
+        The events a live earlier use of this key produced (one for a single append), or
+        C{None}.  The events are kept with the key, so a repeat is answered even after they left
+        the history.
 
-        @raise IdempotencyConflict: when the key was used for a different request.
+        @raise IdempotencyConflict: when the key was used for a different request, or for a
+            batch where this is a single append (or the other way round).
         """
         user, idem_key, fingerprint = idempotency
         row = db.execute(_FIND_KEY, (user, idem_key)).fetchone()
         if row is None or not is_live(row[5], now):
             return None
-        if row[0] != fingerprint:
+        if row[0] != fingerprint or (row[2] == _BATCH) != batch:
             raise IdempotencyConflict("the Idempotency-Key was used for a different request")
-        return StoredEvent(seq=row[1], type=row[2], payload=json.loads(row[3]), ts=row[4])
+        first, text, ts = row[1], row[3], row[4]
+        if not batch:
+            return [StoredEvent(seq=first, type=row[2], payload=json.loads(text), ts=ts)]
+        return [StoredEvent(seq=seq, type=event_type, payload=payload, ts=ts)
+                for seq, (event_type, payload) in enumerate(json.loads(text), first)]
 
     # Reading
 
