@@ -1,6 +1,7 @@
 """
 Tests for L{mission_control.hub.broker}: the in-process broker appends to its store and tells
-every listener of each new event, in seq order; an idempotent repeat tells nobody.
+every listener of each new event, in seq order, a batch's event by event; an idempotent repeat
+tells nobody.
 """
 
 from __future__ import annotations
@@ -46,6 +47,24 @@ class InProcessBrokerTests(SynchronousTestCase):
         self.assertEqual(self.heard, [("one", 1)])
         self.assertRaises(IdempotencyConflict, self.append, ("alice", "k1", "other"))
         self.assertEqual(self.heard, [("one", 1)])
+
+    def test_batch_heard_event_by_event_in_order(self):
+        """
+        A batch is appended at once, then each listener hears each of its events in seq order
+        (the first event by every listener before the second); a repeat of it tells nobody.
+        """
+        self.broker.subscribe(lambda event: self.heard.append(("one", event.seq)))
+        self.broker.subscribe(lambda event: self.heard.append(("two", event.seq)))
+        self.append()
+        items = [("agent:status", PAYLOAD), ("agent:status", dict(PAYLOAD, agentId="a2"))]
+        stored, created = self.broker.append_many(items, "2027-01-01T00:00:00.000Z", 0.0,
+                                                  ("alice", "b", "f"))
+        self.assertEqual(([event.seq for event in stored], created), ([2, 3], True))
+        self.assertEqual(self.heard, [("one", 1), ("two", 1), ("one", 2), ("two", 2),
+                                      ("one", 3), ("two", 3)])
+        again, created = self.broker.append_many(items, "2027-01-01T00:00:00.000Z", 0.0,
+                                                 ("alice", "b", "f"))
+        self.assertEqual((again, created, len(self.heard)), (stored, False, 6))
 
     def test_unsubscribe(self):
         """An unsubscribed listener hears nothing more; unsubscribing a stranger is harmless."""

@@ -14,7 +14,7 @@ ordered against other nodes' appends.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from zope.interface import Interface, implementer
 
@@ -33,6 +33,15 @@ class IBroker(Interface):
         Append one event (see L{IEventStore.append}); return it and whether it was created (not
         an idempotent repeat).  Listeners have been told of it by the time this returns when it
         was appended here; a repeat tells nobody.
+        """
+
+    def append_many(items: Sequence[tuple[str, dict]], ts: str, now: float,
+                    idempotency: Any = None) -> tuple[list[StoredEvent], bool]:
+        """
+        Append a batch of C{(event_type, payload)} as one atomic step (see
+        L{IEventStore.append_many}); return the events in seq order and whether they were
+        created.  Listeners have been told of each, in seq order, by the time this returns; a
+        repeat tells nobody.
         """
 
     def subscribe(listener: Listener) -> None:
@@ -57,6 +66,16 @@ class InProcessBroker:
             for listener in tuple(self._listeners):
                 listener(event)
         return event, created
+
+    def append_many(self, items: Sequence[tuple[str, dict]], ts: str, now: float,
+                    idempotency: Any = None) -> tuple[list[StoredEvent], bool]:
+        stored, created = self.store.append_many(items, ts, now, idempotency)
+        if created:
+            listeners = tuple(self._listeners)
+            for event in stored:
+                for listener in listeners:
+                    listener(event)
+        return stored, created
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

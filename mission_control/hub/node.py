@@ -394,6 +394,34 @@ class Hub:
             idempotency = (principal.sub, idempotency_key, fingerprint)
         return self.publish(event_type, payload, idempotency)
 
+    def publish_many(
+        self,
+        principal: Principal,
+        items: object,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+    ) -> list[dict]:
+        """
+        Check every event of a batch as L{publish_for} checks one (L{publishing.checked_batch}),
+        then store them all as one atomic append and fan each out, in seq order.  Nothing is
+        stored when any is refused.  With C{idempotency_key}, a repeat of the batch returns the
+        first one's envelopes and sends nothing.
+
+        @param items: the batch as the caller sent it: a list of C{{"type", "payload"}}.
+        @return: the envelopes, in seq order.
+        @raise Refusal: 403 for the first event the role does not allow (C{events[i]: ...}).
+        @raise ValidationError: the first event that breaks a rule (C{events[i]: ...}).
+        @raise mission_control.store.IdempotencyConflict: the key was used for another request.
+        """
+        now = self.clock.seconds()
+        checked = publishing.checked_batch(principal, items, now, self.store.session_owner)
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = (principal.sub, idempotency_key, fingerprint)
+        stored, _ = self.broker.append_many(checked, events.format_timestamp(now), now,
+                                            idempotency)
+        return [event.envelope() for event in stored]
+
     def broadcast(self, frame: Mapping) -> int:
         """
         Encode C{frame} once and deliver it to every live connection.  Returns how many
