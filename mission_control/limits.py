@@ -26,13 +26,16 @@ class TokenBucket:
         self.strikes = 0
         self._updated = now
 
-    def take(self, now: float) -> bool:
-        """Take one token at time C{now}; C{False} (and one more strike) when there is none."""
+    def take(self, now: float, cost: int = 1) -> bool:
+        """
+        Take C{cost} tokens (one message, by default) at time C{now}, all or none; C{False} (and
+        one more strike) when there are fewer.
+        """
         elapsed = max(0.0, now - self._updated)
         self._updated = now
         self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= cost:
+            self.tokens -= cost
             self.strikes = 0
             return True
         self.strikes += 1
@@ -55,13 +58,13 @@ class RateLimits:
         self._buckets: BoundedLRU[str, TokenBucket] = BoundedLRU(max_keys)
         TokenBucket(rate, burst, 0.0)  # refuse a bad rate or burst now, not at the first call
 
-    def take(self, key: str, now: float) -> bool:
-        """Take one token from C{key}'s bucket at time C{now}; C{False} when there is none."""
+    def take(self, key: str, now: float, cost: int = 1) -> bool:
+        """Take C{cost} tokens from C{key}'s bucket at time C{now}; C{False} when it has fewer."""
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = TokenBucket(self.rate, self.burst, now)
             self._buckets.put(key, bucket)
-        return bucket.take(now)
+        return bucket.take(now, cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

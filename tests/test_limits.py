@@ -23,6 +23,15 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertTrue(bucket.take(1.0))
         self.assertEqual(bucket.strikes, 0)
 
+    def test_cost_all_or_none(self):
+        """A take of several tokens takes them all, or none when the bucket has fewer."""
+        bucket = TokenBucket(rate=2, burst=10, now=0)
+        self.assertTrue(bucket.take(0, 7))
+        self.assertFalse(bucket.take(0, 4))
+        self.assertEqual((bucket.tokens, bucket.strikes), (3, 1))
+        self.assertTrue(bucket.take(0.5, 4))
+        self.assertEqual(bucket.tokens, 0)
+
     def test_bad_parameters(self):
         """A rate of 0 or a burst below 1 is refused."""
         self.assertRaises(ValueError, TokenBucket, 0, 1, 0)

@@ -8,26 +8,28 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
     GET  /api/sessions                        any role
     GET  /api/events?since=SEQ&limit=N        any role: stored events after SEQ, oldest first
          [&channel=C]                         ... of one channel only (agents, sessions:<id>, ...)
+    POST /api/events                          a batch of publishes, as each one's own POST allows
     GET  /api/presence                        any role: who is connected, one entry per user
     GET  /api/connections                     admin, operator
     DELETE /api/connections/{connectionId}    admin: close it with 4009
     GET  /api/me                              any role: the token's user, expiry and channels
 
-POSTs are limited per user (C{--max-publishes-per-second}, 429 past it) and take an
+POSTs are limited per user (C{--max-publishes-per-second}, 429 past it; a batch costs one per
+event) and take an
 C{Idempotency-Key} header: a repeat of the same request with the same key within
 ten minutes returns the first result instead of storing a duplicate.
 
 A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
 JSON, and hands the rest to the L{Hub}.  Every client mistake is a 4xx with
 C{{"error": {"code", "message"}}}; nothing from the request is echoed except field names.
-One route is one short method here, so the module is as long as the API is wide (about 400
-lines); what the routes share with the WebSocket lives in the hub and the rules, not here.
+One route is one short method here, so the module is as long as the API is wide (a little over 400
+lines; what a batch's body is, is in L{mission_control.web.batch}); what the routes share with the WebSocket lives in the hub and the rules, not here.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Union
+from typing import Any, Callable, TypeVar, Union
 
 from autobahn.twisted.util import peer2str
 from twisted.logger import Logger
@@ -43,6 +45,7 @@ from mission_control.text import NotText, decode_json
 from mission_control.hub import Hub
 from mission_control.limits import RateLimits
 from mission_control.store import IdempotencyConflict
+from mission_control.web import batch
 from mission_control.web.site import MAX_BODY_SIZE, error_body
 from mission_control.web.streaming import StreamedBody
 
@@ -51,6 +54,7 @@ from mission_control.web.streaming import StreamedBody
 Body = Union[dict[str, Any], bytes, StreamedBody]
 #: A handler: C{(request, principal, *ids) -> (status, body)}.
 Handler = Callable[..., tuple[int, Body]]
+_T = TypeVar("_T")
 
 
 class ApiError(Exception):
@@ -86,7 +90,7 @@ class Api(resource.Resource):
             (("agents", "*", "status"), {b"POST": self._post_status}),
             (("sessions",), {b"GET": self._list_sessions}),
             (("sessions", "*", "activity"), {b"POST": self._post_activity}),
-            (("events",), {b"GET": self._list_events}),
+            (("events",), {b"GET": self._list_events, b"POST": self._post_events}),
             (("presence",), {b"GET": self._list_presence}),
             (("connections",), {b"GET": self._list_connections}),
             (("connections", "*"), {b"DELETE": self._close_connection}),
@@ -183,15 +187,17 @@ class Api(resource.Resource):
         except (ValueError, RecursionError):
             raise ApiError(400, "bad_request", "malformed JSON") from None
 
-    def _charge(self, limits: RateLimits, principal: Principal, what: str) -> None:
+    def _charge(self, limits: RateLimits, principal: Principal, what: str, cost: int = 1) -> None:
         """
-        One request against the user's rate in C{limits}: publishes (C{publish_rate} a second)
-        and reads (C{read_rate}), bursts of twice that, shared by all of a user's HTTP clients:
-        one token must not flood everyone's history, nor the hub with reads.
+        One request (or C{cost} events) against the user's rate in C{limits}: publishes
+        (C{publish_rate} a second) and reads (C{read_rate}), bursts of twice that, shared by all
+        of a user's HTTP clients: one token must not flood everyone's history, nor the hub with
+        reads.  C{Retry-After} is the longest the bucket can take to refill C{cost}.
         """
-        if not limits.take(principal.sub, self.hub.clock.seconds()):
+        if not limits.take(principal.sub, self.hub.clock.seconds(), cost):
+            wait = b"%d" % max(1, -(-cost // max(1, int(limits.rate))))
             raise ApiError(429, "rate_limited", f"too many {what}; slow down",
-                           {b"Retry-After": b"1"})
+                           {b"Retry-After": wait})
 
     def _publish(self, request: Request, principal: Principal, event_type: str,
                  subject_id: str) -> tuple[int, Body]:
@@ -199,10 +205,34 @@ class Api(resource.Resource):
         body = self._json_body(request)
         key = self._idempotency_key(request)
         fingerprint = events.request_fingerprint(event_type, subject_id, body) if key else ""
+        envelope = self._checked(principal, self.hub.publish_for, principal, event_type, body,
+                                 subject_id, key, fingerprint)
+        return 200, {"event": envelope}
+
+    def _post_events(self, request: Request, principal: Principal) -> tuple[int, Body]:
+        """
+        A batch (L{batch}): charged one publish as any POST, then one more per further event
+        once the body says how many (all or none of them), then checked whole by the hub and
+        stored in one commit.
+        """
+        self._charge(self._publishes, principal, "publishes")
+        body = self._json_body(request)
+        items = self._checked(principal, batch.events_of, body)
+        if len(items) > self._publishes.burst:
+            raise ApiError(413, "payload_too_large", "a batch may hold at most "
+                           f"{int(self._publishes.burst)} events on this hub (its publish burst)")
+        if len(items) > 1:
+            self._charge(self._publishes, principal, "publishes", len(items) - 1)
+        key = self._idempotency_key(request)
+        fingerprint = batch.fingerprint(body) if key else ""
+        envelopes = self._checked(principal, self.hub.publish_many, principal, items, key,
+                                  fingerprint)
+        return 200, {"events": envelopes}
+
+    def _checked(self, principal: Principal, call: Callable[..., _T], *args: Any) -> _T:
+        """C{call(*args)}, its refusals and rule breaks answered as a publish answers them."""
         try:
-            envelope = self.hub.publish_for(
-                principal, event_type, body, subject_id, key, fingerprint
-            )
+            return call(*args)
         except IdempotencyConflict:
             raise ApiError(
                 409, "idempotency_conflict",
@@ -218,7 +248,6 @@ class Api(resource.Resource):
             raise ApiError(refusal.status, refusal.code, refusal.reason) from None
         except ValidationError as e:
             raise ApiError(400, e.code, e.message) from None
-        return 200, {"event": envelope}
 
     @staticmethod
     def _idempotency_key(request: Request) -> str | None:
