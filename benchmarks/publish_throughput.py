@@ -2,11 +2,14 @@
 Publish throughput end to end: HTTP POSTs to a real hub process with the SQLite store.
 
     python benchmarks/publish_throughput.py [--seconds 10] [--clients 4] [--store sqlite]
+                                            [--batch N]
 
 Starts ``twistd -n mission-control`` on a free loopback port with a fresh data dir, then
 ``--clients`` threads each keep one HTTP/1.1 connection open and POST ``agent:status`` events
 (about 200 bytes of JSON) as fast as the hub answers, for ``--seconds``.  Every counted event was
-answered 200, which means it was committed to the store first.  Prints events/s over the whole run
+answered 200, which means it was committed to the store first.  With ``--batch N`` each request
+is a ``POST /api/events`` of N smaller ``agent:status`` events (about 100 bytes each, so that a
+batch stays within the 64 KiB body limit: at most about 600 of them), committed together.  Prints events/s over the whole run
 and over its slowest second (the sustained figure), and the answer latency.
 
 The hub is one Python process on one core; the client threads run on the other.  Figures are for
@@ -62,21 +65,37 @@ def start_hub(port: int, data_dir: str, store: str) -> subprocess.Popen:
     raise SystemExit("the hub did not start; see " + log.name)
 
 
-def publisher(port, token, stop_at, counts, latencies, index):
+def single_request(index, n):
+    """One event's POST: its path and body."""
+    body = json.dumps({"status": "busy", "message": f"step {n} of a long task",
+                       "metadata": {"client": index, "n": n}})
+    return f"/api/agents/agent-{index}-{n % 50}/status", body
+
+
+def batch_request(index, n, size):
+    """A batch of C{size} events as one POST /api/events: its path and body."""
+    events = [{"type": "agent:status",
+               "payload": {"agentId": f"agent-{index}-{i % 50}", "status": "busy",
+                           "message": f"step {n}.{i}"}} for i in range(size)]
+    return "/api/events", json.dumps({"events": events}, separators=(",", ":"))
+
+
+def publisher(port, token, stop_at, counts, latencies, index, batch, failures):
     conn = http.client.HTTPConnection("127.0.0.1", port)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     n = 0
     while time.monotonic() < stop_at:
-        body = json.dumps({"status": "busy", "message": f"step {n} of a long task",
-                           "metadata": {"client": index, "n": n}})
+        path, body = batch_request(index, n, batch) if batch else single_request(index, n)
         started = time.monotonic()
-        conn.request("POST", f"/api/agents/agent-{index}-{n % 50}/status", body, headers)
+        conn.request("POST", path, body, headers)
         response = conn.getresponse()
-        response.read()
+        answer = response.read()
         if response.status == 200:
             finished = time.monotonic()
-            counts.append(finished)
+            counts.extend([finished] * (batch or 1))
             latencies.append(finished - started)
+        elif not failures:
+            failures.append(f"{response.status} {answer[:200]!r}")
         n += 1
     conn.close()
 
@@ -86,7 +105,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="events per request, as POST /api/events (default: one event per "
+                             "request, to its own path)")
     args = parser.parse_args()
+    if args.batch:
+        size = len(batch_request(99, 10**6, args.batch)[1])
+        if not 1 <= args.batch <= 1000 or size > 64 * 1024:
+            raise SystemExit(f"--batch {args.batch}: {size} bytes a request; a batch holds 1 to "
+                             "1000 events in at most 64 KiB")
 
     data_dir = tempfile.mkdtemp(prefix="mc-bench-")
     port = free_port()
@@ -96,10 +123,12 @@ def main() -> None:
         token = tokens.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
         counts: list[float] = []
         latencies: list[float] = []
+        failures: list[str] = []
         started = time.monotonic()
         stop_at = started + args.seconds
         threads = [threading.Thread(target=publisher,
-                                    args=(port, token, stop_at, counts, latencies, i))
+                                    args=(port, token, stop_at, counts, latencies, i,
+                                          args.batch, failures))
                    for i in range(args.clients)]
         for thread in threads:
             thread.start()
@@ -115,11 +144,15 @@ def main() -> None:
         def pct(p):
             return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
 
-        print(f"store={args.store} clients={args.clients} seconds={args.seconds:g}")
+        if failures:
+            raise SystemExit("a request was refused: " + failures[0])
+        print(f"store={args.store} clients={args.clients} seconds={args.seconds:g} "
+              f"batch={args.batch or 'none (one event per request)'}")
         print(f"events answered 200: {len(counts)}")
         print(f"events/s overall:    {len(counts) / elapsed:,.0f}")
         print(f"events/s slowest 1s: {min(full_seconds):,}")
-        print(f"latency ms p50/p99/max: {pct(0.5):.2f} / {pct(0.99):.2f} / {latencies[-1]*1000:.1f}")
+        print(f"requests answered 200: {len(latencies)}")
+        print(f"request latency ms p50/p99/max: {pct(0.5):.2f} / {pct(0.99):.2f} / {latencies[-1]*1000:.1f}")
     finally:
         hub.send_signal(signal.SIGTERM)
         hub.wait(timeout=15)
