@@ -738,6 +738,19 @@ class CurlExampleTests(TestCase):
         self.assertEqual(self.server.hub.store.last_seq, 1)
 
     @defer.inlineCallbacks
+    def test_batch_publish(self):
+        """
+        The batch example, sent with an agent's token, answers what the doc shows, times and
+        seqs aside: both events, in order, with consecutive seqs and the activity attributed to
+        the agent.
+        """
+        self.env["AGENT_TOKEN"] = self.server.token("agent-7", role="agent")
+        [(command, expected)] = console_session(examples("docs/http-api.md")["batch-curl"])
+        answer = json.loads((yield self.shell(command)))
+        self.assertEqual(shape(answer), shape(json.loads(expected)))
+        self.assertEqual([event["seq"] for event in answer["events"]], [1, 2])
+
+    @defer.inlineCallbacks
     def test_event_history_page(self):
         """GET /api/events answers with the fields the doc's example shows, and no others."""
         for agent in ("agent-1", "agent-7", "agent-7", "agent-7", "agent-9"):
