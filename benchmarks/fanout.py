@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -173,8 +174,9 @@ def node_setup() -> tuple[bool, str | None]:
     except subprocess.TimeoutExpired:
         return True, "npm ci took over 300 s"
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return True, f"npm ci failed ({last})"
+        errors = [line for line in done.stderr.splitlines()
+                  if line.startswith("npm error") and "complete log" not in line]
+        return True, f"npm ci failed ({(errors or ['no error message'])[0]})"
     return True, None
 
 
@@ -280,7 +282,9 @@ class Node:
         self.lines: queue.Queue = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=lambda: self.stderr.extend(self.popen.stderr), daemon=True).start()
+        self.stderr_reader = threading.Thread(
+            target=lambda: self.stderr.extend(self.popen.stderr), daemon=True)
+        self.stderr_reader.start()
 
     def _read(self) -> None:
         for line in self.popen.stdout:
@@ -293,16 +297,19 @@ class Node:
 
     def wait(self, kind: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
+        skipped: list[dict] = []
         while True:
             try:
                 line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise RuntimeError(f"no {kind!r} from the load generator within {timeout} s")
             if line is None:
-                raise RuntimeError(f"the load generator ended before {kind!r}:\n"
+                self.stderr_reader.join(2)
+                raise RuntimeError(f"the load generator ended before {kind!r}: {skipped[-5:]}\n"
                                    + "".join(self.stderr)[-2000:])
             if line.get("type") == kind:
                 return line
+            skipped.append(line)
 
     def stop(self) -> None:
         if self.popen.poll() is None:
@@ -470,6 +477,17 @@ def ratio(value, reference) -> str:
     return f"{value / reference:.2f}x"
 
 
+def plain(value):
+    """C{value} with NaN as None, so that the JSON output is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def table(results: list[dict], skipped: dict[str, str], args) -> str:
     head = (f"{'case':<26}{'deliveries/s':>13}{'all':>5}{'us CPU':>9}{'p50 ms':>9}"
             f"{'p99 ms':>9}{'max ms':>9}{'hs/s':>9}{'KiB/conn':>10}{'CPU x':>8}{'p99 x':>8}")
@@ -553,14 +571,13 @@ def main() -> int:
         print(f"Node packages missing: {missing}; the Node peers are skipped and the load "
               "generator uses Node's built-in WebSocket", file=sys.stderr)
     if "websockets" in wanted:
-        try:
-            import jwt  # noqa: F401
-            import websockets  # noqa: F401
-        except ImportError:
+        if not all(importlib.util.find_spec(name) for name in ("jwt", "websockets")):
             wanted.remove("websockets")
             skipped["websockets"] = "the websockets package is not installed"
 
     raise_file_limit()
+    # Stopped from outside (a test's clean-up, Ctrl-C), still stop the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     plan = cpu_plan()
     workdir = tempfile.mkdtemp(prefix="fanout-bench-")
     results = []
@@ -575,9 +592,9 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
-        print(json.dumps({"subscribers": args.subscribers, "rate": args.rate,
+        print(json.dumps(plain({"subscribers": args.subscribers, "rate": args.rate,
                           "seconds": args.seconds, "pinned": plan[0] is not None,
-                          "results": results, "skipped": skipped}, indent=2))
+                          "results": results, "skipped": skipped}), indent=2))
     else:
         print(table(results, skipped, args))
     return 0

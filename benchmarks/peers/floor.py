@@ -86,7 +86,11 @@ def main() -> None:
             if key.fileobj is listener:
                 sock, _ = listener.accept()
                 if context is not None:
-                    sock = context.wrap_socket(sock, server_side=True)
+                    try:
+                        sock = context.wrap_socket(sock, server_side=True)
+                    except OSError:  # a probe that connected and left, say
+                        sock.close()
+                        continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 peers[sock] = Peer(sock)
                 selector.register(sock, selectors.EVENT_READ)
