@@ -228,12 +228,16 @@ function publishFrame(i) {
   return { type: "publish", id: `p${i}`, event: { type: "agent:status", payload } };
 }
 
-function publisher(onReady, onAck) {
+function publisher(onReady, onAck, onOwn) {
   const conn = connect(config.url, config.token, {
     onOpen() {},
     onFrame(frame) {
       if (frame.type === config.ready) onReady();
       else if (frame.type === "published" || frame.type === "error") onAck(frame);
+      else if (onOwn) {
+        const payload = eventPayload(frame);
+        if (payload !== null) onOwn(payload.metadata.i);
+      }
     },
     onError(text) {
       emit({ type: "error", error: text });
@@ -246,8 +250,11 @@ function publisher(onReady, onAck) {
 }
 
 function publish() {
-  // Paced: at each 1 ms tick, send what the rate owes since the start.
+  // Paced: at each 1 ms tick, send what the rate owes since the start.  Every server sends the
+  // publisher its own events too: it stays connected until its last event came back (and, with
+  // acks, every publish was answered), since a server may drop what a closed connection sent.
   let sent = 0;
+  let ownLast = false;
   let acked = 0;
   let refused = 0;
   let started = 0;
@@ -273,15 +280,21 @@ function publish() {
       if (sent >= total) {
         clearInterval(timer);
         emit({ type: "sent", sent, seconds: (nowUs() - started) / 1e6 });
-        if (!config.acks) finish();
-        else setTimeout(finish, 10000);
+        setTimeout(finish, 60000);
+        done();
       }
     }, 1);
   }, (frame) => {
     if (frame.type === "published") acked += 1;
     else refused += 1;
-    if (sent >= total && acked + refused >= total) finish();
+    done();
+  }, (i) => {
+    if (i === first + total - 1) ownLast = true;
+    done();
   });
+  function done() {
+    if (sent >= total && ownLast && (!config.acks || acked + refused >= total)) finish();
+  }
 }
 
 function flood() {
