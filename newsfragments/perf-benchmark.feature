@@ -1,0 +1,1 @@
+`benchmarks/fanout.py` measures the most fan-out per core in one command: deliveries per second, CPU per delivery, latency, handshakes per second and memory per idle connection of the hub, next to websockets, ws and Socket.IO peers and a raw-send floor; docs/performance.md explains the figures.
