@@ -16,7 +16,9 @@ the ``welcome``.  A connection counts once its ``welcome`` arrived.  Reported, p
 - **hub CPU us/handshake**: the hub process's user + system time over that same span
   (``/proc/PID/stat``), divided by the connections: the figure to compare versions with on a
   busy machine, where wall time depends on who else runs;
-- **p50/p99 ms**: from the connect call to the welcome, per connection.
+- **p50/p99 ms**: from the connect call to the welcome, per connection;
+- **overflows**: connections the kernel dropped for a full listen queue meanwhile (its
+  ``ListenOverflows`` counter, for the whole machine): each waits for its client's SYN retry.
 
 With ``--idle`` the connections of the last run stay open (the clients answer pings) and the hub's
 ``VmRSS`` (``/proc/PID/status``) is read before they connect and once they are all idle: the
@@ -87,6 +89,17 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped for a full listen queue (every socket's)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(table.get("ListenOverflows", 0))
+    return 0
 
 
 def start_hub(port: int, data_dir: str, limit: int, root: str | None,
@@ -221,9 +234,10 @@ def run_once(proc: subprocess.Popen, port: int, tokens_: list[str], args) -> dic
     time.sleep(max(0.0, start_at - time.time() - 0.05))
     if args.profile:
         proc.send_signal(signal.SIGUSR1)
-    cpu_before = cpu_seconds(proc.pid)
+    cpu_before, overflows_before = cpu_seconds(proc.pid), listen_overflows()
     results = [pipe.recv() for pipe in pipes]
     cpu = cpu_seconds(proc.pid) - cpu_before
+    overflows = listen_overflows() - overflows_before
     ended = max(r[0] for r in results)
     latencies = sorted(x for r in results for x in r[1])
     failed = sum(r[3] for r in results)
@@ -231,7 +245,7 @@ def run_once(proc: subprocess.Popen, port: int, tokens_: list[str], args) -> dic
         for error in r[2]:
             print("  error:", error, file=sys.stderr)
     done = len(latencies)
-    report = {"done": done, "failed": failed, "seconds": ended - start_at, "cpu": cpu,
+    report = {"done": done, "failed": failed, "overflows": overflows, "seconds": ended - start_at, "cpu": cpu,
               "p50": latencies[done // 2] if done else 0.0,
               "p99": latencies[min(done - 1, done * 99 // 100)] if done else 0.0}
     if args.idle:
@@ -278,7 +292,7 @@ def main() -> None:
         proc = start_hub(port, data_dir, args.connections + 100, args.root, args.profile)
         try:
             print(f"{'run':>3} {'done':>6} {'failed':>6} {'seconds':>8} {'handshakes/s':>13} "
-                  f"{'hub CPU us/hs':>14} {'p50 ms':>7} {'p99 ms':>7}"
+                  f"{'hub CPU us/hs':>14} {'p50 ms':>7} {'p99 ms':>7} {'overflows':>9}"
                   + (f" {'RSS KiB/conn':>13}" if args.idle else ""))
             rates, costs = [], []
             for run in range(1, args.repeat + 1):
@@ -294,7 +308,7 @@ def main() -> None:
                 costs.append(cost)
                 line = (f"{run:>3} {r['done']:>6} {r['failed']:>6} {r['seconds']:>8.2f} "
                         f"{rate:>13,.0f} {cost:>14,.0f} {r['p50'] * 1e3:>7.1f} "
-                        f"{r['p99'] * 1e3:>7.1f}")
+                        f"{r['p99'] * 1e3:>7.1f} {r['overflows']:>9}")
                 if args.idle:
                     per = (r["rss_after"] - r["rss_before"]) / max(1, r["done"]) / 1024
                     line += f" {per:>13.2f}"
