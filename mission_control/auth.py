@@ -120,7 +120,6 @@ class TokenVerifier:
             raise ValueError("at least one algorithm is required")
         self.algorithms = list(self.algorithms)
         self._verified = BoundedLRU(self.cache_size)
-        self._jwt = _StrictJWT()
         # Time claims are checked by us against the injected clock (PyJWT reads time.time()),
         # the rest by PyJWT.  Nothing is required by PyJWT's default: require what we need.
         self._options = {
@@ -134,6 +133,8 @@ class TokenVerifier:
             "verify_sub": False,
             "verify_jti": False,
         }
+        # The options are merged with PyJWT's defaults once, here, not on every decode.
+        self._jwt = _StrictJWT(options=self._options)
 
     def verify(self, token: str | bytes | None, now: float) -> Principal:
         """
@@ -167,7 +168,6 @@ class TokenVerifier:
                 token,
                 self.key,
                 algorithms=self.algorithms,
-                options=self._options,
                 issuer=self.issuer,
                 audience=self.audience,
             )

@@ -10,12 +10,14 @@ built once by the service (L{mission_control.tap}); the protocols are built per 
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier, token_from_request
-from mission_control.handshake import RESPONSE_HEADERS, SERVER_NAME
+from mission_control.handshake import RESPONSE_HEADERS, SERVER_NAME, with_options
 from mission_control.hub import Hub
 from mission_control.policy import Principal
 from mission_control.protocol import HubServerProtocol
@@ -86,6 +88,29 @@ class HubServerFactory(WebSocketServerFactory):
             trustXForwardedFor=0,
         )
         hub.set_prepare(self.prepareMessage)
+
+    _options_protocol: tuple[type, type] | None = None
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        super().setProtocolOptions(*args, **options)
+        self._options_protocol = None
+
+    def resetProtocolOptions(self) -> None:
+        super().resetProtocolOptions()
+        self._options_protocol = None
+
+    def buildProtocol(self, addr: Any) -> HubServerProtocol:
+        """
+        A connection's protocol: an instance of C{protocol} with this factory's options as they
+        are now, held by its class (see L{with_options}) rather than copied onto each connection.
+        Options are set with C{setProtocolOptions}.
+        """
+        built = self._options_protocol
+        if built is None or built[0] is not self.protocol:
+            built = self._options_protocol = (self.protocol, with_options(self.protocol, self))
+        proto = built[1]()
+        proto.factory = self
+        return cast(HubServerProtocol, proto)
 
     def admit(self, request: ConnectionRequest) -> Principal:
         """

@@ -13,14 +13,22 @@ connection ID" (the hub's, when it registers the connection) or
 "security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
 never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
 parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
+
+Autobahn computes the arguments of its debug lines whether or not they are logged: a
+C{pformat} of its 40 protocol options on every connection, the traceback of every lost
+connection, a description of every read and every write.  Where those lines sit on a connection's path, the
+methods here do the same work without them, and the options live on the factory's own protocol
+class (L{with_options}) instead of being copied onto every connection.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from types import FunctionType
+from typing import Any, Iterable, cast
 from urllib import parse
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
@@ -78,18 +86,66 @@ def _printable(text: object, limit: int = 200) -> str:
     return "".join(c if c.isprintable() else "?" for c in value)
 
 
+#: Autobahn's protocol options: what its factory's C{setProtocolOptions} sets.
+OPTION_NAMES = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
+
+
+def with_options(protocol: type[HandshakeProtocol], factory: Any) -> type[HandshakeProtocol]:
+    """
+    A subclass of C{protocol} whose class attributes are C{factory}'s Autobahn options, as they
+    are now: what Autobahn would copy onto every connection (C{_connectionMade}), held once.  It
+    keeps C{protocol}'s module and name, which name its log lines.
+    """
+    attrs: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        value = getattr(factory, name)
+        # A function (perMessageCompressionAccept) stays a plain function, not a method.
+        attrs[name] = staticmethod(value) if isinstance(value, FunctionType) else value
+    attrs.update(__module__=protocol.__module__, __qualname__=protocol.__qualname__)
+    return type(protocol.__name__, (protocol,), attrs)
+
+
 class HandshakeProtocol(WebSocketServerProtocol):
     """
     A connection up to its upgrade: the checks of C{onConnect} (the factory's, then the hub's
     caps) and the refusals of C{failHandshake}.  Subclassed by the protocol of open connections.
+    Built by a factory that gives it its options as class attributes (L{with_options}).
     """
 
     log = _WithoutDebug(WebSocketServerProtocol.log)
+    #: Nothing for Autobahn to copy from the factory, or to format for its debug line.
+    CONFIG_ATTRS: list[str] = []
     #: Named for the class of the connection (a Logger's namespace follows its instance's class).
     _log = Logger()
 
     principal: Principal | None = None
     _connect_request: ConnectRequest | None = None
+
+    # Autobahn's, minus their debug lines (see the module's docstring).
+
+    def _connectionMade(self) -> None:
+        WebSocketProtocol._connectionMade(self)
+        self.factory.countConnections += 1
+
+    def _connectionLost(self, reason: Any) -> None:
+        WebSocketProtocol._connectionLost(self, reason)
+        self.factory.countConnections -= 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self._dataReceived(data)
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        if chopsize or sync or self.send_queue:
+            super().sendData(data, sync, chopsize)
+            return
+        cast(Any, self.transport).write(data)
+        state = self.state
+        if state == self.STATE_OPEN:
+            self.trafficStats.outgoingOctetsWireLevel += len(data)
+        elif state == self.STATE_CONNECTING or state == self.STATE_PROXY_CONNECTING:
+            self.trafficStats.preopenOutgoingOctetsWireLevel += len(data)
+        if cast(Any, self).logOctets:
+            self.logTxOctets(data, False)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         peer = self.peer

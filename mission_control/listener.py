@@ -9,6 +9,11 @@ it (a listen that fails at once raises from C{privilegedStartService}), with two
 failure is raised as a L{ListenError} naming the C{--listen} description, so the hub's service
 can turn it into one line; and stopping first accepts the connections the kernel has already
 queued (L{stop_listening}), so that each of them gets an answer.
+
+Every endpoint that has a listen backlog (C{tcp:}, C{tcp6:}, C{ssl:}, C{unix:}) and does not
+set its own (C{backlog=}) listens with L{LISTEN_BACKLOG} (L{with_backlog}): Twisted's default
+of 50 overflows when a fleet of clients reconnects at once, and every connection the kernel
+drops then waits for its client's SYN retry, a second or more.
 """
 
 from __future__ import annotations
@@ -20,8 +25,16 @@ from typing import Any, Protocol
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, tcp
+from twisted.internet.endpoints import _parse as parse_endpoint
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IAddress, IReactorCore
+
+#: The listen backlog of an endpoint that does not set one: connections the kernel completes and
+#: queues until the hub accepts them.  Linux caps it at C{net.core.somaxconn} (4096 by default
+#: since 5.4).
+LISTEN_BACKLOG = 4096
+#: The endpoint types whose string takes a C{backlog=}.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
 
 
 class ListeningPort(Protocol):
@@ -42,6 +55,24 @@ def describe_error(error: BaseException) -> str:
     """The first line of an error's message (its type's name if it has none), for a usage line."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0][:200]
+
+
+def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """
+    The endpoint C{description} with C{backlog=BACKLOG} added when its type takes one and it sets
+    none; any other description (one with its own backlog, another type, or one that does not
+    parse, whose error is reported as given) is returned as is.
+    """
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind not in _BACKLOG_TYPES:
+        return description
+    try:
+        args, kwargs = parse_endpoint(description)
+    except Exception:
+        return description
+    if "backlog" in kwargs or len(args) < 2 or description.endswith(":"):
+        return description
+    return f"{description}:backlog={backlog}"
 
 
 class ListenError(Exception):
@@ -102,7 +133,7 @@ class Listener(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def __init__(self, description: str, site: Any, reactor: IReactorCore) -> None:
-        super().__init__(serverFromString(reactor, description), site)
+        super().__init__(serverFromString(reactor, with_backlog(description)), site)
         self.description = description
         self.port: ListeningPort | None = None
 

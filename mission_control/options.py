@@ -21,7 +21,7 @@ from twisted.python import usage
 
 from mission_control import keys
 from mission_control.auth import OriginPolicy, TokenVerifier
-from mission_control.listener import describe_error
+from mission_control.listener import describe_error, with_backlog
 
 ENV_PREFIX = "MISSION_CONTROL_"
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
@@ -178,7 +178,7 @@ class Options(usage.Options):
 
         for description in self["listen"]:
             try:
-                serverFromString(reactor, description)
+                serverFromString(reactor, with_backlog(description))
             except Exception as e:
                 raise usage.UsageError(
                     f"--listen {description!r} is not a usable endpoint: {describe_error(e)}"

@@ -226,6 +226,27 @@ class TokenVerifierHMACTests(SynchronousTestCase):
         self.assertNotIn(token[:20], str(error))
 
 
+class DecoderOptionsTests(SynchronousTestCase):
+    """
+    The verifier's decoder holds its options merged once: the required claims, the signature
+    check, the issuer and audience checks as configured, and PyJWT's own time checks off (ours
+    use the injected clock).
+    """
+
+    def test_options_merged_once(self):
+        """The decoder's options are the verifier's; a token without the issuer is refused."""
+        verifier = TokenVerifier(key=b"k" * 32, algorithms=["HS256"], issuer="i")
+        options = verifier._jwt.options
+        self.assertEqual(options["require"], ["exp", "sub"])
+        self.assertTrue(options["verify_signature"])
+        self.assertEqual((options["verify_iss"], options["verify_aud"]), (True, False))
+        self.assertEqual((options["verify_exp"], options["verify_nbf"], options["verify_iat"]),
+                         (False, False, False))
+        token = jwt.encode({"sub": "a", "exp": 2e9}, b"k" * 32, algorithm="HS256")
+        self.assertEqual(self.assertRaises(Refusal, verifier.verify, token, 1e9).reason,
+                         "invalid claims")
+
+
 class TokenVerifierPublicKeyTests(SynchronousTestCase):
     """RS256 and ES256 tokens against a public key."""
 

@@ -6,11 +6,19 @@ request text made printable) on their own.
 
 from __future__ import annotations
 
+import sys
+
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
-from mission_control.handshake import _printable, _WithoutDebug, exact_query_params
+from mission_control.handshake import (
+    OPTION_NAMES,
+    HandshakeProtocol,
+    _printable,
+    _WithoutDebug,
+    exact_query_params,
+)
 from tests.helpers import (
     bearer,
     connect,
@@ -214,6 +222,77 @@ class RefusalLogTests(unittest.TestCase):
         self.assertEqual(refused["log_namespace"], "mission_control.protocol.HubServerProtocol")
         self.assertEqual(refused["log_level"].name, "warn")
         self.assertIn(": 401 missing token", formatEvent(refused))
+
+
+class NoDebugFormattingTests(unittest.TestCase):
+    """
+    A connection's life costs none of Autobahn's costly debug formatting: the C{pformat} of its
+    options on connect, the description of every read and write, the text (with traceback) of a
+    lost connection's reason.  And a connection holds no copy of the factory's options: its class does.
+    """
+
+    def setUp(self):
+        import autobahn.twisted.websocket as twisted_websocket
+        import autobahn.websocket.protocol as websocket_protocol
+
+        self.server = start_server(self)
+        #: The formatting functions called from a method of the hub's side of a connection
+        #: (the test's client is Autobahn's too, and formats what it likes).
+        self.formatted = []
+        for module in (websocket_protocol, twisted_websocket):
+            for name in ("pformat", "hltype", "hlval"):
+                if hasattr(module, name):
+                    self.patch(module, name, self._recorder(name, getattr(module, name)))
+
+    #: Where a connection spends its debug formatting if anywhere: once per connection with
+    #: all its options or a traceback, or on every read and write.
+    HOT = ("_connectionMade", "_connectionLost", "dataReceived", "sendData")
+
+    def _recorder(self, name, original):
+        def format(*args, **kwargs):
+            caller = sys._getframe(1).f_locals.get("self")
+            method = sys._getframe(1).f_code.co_name
+            if isinstance(caller, HandshakeProtocol) and args != ([],) and method in self.HOT:
+                self.formatted.append(f"{name} in {method}")
+            return original(*args, **kwargs)
+
+        return format
+
+    @defer.inlineCallbacks
+    def test_connect_read_and_lose(self):
+        """
+        A client connects, sends a frame, is answered and drops its TCP connection without a
+        close handshake: the hub sees it go, and nothing was formatted on the way.
+        """
+        client = yield connect(self, self.server, self.server.token("alice"))
+        yield client.frames.get()  # welcome
+        yield client.frames.get()  # snapshot
+        client.sendMessage(b'{"type":"ping","id":"r1"}')
+        pong = yield client.frames.get()
+        self.assertEqual(pong["type"], "pong")
+        self.assertEqual(self.server.hub.connection_count, 1)
+        client.transport.abortConnection()
+        yield wait_until(lambda: self.server.hub.connection_count == 0)
+        self.assertEqual(self.formatted, [])
+
+    @defer.inlineCallbacks
+    def test_options_held_by_the_class(self):
+        """
+        An open connection reads the factory's options from its class, not from copies of its
+        own; options set later apply to the connections that come after.
+        """
+        factory = self.server.service.site.resource.children[b"ws"]._factory
+        client = yield connect(self, self.server, self.server.token("alice"))
+        yield client.frames.get()
+        [first] = self.server.hub.connections_of("alice")
+        self.assertEqual([name for name in OPTION_NAMES if name in vars(first)], [])
+        self.assertEqual({name: getattr(first, name) for name in OPTION_NAMES},
+                         {name: getattr(factory, name) for name in OPTION_NAMES})
+        factory.setProtocolOptions(closeHandshakeTimeout=7)
+        client = yield connect(self, self.server, self.server.token("bob"))
+        yield client.frames.get()
+        [second] = self.server.hub.connections_of("bob")
+        self.assertEqual((first.closeHandshakeTimeout, second.closeHandshakeTimeout), (5, 7))
 
 
 class ExactQueryParamsTests(unittest.SynchronousTestCase):

@@ -13,7 +13,13 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mission_control.listener import Listener, ListenError, urls_of
+from mission_control.listener import (
+    LISTEN_BACKLOG,
+    Listener,
+    ListenError,
+    urls_of,
+    with_backlog,
+)
 from mission_control.tap import makeService
 from tests.helpers import (
     OptionsMixin,
@@ -70,8 +76,62 @@ class UrlsTests(SynchronousTestCase):
         self.assertIn("/ws", line)
 
 
+class BacklogTests(OptionsMixin, SynchronousTestCase):
+    """
+    Every listener that has a listen backlog gets a large one unless its description sets its
+    own: Twisted's 50 drops the connections of a fleet reconnecting at once.
+    """
+
+    def test_default_listen(self):
+        """Without --listen, the hub listens on its default endpoint with L{LISTEN_BACKLOG}."""
+        clock = MemoryReactorClock()
+        service = makeService(self.parse("--store", "memory"), reactor=clock)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        [(port, _, backlog, interface)] = clock.tcpServers
+        self.assertEqual((port, backlog, interface), (8080, LISTEN_BACKLOG, "127.0.0.1"))
+        self.assertGreaterEqual(LISTEN_BACKLOG, 4096)
+
+    def test_user_endpoint(self):
+        """A tcp: endpoint given without backlog= listens with L{LISTEN_BACKLOG}."""
+        clock = MemoryReactorClock()
+        Listener("tcp:8123:interface=127.0.0.1", _Site(), clock).privilegedStartService()
+        [(port, _, backlog, _)] = clock.tcpServers
+        self.assertEqual((port, backlog), (8123, LISTEN_BACKLOG))
+
+    def test_own_backlog_kept(self):
+        """An endpoint that sets backlog= keeps it."""
+        clock = MemoryReactorClock()
+        Listener("tcp:8123:backlog=77", _Site(), clock).privilegedStartService()
+        [(_, _, backlog, _)] = clock.tcpServers
+        self.assertEqual(backlog, 77)
+
+    def test_with_backlog(self):
+        """
+        L{with_backlog} adds C{backlog=} to tcp:, tcp6:, ssl: and unix: descriptions without one,
+        in any case of the type, and leaves alone one with its own, other types, and descriptions
+        that do not parse or name no address.
+        """
+        added = ["tcp:8080:interface=127.0.0.1", "TCP:8080", "tcp6:8080:interface=\\:\\:1",
+                 "ssl:443:privateKey=k.pem:certKey=c.pem", "unix:/run/mc.sock:mode=660"]
+        for description in added:
+            self.assertEqual(with_backlog(description), f"{description}:backlog={LISTEN_BACKLOG}")
+        self.assertEqual(with_backlog("tcp:80", 9), "tcp:80:backlog=9")
+        kept = ["tcp:8080:backlog=10", "ssl:443:backlog=5:privateKey=k.pem",
+                "systemd:domain=INET:index=0", "tcp", "tcp:", "nonsense", ""]
+        for description in kept:
+            self.assertEqual(with_backlog(description), description)
+
+
 class ListeningTests(OptionsMixin, TestCase):
     """The service on real ports."""
+
+    def test_real_port(self):
+        """A real TCP port listens with the backlog (what the kernel is asked for)."""
+        listener = Listener("tcp:0:interface=127.0.0.1", _Site(), reactor)
+        listener.privilegedStartService()
+        self.addCleanup(listener.stopService)
+        self.assertEqual(listener.port.backlog, LISTEN_BACKLOG)
 
     @defer.inlineCallbacks
     def test_every_listener_serves(self):

@@ -1,0 +1,1 @@
+Every listener gets a listen backlog of 4096 unless its endpoint sets `backlog=`: with Twisted's 50, a fleet of clients reconnecting at once lost connection attempts and waited a second or more for each retry.
