@@ -39,6 +39,11 @@ Backpressure: a small push producer registered on the transport hears when the k
 taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
 C{max_outbound_bytes} the connection is closed with 4008, so one stalled client can hold only
 that much of the server's memory, and the hub's fan-out to everyone else is never held up.
+
+Fan-out frames are queued (L{HubServerProtocol.enqueue}) and written together by
+L{HubServerProtocol.flush}: the framed bytes Autobahn prepared once for every connection
+(C{PreparedMessage.payloadHybi}; compression is never negotiated, see the factory), joined, in
+one C{transport.write}.  Anything else sent to the connection writes the queue first.
 """
 
 from __future__ import annotations
@@ -74,10 +79,13 @@ class HubServerProtocol(HandshakeProtocol):
     connection_id: str | None = None
     paused = False
     _paused_bytes = 0
+    #: Fan-out frames waiting for L{flush} (see L{enqueue}).
+    _queued: list[PreparedMessage] | None = None
 
     # From the upgrade on
 
     def onOpen(self) -> None:
+        self._queued = []
         self._watch_backpressure()
         self.factory.hub.register(self, self._connect_request)
 
@@ -149,6 +157,7 @@ class HubServerProtocol(HandshakeProtocol):
         # The transport still holds whatever the peer never read (up to --max-outbound-bytes);
         # drop our reference so it is freed now, not at the next full garbage collection.
         self.transport = None
+        self._queued = None
 
     # Frames
 
@@ -184,6 +193,10 @@ class HubServerProtocol(HandshakeProtocol):
         self._paused_bytes += size
         if self._paused_bytes <= self.factory.max_outbound_bytes:
             return True
+        self._too_slow()
+        return False
+
+    def _too_slow(self) -> None:
         self._log.warn(
             "closing connection {connection_id} of {user}: too slow ({size} bytes waiting)",
             connection_id=self.connection_id,
@@ -191,12 +204,63 @@ class HubServerProtocol(HandshakeProtocol):
             size=self.bytes_waiting(),
         )
         self.sendClose(4008, "too slow")
-        return False
 
     # IConnection
 
+    def enqueue(self, prepared: PreparedMessage) -> None:
+        # Once per connection per event: nothing but the append (a closed connection's queue is
+        # None, and it is no longer a subscriber; one closing drops its queue in flush).
+        queued = self._queued
+        if queued is not None:
+            queued.append(prepared)
+
+    def flush(self) -> None:
+        queued = self._queued
+        if not queued:
+            return
+        self._queued = []
+        if self.state != self.STATE_OPEN:
+            return
+        if self._held is not None or self._perMessageCompress is not None:
+            for prepared in queued:
+                self._deliver_one(prepared)
+            return
+        if not self.paused:
+            self._write(queued[0].payloadHybi if len(queued) == 1
+                        else b"".join([prepared.payloadHybi for prepared in queued]))
+            return
+        # Paused: count frame by frame, as one delivery at a time would; write the frames within
+        # the limit, then close with 4008 at the first one past it.
+        limit, taken = self.factory.max_outbound_bytes, 0
+        for prepared in queued:
+            size = len(prepared.payload)
+            if self._paused_bytes + size > limit:
+                break
+            self._paused_bytes += size
+            taken += 1
+        if taken:
+            self._write(b"".join([prepared.payloadHybi for prepared in queued[:taken]]))
+        if taken < len(queued):
+            self._paused_bytes += len(queued[taken].payload)
+            self._too_slow()
+
+    def _write(self, data: bytes) -> None:
+        """Write framed bytes behind anything Autobahn itself still queues."""
+        if self.send_queue:
+            self.sendData(data)
+        else:
+            transport = self.transport
+            assert transport is not None  # the connection is open: the caller checked
+            transport.write(data)
+
     def deliver(self, prepared: PreparedMessage) -> None:
         # sendPreparedMessage does not check the state: a closing connection is skipped.
+        if self.state != self.STATE_OPEN:
+            return
+        self.flush()
+        self._deliver_one(prepared)
+
+    def _deliver_one(self, prepared: PreparedMessage) -> None:
         if self.state != self.STATE_OPEN:
             return
         if self._held is not None:
@@ -207,6 +271,9 @@ class HubServerProtocol(HandshakeProtocol):
     def send_frame(self, frame: Mapping) -> None:
         if self.state != self.STATE_OPEN:
             return
+        self.flush()
+        if self.state != self.STATE_OPEN:
+            return  # the queue was past the outbound limit
         data = encode_json(frame)
         if self._held is not None:
             self._hold(self._send_text, data, len(data))
@@ -230,6 +297,9 @@ class HubServerProtocol(HandshakeProtocol):
         chunk only while the transport takes data (L{_pump}); C{done()} once it is complete.
         What waits for a client that does not read is the rest of C{chunks}, not its bytes.
         """
+        if self.state != self.STATE_OPEN:
+            return
+        self.flush()
         if self.state != self.STATE_OPEN:
             return
         self._stream = (iter(chunks), done)
@@ -287,6 +357,9 @@ class HubServerProtocol(HandshakeProtocol):
         return max(total, 0)
 
     def close(self, code: int, reason: str) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        self.flush()  # what was published before the close goes out before it
         if self.state != self.STATE_OPEN:
             return
         if code in _HANG_UP_CODES:
