@@ -46,9 +46,18 @@ class CountingConnection:
         self.principal = Principal(sub=sub, role="viewer", name=None, expires_at=4e9)
         self.connection_id: str | None = None
         self.delivered = 0
+        self.queued: list[Any] = []
 
     def deliver(self, prepared: Any) -> None:
         self.delivered += 1
+
+    def enqueue(self, prepared: Any) -> None:
+        self.queued.append(prepared)
+
+    def flush(self) -> None:
+        if self.queued:
+            self.delivered += len(self.queued)
+            self.queued = []
 
     def send_frame(self, frame: Any) -> None:
         pass

@@ -276,6 +276,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
         message_rate=rate,
         message_burst=max(1, int(rate * 2)),
         handshake_rate=options["max-handshakes-per-second"],
+        fanout_window=Hub.FANOUT_WINDOW,
     )
     factory = HubServerFactory(
         hub,

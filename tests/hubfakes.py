@@ -27,6 +27,8 @@ class FakeConnection:
     """
     Records what the hub hands it, in order, in C{frames} (deliveries and direct sends alike);
     C{open} false models a half-closed connection, C{paused} a transport that takes no data.
+    Queued frames (C{enqueue}) are recorded at C{flush}, or before anything sent after them, as
+    the real connection writes them; C{writes} counts the flushes that wrote something.
     """
 
     def __init__(self, sub="alice", role="viewer", expires_at=FAR_FUTURE):
@@ -37,8 +39,24 @@ class FakeConnection:
         self.closed_with = None
         self.open = True
         self.paused = False
+        self.queued = []
+        self.writes = 0
+
+    def enqueue(self, prepared):
+        self.queued.append(prepared)
+
+    def flush(self):
+        queued, self.queued = self.queued, []
+        if queued and self.open:
+            self.writes += 1
+            for prepared in queued:
+                self._record(prepared)
 
     def deliver(self, prepared):
+        self.flush()
+        self._record(prepared)
+
+    def _record(self, prepared):
         if self.open:
             frame = json.loads(prepared)
             self.frames.append(frame)
@@ -46,6 +64,7 @@ class FakeConnection:
                 self.delivered.append(frame)
 
     def send_frame(self, frame):
+        self.flush()
         self.frames.append(json.loads(json.dumps(frame)))
 
     def send_stream(self, chunks, done):
@@ -53,6 +72,7 @@ class FakeConnection:
         done()
 
     def close(self, code, reason):
+        self.flush()
         self.closed_with = (code, reason)
 
     def bytes_waiting(self):
@@ -71,13 +91,14 @@ class HeldStreamConnection(FakeConnection):
     held = None
 
     def send_stream(self, chunks, done):
+        self.flush()
         self._stream, self.held = (chunks, done), []
 
-    def deliver(self, prepared):
+    def _record(self, prepared):
         if self.held is not None:
             self.held.append(("deliver", prepared))
         else:
-            super().deliver(prepared)
+            super()._record(prepared)
 
     def send_frame(self, frame):
         if self.held is not None:

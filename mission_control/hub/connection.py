@@ -26,7 +26,24 @@ class IConnection(Interface):
     paused = Attribute("bool: the transport is not taking more data right now (backpressure)")
 
     def deliver(prepared: Any) -> None:
-        """Send a frame prepared by the hub's C{prepare}; a no-op unless the connection is open."""
+        """
+        Send a frame prepared by the hub's C{prepare}, after what is queued; a no-op unless the
+        connection is open.
+        """
+
+    def enqueue(prepared: Any) -> None:
+        """
+        Queue a frame prepared by the hub's C{prepare} until L{flush}.  Whatever is sent to this
+        connection meanwhile (L{deliver}, L{send_frame}, L{send_stream}, L{close}) goes out after
+        what is queued, so the order of frames is the order they were handed over.  Nothing but a
+        reference is kept: this is called once per connection per event.
+        """
+
+    def flush() -> None:
+        """
+        Send what L{enqueue} queued, in order, as one write (counted against the outbound limit
+        as each frame would be); dropped, not sent, unless the connection is open.
+        """
 
     def send_frame(frame: Mapping) -> None:
         """Encode and send one frame to this connection alone."""

@@ -10,7 +10,8 @@ and the WebSocket protocol talk to the node and to nothing else of the hub.
 
 Fan-out encodes each frame once: the node turns the frame into bytes, hands them to the injected
 C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) and passes the same
-prepared object to every connection.  Time comes from an injected C{IReactorTime}.
+prepared object to every connection.  With a C{fanout_window} the connections queue it and write
+the events of one window together (L{FanoutWindow}).  Time comes from an injected C{IReactorTime}.
 
 At a little over 400 lines this is the largest module of the hub, for a reason: it is the hub's
 whole surface for the adapters (C{protocol.py}, C{web/}, C{tap.py}), and many of its methods
@@ -32,6 +33,7 @@ from mission_control.hub.broker import IBroker, InProcessBroker
 from mission_control.hub.catchup import CatchUp
 from mission_control.hub import publishing
 from mission_control.hub.client import Client
+from mission_control.hub.outbox import FanoutWindow
 from mission_control.hub.connection import CLOSED_BY_ADMIN, ConnectRequest, IConnection
 from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
 from mission_control.hub.registry import Registry
@@ -60,6 +62,9 @@ class Hub:
     #: Seconds after start before agents that were online by their connection, and have not
     #: reconnected, are marked offline (see L{Liveness.sweep_absent}).
     reconnect_grace = 60.0
+    #: The fan-out window a hub process runs with (L{FanoutWindow}): events that follow one
+    #: another within it reach each connection as one write, at most this many seconds late.
+    FANOUT_WINDOW = 0.02
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class Hub:
         handshake_rate: float = 5.0,
         handshake_burst: int | None = None,
         broker: IBroker | None = None,
+        fanout_window: float = 0.0,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -97,6 +103,7 @@ class Hub:
         self.liveness = Liveness(clock, store, self.registry.is_connected, self.publish,
                                  lambda: self.accepting)
         self.service: HubService | None = None
+        self.window = FanoutWindow(clock, fanout_window)
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
 
@@ -111,8 +118,9 @@ class Hub:
             self.service.startService()
 
     def stop(self) -> None:
-        """Stop the periodic work and refuse new connections."""
+        """Stop the periodic work and refuse new connections; send what the window holds."""
         self.accepting = False
+        self.window.stop()
         if self.service is not None:
             self.service.stopService()
             self.service = None
@@ -438,7 +446,8 @@ class Hub:
             return 0
         prepared = self.prepare(events.encode_json(frame))
         for conn in targets:
-            conn.deliver(prepared)
+            conn.enqueue(prepared)
+        self.window.queued(targets)
         return len(targets)
 
     def send_heartbeat(self) -> None:

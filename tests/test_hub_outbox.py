@@ -1,0 +1,249 @@
+"""
+Tests for L{mission_control.hub.outbox}: the fan-out window.  Events that follow one another
+within the window reach each connection as one write, in order, behind nothing and ahead of
+nothing they were not ahead of before; who receives an event is decided when it is published.
+The hub's part runs on a L{Clock} with fake connections; the connection's part
+(L{mission_control.protocol.HubServerProtocol.flush}) on a string transport; the whole over
+loopback.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor
+from twisted.internet.testing import StringTransport
+from twisted.trial import unittest
+
+from mission_control import events
+from mission_control.hub import ConnectRequest, Hub
+from mission_control.protocol import HubServerProtocol
+from tests.helpers import connect, start_server, wait_until
+from tests.hubfakes import FakeConnection, HubTestCase
+
+WINDOW = 0.02
+
+
+class WindowTests(HubTestCase):
+    """The hub queues each event to its subscribers and flushes them once per window."""
+
+    def setUp(self):
+        super().setUp()
+        self.hub.window.window = WINDOW
+
+    def seqs(self, conn):
+        return [f["seq"] for f in conn.frames if f["type"] == "agent:status"]
+
+    def test_default_is_at_once(self):
+        """A Hub built without a window delivers every event as it is published."""
+        hub = Hub(self.clock, self.hub.store)
+        conn = FakeConnection()
+        hub.register(conn)
+        hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        self.assertEqual(len(conn.delivered), 2)
+
+    def test_events_of_one_window_are_one_write(self):
+        """
+        After a quiet window the first event goes out at once; the ones that follow it within the
+        window wait for its end and reach each connection as one write, in seq order.
+        """
+        conns = [self.connect(f"u{i}") for i in range(3)]
+        self.publish(1)
+        self.assertEqual([c.writes for c in conns], [1, 1, 1])
+        self.publish(4)
+        self.assertEqual([self.seqs(c) for c in conns], [[1]] * 3)
+        self.clock.advance(WINDOW)
+        self.assertEqual([self.seqs(c) for c in conns], [[1, 2, 3, 4, 5]] * 3)
+        self.assertEqual([c.writes for c in conns], [2, 2, 2])
+        self.assertEqual(len(self.prepared), 5 + 3)  # each event encoded once (and 3 snapshots)
+
+    def test_quiet_again_is_at_once(self):
+        """Once a whole window passed without a flush, the next event is not delayed."""
+        conn = self.connect()
+        self.publish(2)
+        self.clock.advance(WINDOW)
+        self.clock.advance(WINDOW)
+        self.publish(1)
+        self.assertEqual(self.seqs(conn), [1, 2, 3])
+
+    def test_direct_frames_stay_behind_queued_ones(self):
+        """
+        A reply (or any frame sent to the connection alone) goes out after the events queued
+        before it, as it did when events were written at once.
+        """
+        conn = self.connect()
+        self.publish(2)
+        self.hub.handle_frame(conn, b'{"type":"ping","id":"p"}', False)
+        conn.send_frame(self.hub.frame("pong", {}, "p"))  # what the protocol does with the reply
+        self.assertEqual(conn.types()[-3:], ["agent:status", "agent:status", "pong"])
+
+    def test_heartbeat_and_presence_share_the_queue(self):
+        """Heartbeats and presence frames are queued with the events, in the order they came."""
+        watcher = self.connect("w", request=ConnectRequest(channels=("agents", "presence")))
+        self.publish(2)
+        self.connect("bob")
+        self.hub.send_heartbeat()
+        self.clock.advance(WINDOW)
+        self.assertEqual(watcher.types()[-4:],
+                         ["agent:status", "agent:status", "presence:join", "heartbeat"])
+
+    def test_going_live_during_a_window(self):
+        """
+        A client that resumes while events wait in the window gets each event once: those before
+        it went live from the history, those after live, none twice, none missing.
+        """
+        first = self.connect()
+        self.publish(2)  # 1 at once, 2 queued
+        resuming = self.connect("r", request=ConnectRequest(since=0,
+                                                            epoch=self.hub.store.epoch))
+        self.publish(1)  # 3 queued, for both
+        self.clock.advance(WINDOW)
+        self.assertEqual(self.seqs(first), [1, 2, 3])
+        self.assertEqual(self.seqs(resuming), [1, 2, 3])
+        self.assertEqual(resuming.types().index("resumed"), 3)  # welcome, 1, 2, resumed
+
+    def test_unsubscribe_during_a_window(self):
+        """
+        Events queued while a client was subscribed reach it before its C{subscribed} answer;
+        none published after it unsubscribed does.
+        """
+        conn = self.connect()
+        self.publish(2)
+        reply = self.hub.handle_frame(
+            conn, b'{"type":"unsubscribe","channels":["agents"]}', False)
+        conn.send_frame(reply)
+        self.publish(2)
+        self.clock.advance(WINDOW)
+        self.assertEqual(self.seqs(conn), [1, 2])
+        self.assertEqual(conn.types()[-1], "subscribed")
+
+    def test_close_during_a_window(self):
+        """A connection that closed during the window is not written to; the others are."""
+        gone, stays = self.connect("gone"), self.connect("stays")
+        self.publish(2)
+        gone.open = False
+        self.hub.unregister(gone)
+        self.clock.advance(WINDOW)
+        self.assertEqual(self.seqs(gone), [1])
+        self.assertEqual(self.seqs(stays), [1, 2])
+
+    def test_close_all_sends_what_is_queued_first(self):
+        """Shutting down: each connection gets its queued events, then its close."""
+        conn = self.connect()
+        self.publish(3)
+        self.hub.stop()
+        self.hub.close_all()
+        self.assertEqual(self.seqs(conn), [1, 2, 3])
+        self.assertEqual(conn.closed_with[0], 1001)
+        self.assertEqual([call for call in self.clock.getDelayedCalls()
+                          if call.func == self.hub.window.flush], [])
+
+    def test_publish_returns_at_once(self):
+        """Hub.publish returns the stored envelope while its delivery still waits."""
+        conn = self.connect()
+        self.publish(1)
+        envelope = self.publish(1)[0]
+        self.assertEqual(envelope["seq"], 2)
+        self.assertEqual(self.seqs(conn), [1])
+
+
+class _Factory:
+    max_outbound_bytes = 100
+
+
+class ProtocolFlushTests(unittest.SynchronousTestCase):
+    """The WebSocket connection writes its queue as one write, within its outbound limit."""
+
+    def setUp(self):
+        self.protocol = protocol = HubServerProtocol()
+        # Trial keeps test cases to the end of the run; a protocol kept with one would look like
+        # a leak to the tests that count the live ones.
+        self.addCleanup(vars(self).pop, "protocol")
+        protocol.factory = _Factory()
+        protocol.transport = self.transport = StringTransport()
+        protocol.state = protocol.STATE_OPEN
+        protocol._perMessageCompress = None
+        protocol.send_queue = []
+        protocol._queued = []
+        protocol.connection_id = "c1"
+        protocol.principal = None
+        self.closed = []
+        protocol.sendClose = lambda code, reason: self.closed.append(code)
+        self.writes = []
+        self.transport.write = self.writes.append
+
+    def frames(self, *payloads):
+        from autobahn.websocket.protocol import PreparedMessage
+        return [PreparedMessage(p, False, False, False) for p in payloads]
+
+    def test_one_write_of_the_framed_bytes(self):
+        """Queued frames go out as one write: their framed bytes, joined, in order."""
+        prepared = self.frames(b'{"a":1}', b'{"b":2}', b'{"c":3}')
+        for p in prepared:
+            self.protocol.enqueue(p)
+        self.assertEqual(self.writes, [])
+        self.protocol.flush()
+        self.assertEqual(self.writes, [b"".join(p.payloadHybi for p in prepared)])
+        self.protocol.flush()
+        self.assertEqual(len(self.writes), 1)
+
+    def test_paused_counts_each_frame_and_closes_past_the_limit(self):
+        """
+        While paused, each queued frame counts against the outbound limit as one delivery would:
+        the frames within it are written, the first past it closes the connection with 4008.
+        """
+        self.protocol.pause_writing()
+        prepared = self.frames(b"x" * 40, b"y" * 40, b"z" * 40, b"w" * 10)
+        for p in prepared:
+            self.protocol.enqueue(p)
+        self.protocol.flush()
+        self.assertEqual(self.writes, [prepared[0].payloadHybi + prepared[1].payloadHybi])
+        self.assertEqual(self.closed, [4008])
+
+    def test_closed_connection_drops_its_queue(self):
+        """A connection no longer open writes nothing of what it had queued."""
+        self.protocol.enqueue(self.frames(b"{}")[0])
+        self.protocol.state = self.protocol.STATE_CLOSING
+        self.protocol.flush()
+        self.assertEqual(self.writes, [])
+
+    def test_direct_frame_writes_the_queue_first(self):
+        """A frame sent directly goes out after what was queued before it."""
+        queued = self.frames(b'{"a":1}')[0]
+        self.protocol.enqueue(queued)
+        self.protocol.sendMessage = lambda data, isBinary: self.writes.append(data)
+        self.protocol.send_frame({"type": "pong"})
+        self.assertEqual(self.writes, [queued.payloadHybi, b'{"type":"pong"}'])
+
+
+class LoopbackTests(unittest.TestCase):
+    """Over real sockets, events published together arrive together, in order, each once."""
+
+    @defer.inlineCallbacks
+    def test_burst_arrives_in_order_in_two_writes(self):
+        """
+        Five events published in one reactor turn reach a client in seq order: the first at once,
+        the other four in one write at the end of the window.
+        """
+        server = start_server(self)
+        client = yield connect(self, server, server.token("viewer"))
+        yield client.next_of("snapshot")
+        (protocol,) = list(server.hub.registry)
+        writes = []
+        original = protocol._write
+
+        def counting(data):
+            writes.append(data)
+            original(data)
+
+        self.patch(protocol, "_write", counting)
+        now = reactor.seconds()
+        for i in range(5):
+            server.hub.publish("agent:status", events.agent_status(
+                {"status": "busy", "message": str(i)}, now, "a1"))
+        received = []
+        for _ in range(5):
+            frame = yield client.next_of("agent:status")
+            received.append(frame["seq"])
+        self.assertEqual(received, list(range(received[0], received[0] + 5)))
+        yield wait_until(lambda: len(writes) >= 2)
+        self.assertEqual(len(writes), 2)
