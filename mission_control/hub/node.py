@@ -13,7 +13,7 @@ C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) an
 prepared object to every connection.  With a C{fanout_window} the connections queue it and write
 the events of one window together (L{FanoutWindow}).  Time comes from an injected C{IReactorTime}.
 
-At a little over 400 lines this is the largest module of the hub, for a reason: it is the hub's
+At about 460 lines this is the largest module of the hub (over 400 lines), for a reason: it is the hub's
 whole surface for the adapters (C{protocol.py}, C{web/}, C{tap.py}), and many of its methods
 are short delegations to the parts, kept so that no adapter reaches past the node.
 """
