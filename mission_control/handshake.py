@@ -11,7 +11,8 @@ The token is checked in C{onConnect}, before the upgrade: a refusal is an HTTP s
 reason.  Every handshake leaves one audit line: "handshake accepted from PEER: 101 USER (ROLE),
 connection ID" (the hub's, when it registers the connection) or
 "security: handshake refused from PEER: STATUS REASON" (with the user once the token is known),
-never the token.  Only the query parameter spelled C{token} carries a token: Autobahn decodes
+never the token.  Once the connection is open it forgets the handshake, and the token with it
+(L{HandshakeProtocol.forget_handshake}).  Only the query parameter spelled C{token} carries a token: Autobahn decodes
 parameter names, and C{%74oken} would slip past anything in front of us that filters C{token=}.
 
 Autobahn computes the arguments of its debug lines whether or not they are logged: a
@@ -86,6 +87,31 @@ def _printable(text: object, limit: int = 200) -> str:
     return "".join(c if c.isprintable() else "?" for c in value)
 
 
+#: What Autobahn and the handshake keep of the request and the response, of no use once the
+#: connection is open (L{HandshakeProtocol.forget_handshake}); the request's parts hold the token.
+HANDSHAKE_DATA = frozenset((
+    "http_request_data", "http_status_line", "http_headers", "http_request_uri",
+    "http_request_path", "http_request_params", "http_request_host", "http_response_data",
+    "_wskey", "websocket_origin", "websocket_protocols", "websocket_extensions",
+    "_connect_request",
+))
+#: Autobahn's per-connection state that is None, or False, from the upgrade until it changes:
+#: held once by L{HandshakeProtocol} as class attributes, not by every open connection.
+STATE_NONE = (
+    "_perMessageCompress", "autoPingPending", "autoPingPendingSent", "autoPingTimeoutCall",
+    "closeHandshakeTimeoutCall", "current_frame", "localCloseCode", "localCloseReason",
+    "openHandshakeTimeoutCall", "remoteCloseCode", "remoteCloseReason", "trackedTimings",
+    "wasNotCleanReason", "websocket_protocol_in_use",
+)
+STATE_FALSE = (
+    "closedByMe", "droppedByMe", "failedByMe", "inside_message", "triggered", "wasClean",
+    "wasCloseHandshakeTimeout", "wasMaxFramePayloadSizeExceeded",
+    "wasMaxMessagePayloadSizeExceeded", "wasOpenHandshakeTimeout",
+    "wasServerConnectionDropTimeout", "wasServingFlashSocketPolicyFile",
+)
+_SCALARS = (type(None), bool, int)
+_MISSING = object()
+
 #: Autobahn's protocol options: what its factory's C{setProtocolOptions} sets.
 OPTION_NAMES = tuple(WebSocketServerProtocol.CONFIG_ATTRS)
 
@@ -120,6 +146,27 @@ class HandshakeProtocol(WebSocketServerProtocol):
 
     principal: Principal | None = None
     _connect_request: ConnectRequest | None = None
+    #: Autobahn's state at its usual value (and STATE_NONE, STATE_FALSE, set after the class).
+    autoPingPendingSeq = 0
+    send_state = 0  # WebSocketProtocol.SEND_STATE_GROUND
+
+    def forget_handshake(self) -> None:
+        """
+        Once the connection is open: forget the handshake (L{HANDSHAKE_DATA}: the request as
+        Autobahn kept it, its query parameters and headers with the token among them, our
+        response, our reading of the query), and rebuild the instance dict without the
+        attributes that hold their class's value.  An idle connection then holds a dict of about
+        a third of the keys, and no token.
+        """
+        cls = type(self)
+        kept = {}
+        for name, value in self.__dict__.items():
+            if name in HANDSHAKE_DATA:
+                continue
+            if type(value) in _SCALARS and getattr(cls, name, _MISSING) is value:
+                continue
+            kept[name] = value
+        self.__dict__ = kept
 
     # Autobahn's, minus their debug lines (see the module's docstring).
 
@@ -223,3 +270,9 @@ class HandshakeProtocol(WebSocketServerProtocol):
         """The method of the handshake request, once Autobahn has read its request line."""
         line = getattr(self, "http_status_line", None) or ""
         return line.split(" ", 1)[0] or None
+
+
+for _name in STATE_NONE:
+    setattr(HandshakeProtocol, _name, None)
+for _name in STATE_FALSE:
+    setattr(HandshakeProtocol, _name, False)

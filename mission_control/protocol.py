@@ -90,9 +90,11 @@ class HubServerProtocol(HandshakeProtocol):
     # From the upgrade on
 
     def onOpen(self) -> None:
+        request = self._connect_request
+        self.forget_handshake()  # and the token with it
         self._queued = []
         self._watch_backpressure()
-        self.factory.hub.register(self, self._connect_request)
+        self.factory.hub.register(self, request)
 
     def _watch_backpressure(self) -> None:
         """

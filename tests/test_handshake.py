@@ -13,7 +13,10 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from mission_control.handshake import (
+    HANDSHAKE_DATA,
     OPTION_NAMES,
+    STATE_FALSE,
+    STATE_NONE,
     HandshakeProtocol,
     _printable,
     _WithoutDebug,
@@ -293,6 +296,101 @@ class NoDebugFormattingTests(unittest.TestCase):
         yield client.frames.get()
         [second] = self.server.hub.connections_of("bob")
         self.assertEqual((first.closeHandshakeTimeout, second.closeHandshakeTimeout), (5, 7))
+
+
+def _holds(value, needle: str, depth: int = 3) -> bool:
+    """Whether C{value}, or what it contains (a few levels down), holds the text C{needle}."""
+    if isinstance(value, (bytes, bytearray)):
+        return needle.encode() in value
+    if isinstance(value, str):
+        return needle in value
+    if depth and isinstance(value, dict):
+        return any(_holds(k, needle, depth - 1) or _holds(v, needle, depth - 1)
+                   for k, v in value.items())
+    if depth and isinstance(value, (list, tuple, set, frozenset)):
+        return any(_holds(item, needle, depth - 1) for item in value)
+    return False
+
+
+class ForgetHandshakeTests(unittest.TestCase):
+    """Once a connection is open, its protocol keeps nothing of the handshake, the token least."""
+
+    def setUp(self):
+        self.server = start_server(self)
+
+    @defer.inlineCallbacks
+    def open_connection(self, token, **options):
+        client = yield connect(self, self.server, token, **options)
+        yield client.next_of("snapshot")
+        [conn] = self.server.hub.connections_of("carol")
+        return client, conn
+
+    @defer.inlineCallbacks
+    def assert_forgotten(self, **options):
+        token = self.server.token("carol")
+        client, conn = yield self.open_connection(token, **options)
+        self.assertEqual(sorted(HANDSHAKE_DATA & set(vars(conn))), [])
+        held = [name for name, value in vars(conn).items() if _holds(value, token)]
+        self.assertEqual(held, [])
+        # The connection still works: a frame is answered.
+        client.send_json({"type": "ping", "id": "p1"})
+        pong = yield client.next_of("pong")
+        self.assertEqual(pong["id"], "p1")
+
+    def test_token_in_query_not_kept(self):
+        """A token sent in the query is in none of the open protocol's attributes."""
+        return self.assert_forgotten(in_header=False)
+
+    def test_token_in_header_not_kept(self):
+        """A token sent in the Authorization header is in none of them either."""
+        return self.assert_forgotten()
+
+    @defer.inlineCallbacks
+    def test_connect_request_reaches_the_hub(self):
+        """The query read at the handshake is the hub's once open (the protocol drops its copy)."""
+        token = self.server.token("carol")
+        client, conn = yield self.open_connection(token, query="client=tab-1")
+        [detail] = self.server.hub.registry.iter_connection_details()
+        self.assertEqual(detail["client"], "tab-1")
+        self.assertNotIn("_connect_request", vars(conn))
+
+    @defer.inlineCallbacks
+    def test_state_at_class_value_not_in_instance(self):
+        """
+        The flags Autobahn set at the upgrade and left at their usual value are read from the
+        class, not held by each connection; a flag that changes is set on the instance again.
+        """
+        client, conn = yield self.open_connection(self.server.token("carol"))
+        for name in STATE_NONE + STATE_FALSE:
+            self.assertNotIn(name, vars(conn))
+        self.assertIs(conn.wasClean, False)
+        self.assertIsNone(conn.localCloseCode)
+        client.sendClose(1000)
+        yield client.closed
+        self.assertIs(vars(conn)["wasClean"], True)
+        self.assertEqual(conn.localCloseCode, 1000)
+
+
+class ForgetHandshakeUnitTests(unittest.SynchronousTestCase):
+    """L{HandshakeProtocol.forget_handshake} on its own."""
+
+    def test_drops_handshake_and_class_valued_scalars(self):
+        """
+        The handshake's attributes go, as do scalars that are their class's value; anything else,
+        a scalar that differs from the class's or a mutable value equal to it, stays.
+        """
+        proto = HandshakeProtocol()
+        built = dict(vars(proto))  # Autobahn's own, from its constructor: kept as they are
+        queue: list = []
+        proto.__dict__.update(http_request_data=b"GET /ws?token=secret", _wskey="k",
+                              wasClean=False, closedByMe=True, localCloseCode=None,
+                              send_state=0, state=3, send_queue=queue, custom=None)
+        proto.forget_handshake()
+        self.assertEqual(vars(proto), {**built, "closedByMe": True, "state": 3,
+                                       "send_queue": queue, "custom": None})
+        self.assertIs(proto.wasClean, False)
+        self.assertIsNone(proto.localCloseCode)
+        self.assertEqual(proto.send_state, 0)
 
 
 class ExactQueryParamsTests(unittest.SynchronousTestCase):
