@@ -44,7 +44,8 @@ Fan-out frames are queued (L{HubServerProtocol.enqueue}) and written together by
 L{HubServerProtocol.flush}: the framed bytes Autobahn prepared once for every connection
 (C{PreparedMessage.payloadHybi}; compression is never negotiated, see the factory), joined, in
 one C{transport.write} (handed to the kernel at once when the socket has nothing buffered,
-L{_send_now}).  Anything else sent to the connection writes the queue first.
+L{HubServerProtocol._write}).  After a quiet window an event is not queued at all:
+L{HubServerProtocol.deliver} writes its framed bytes at once.  Anything else sent to the connection writes the queue first.
 
 A little over 400 lines, for a reason: it is the one adapter between Autobahn and the hub, and
 its parts (backpressure, the streamed snapshot, the fan-out queue) all guard the same writes.
@@ -252,22 +253,47 @@ class HubServerProtocol(HandshakeProtocol):
             self._too_slow()
 
     def _write(self, data: bytes) -> None:
-        """Write framed bytes behind anything Autobahn itself still queues."""
+        """
+        Write framed bytes behind anything Autobahn itself still queues: handed to the kernel at
+        once when the transport is a plain TCP connection with nothing buffered, else (or what
+        the kernel did not take) through the transport.
+
+        A write through the transport is sent at the reactor's next turn, and costs two
+        C{epoll_ctl} calls and the reactor's bookkeeping on top of the C{send}: the larger part
+        of a delivery's cost when each window holds one event.  What does not fit goes through
+        the transport, which keeps the order (its buffer was empty) and its producer's
+        backpressure.  On any error the transport's own write meets it.  This runs once per
+        connection per write: the checks are inline, cheapest first.
+        """
         if self.send_queue:
             self.sendData(data)
             return
-        transport = self.transport
-        assert transport is not None  # the connection is open: the caller checked
-        sent = _send_now(transport, data)
-        if sent < len(data):
-            transport.write(data[sent:] if sent else data)
+        transport: Any = self.transport
+        sent = 0
+        if (type(transport) is tcp.Server and not transport._tempDataLen
+                and len(transport.dataBuffer) == transport.offset and transport.connected
+                and not transport.disconnecting and not transport._writeDisconnected):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+        transport.write(data[sent:] if sent else data)
 
     def deliver(self, prepared: PreparedMessage) -> None:
-        # sendPreparedMessage does not check the state: a closing connection is skipped.
+        # Once per connection per event after a quiet window: the common case (open, nothing
+        # queued, held or compressed, not paused) is a few checks and one write.
         if self.state != self.STATE_OPEN:
-            return
-        self.flush()
-        self._deliver_one(prepared)
+            return  # sendPreparedMessage does not check the state: a closing one is skipped
+        if self._queued:
+            self.flush()
+            if self.state != self.STATE_OPEN:
+                return  # the queue was past the outbound limit
+        if self.paused or self._held is not None or self._perMessageCompress is not None:
+            self._deliver_one(prepared)
+        else:
+            self._write(prepared.payloadHybi)
 
     def _deliver_one(self, prepared: PreparedMessage) -> None:
         if self.state != self.STATE_OPEN:
@@ -393,28 +419,6 @@ class HubServerProtocol(HandshakeProtocol):
         transport = self.transport
         assert transport is not None  # the connection is open: every caller checked
         transport.loseConnection()
-
-
-def _send_now(transport: Any, data: bytes) -> int:
-    """
-    Hand C{data} to the kernel now when C{transport} is a plain TCP connection with nothing
-    buffered, and return how much it took (0 for any other transport, or on any error: the
-    transport's own write then queues the rest and meets the error itself).
-
-    A write through the transport is sent at the reactor's next turn, and costs two C{epoll_ctl}
-    calls and the reactor's bookkeeping on top of the C{send}: the larger part of a delivery's
-    cost when each window holds one event.  What does not fit goes through the transport, which
-    keeps the order (its buffer was empty) and its producer's backpressure.
-    """
-    if (type(transport) is not tcp.Server or not transport.connected or transport.disconnecting
-            or transport._writeDisconnected or transport._tempDataLen
-            or len(transport.dataBuffer) != transport.offset):
-        return 0
-    try:
-        sent: int = transport.socket.send(data)
-    except OSError:
-        return 0
-    return sent
 
 
 @implementer(IPushProducer)

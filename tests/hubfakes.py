@@ -28,7 +28,8 @@ class FakeConnection:
     Records what the hub hands it, in order, in C{frames} (deliveries and direct sends alike);
     C{open} false models a half-closed connection, C{paused} a transport that takes no data.
     Queued frames (C{enqueue}) are recorded at C{flush}, or before anything sent after them, as
-    the real connection writes them; C{writes} counts the flushes that wrote something.
+    the real connection writes them; C{writes} counts the writes of broadcast frames: the flushes
+that wrote something and the deliveries of anything but the snapshot.
     """
 
     def __init__(self, sub="alice", role="viewer", expires_at=FAR_FUTURE):
@@ -54,14 +55,18 @@ class FakeConnection:
 
     def deliver(self, prepared):
         self.flush()
-        self._record(prepared)
+        if self._record(prepared):
+            self.writes += 1
 
     def _record(self, prepared):
+        """Record a frame if open; whether it was a broadcast (anything but the snapshot)."""
         if self.open:
             frame = json.loads(prepared)
             self.frames.append(frame)
             if frame["type"] != "snapshot":  # broadcasts only; the snapshot is in frames
                 self.delivered.append(frame)
+                return True
+        return False
 
     def send_frame(self, frame):
         self.flush()

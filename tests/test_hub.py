@@ -545,3 +545,19 @@ class FanOutBenchmarkTests(SynchronousTestCase):
         figures = json.loads(out.getvalue())
         self.assertEqual((figures["subscribers"], figures["events"]), (10, 5))
         self.assertGreater(figures["us_per_publish"], 0)
+
+    def test_tiny_run_with_a_window(self):
+        """
+        With C{--window} the events of one window are queued and flushed together, and every
+        subscriber still gets every event (the run checks it, and fails otherwise).
+        """
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "benchmarks", "hub_fanout.py")
+        spec = importlib.util.spec_from_file_location("hub_fanout", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        self.assertGreater(module.run(10, 9, window=0.02, rate=200), 0)
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        module.main(["--subscribers", "10", "--events", "9", "--repeat", "1", "--window", "0.02"])
+        self.assertEqual(json.loads(out.getvalue())["window"], 0.02)

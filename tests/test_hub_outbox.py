@@ -137,6 +137,39 @@ class WindowTests(HubTestCase):
         self.assertEqual([call for call in self.clock.getDelayedCalls()
                           if call.func == self.hub.window.flush], [])
 
+    def flush_calls(self):
+        return [call for call in self.clock.getDelayedCalls()
+                if call.func == self.hub.window.flush]
+
+    def test_quiet_window_queues_nothing(self):
+        """
+        An event after a quiet window is handed to each subscriber's C{deliver} in the same turn:
+        nothing is queued and no timer waits; one that follows it within the window is queued.
+        """
+        conns = [self.connect(f"u{i}") for i in range(3)]
+        enqueued = []
+        for conn in conns:
+            conn.enqueue = lambda prepared, conn=conn: (enqueued.append(conn),
+                                                        conn.queued.append(prepared))
+        self.publish(1)
+        self.assertEqual(enqueued, [])
+        self.assertEqual([self.seqs(c) for c in conns], [[1]] * 3)
+        self.assertEqual(self.flush_calls(), [])
+        self.publish(1)
+        self.assertEqual(sorted(map(id, enqueued)), sorted(map(id, conns)))
+        self.clock.advance(WINDOW)
+        self.assertEqual([self.seqs(c) for c in conns], [[1, 2]] * 3)
+
+    def test_no_window_delivers_each_event_without_a_queue(self):
+        """With a window of 0, every event is delivered as it is published, none queued."""
+        self.hub.window.window = 0
+        conn = self.connect()
+        conn.enqueue = lambda prepared: self.fail("queued with no window")
+        self.publish(3)
+        self.assertEqual(self.seqs(conn), [1, 2, 3])
+        self.assertEqual(conn.writes, 3)
+        self.assertEqual(self.flush_calls(), [])
+
     def test_publish_returns_at_once(self):
         """Hub.publish returns the stored envelope while its delivery still waits."""
         conn = self.connect()
@@ -213,6 +246,41 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.protocol.sendMessage = lambda data, isBinary: self.writes.append(data)
         self.protocol.send_frame({"type": "pong"})
         self.assertEqual(self.writes, [queued.payloadHybi, b'{"type":"pong"}'])
+
+
+    def test_deliver_is_one_write_of_the_framed_bytes(self):
+        """A frame delivered with nothing queued goes out at once: its framed bytes, one write."""
+        (prepared,) = self.frames(b'{"a":1}')
+        self.protocol.deliver(prepared)
+        self.assertEqual(self.writes, [prepared.payloadHybi])
+
+    def test_deliver_writes_the_queue_first(self):
+        """A delivered frame goes out after what was queued before it."""
+        queued, delivered = self.frames(b'{"a":1}', b'{"b":2}')
+        self.protocol.enqueue(queued)
+        self.protocol.deliver(delivered)
+        self.assertEqual(self.writes, [queued.payloadHybi, delivered.payloadHybi])
+
+    def test_deliver_while_paused_counts_each_frame(self):
+        """
+        While paused, each delivered frame counts against the outbound limit: those within it
+        are written, the first past it closes the connection with 4008 and is not written.
+        """
+        self.protocol.sendData = self.writes.append
+        self.protocol.pause_writing()
+        prepared = self.frames(b"x" * 40, b"y" * 40, b"z" * 40)
+        for p in prepared:
+            self.protocol.deliver(p)
+        self.assertEqual(self.writes, [prepared[0].payloadHybi, prepared[1].payloadHybi])
+        self.assertEqual(self.closed, [4008])
+
+    def test_deliver_to_a_closing_connection_writes_nothing(self):
+        """A connection no longer open is not written to, queued frames included."""
+        queued, delivered = self.frames(b'{"a":1}', b'{"b":2}')
+        self.protocol.enqueue(queued)
+        self.protocol.state = self.protocol.STATE_CLOSING
+        self.protocol.deliver(delivered)
+        self.assertEqual(self.writes, [])
 
 
 class LoopbackTests(unittest.TestCase):

@@ -444,10 +444,7 @@ class Hub:
     def _deliver(self, frame: Mapping, targets: Collection[IConnection]) -> int:
         if not targets:
             return 0
-        prepared = self.prepare(events.encode_json(frame))
-        for conn in targets:
-            conn.enqueue(prepared)
-        self.window.queued(targets)
+        self.window.fan_out(self.prepare(events.encode_json(frame)), targets)
         return len(targets)
 
     def send_heartbeat(self) -> None:

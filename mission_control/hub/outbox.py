@@ -6,12 +6,13 @@ Most of what a delivery costs is not the hub's Python but the write: a system ca
 the reactor's bookkeeping around it, once per connection per write.  So fan-out does not write
 each event to each connection as it is published.  The node hands the prepared frame to each
 subscriber's L{IConnection.enqueue} (a reference appended to the connection's queue, nothing
-more) and tells the L{FanoutWindow} which connections it queued for; the window has every one of
-them L{IConnection.flush} its queue, in one write, at the end of the window.
+more) through L{FanoutWindow.fan_out}, which remembers which connections it queued for and has
+every one of them L{IConnection.flush} its queue, in one write, at the end of the window.
 
-The window is flushed at once when nothing was flushed during the last C{window} seconds, so an
-event after a quiet spell goes out in the same reactor turn, as it did without a window; only
-events that follow another within C{window} wait, at most C{window}, for the rest of theirs.
+An event after a quiet spell (nothing flushed during the last C{window} seconds, or a window of
+0) queues nothing: it is handed to each connection's L{IConnection.deliver} in the same reactor
+turn, as it was without a window; only events that follow another within C{window} are queued
+and wait, at most C{window}, for the rest of theirs.
 
 Ordering is the connection's: what it is sent directly (a reply, C{welcome}, a replayed event, a
 close) goes out after what it has queued (see L{IConnection.enqueue}).  Who receives an event is
@@ -21,7 +22,7 @@ gets exactly what it was a subscriber of at that moment.  Time is the injected c
 
 from __future__ import annotations
 
-from typing import Collection
+from typing import Any, Collection
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -43,16 +44,28 @@ class FanoutWindow:
         self._call: IDelayedCall | None = None
         self._flushed_at = float("-inf")
 
-    def queued(self, targets: Collection[IConnection]) -> None:
-        """An event was queued to each of C{targets}: flush now, or at the end of the window."""
-        self._dirty.append(targets)
-        if self._call is not None:
-            return
-        wait = self._flushed_at + self.window - self.clock.seconds()
-        if wait <= 0:
-            self.flush()
-        else:
+    def fan_out(self, prepared: Any, targets: Collection[IConnection]) -> None:
+        """
+        Hand C{prepared} to each of C{targets}: at once when the window is quiet, else queued
+        until its end.
+
+        A quiet window has nothing queued on any connection (the last flush emptied every queue),
+        so the frame goes straight to each connection's L{IConnection.deliver}, one bound method
+        called in a tight loop: no queue is built, no second pass is made.  Its time starts the
+        next window.
+        """
+        if self._call is None:
+            now = self.clock.seconds()
+            wait = self._flushed_at + self.window - now
+            if wait <= 0:
+                self._flushed_at = now
+                for conn in targets:
+                    conn.deliver(prepared)
+                return
             self._call = self.clock.callLater(wait, self.flush)
+        for conn in targets:
+            conn.enqueue(prepared)
+        self._dirty.append(targets)
 
     def flush(self) -> None:
         """Have every connection with queued frames write them, each in one write."""
