@@ -141,7 +141,9 @@ class MemoryStore(LatestStateReads):
         results: list[EachResult] = []
         for event_type, payload, idempotency in items:
             try:
-                results.append(self.append(event_type, payload, ts, now, idempotency))
+                stored, created = self._append([(event_type, payload)], ts, now, idempotency,
+                                                False)
+                results.append((stored[0], created))
             except (IdempotencyConflict, TypeError, ValueError) as e:
                 results.append(e)
         return results
