@@ -1,7 +1,7 @@
 """
 Tests for L{mission_control.hub.broker}: the in-process broker appends to its store and tells
 every listener of each new event, in seq order, a batch's event by event; an idempotent repeat
-tells nobody.
+tells nobody; a group of single appends tells of each event it created.
 """
 
 from __future__ import annotations
@@ -65,6 +65,26 @@ class InProcessBrokerTests(SynchronousTestCase):
         again, created = self.broker.append_many(items, "2027-01-01T00:00:00.000Z", 0.0,
                                                  ("alice", "b", "f"))
         self.assertEqual((again, created, len(self.heard)), (stored, False, 6))
+
+    def test_group_heard_for_created_events_only(self):
+        """
+        A group of single appends is stored at once, then each listener hears each created
+        event in seq order; an item that repeats a key or conflicts is answered but tells
+        nobody.
+        """
+        self.broker.subscribe(lambda event: self.heard.append(("one", event.seq)))
+        self.broker.subscribe(lambda event: self.heard.append(("two", event.seq)))
+        other = dict(PAYLOAD, agentId="a2")
+        results = self.broker.append_each([
+            ("agent:status", PAYLOAD, ("alice", "k", "f")),
+            ("agent:status", PAYLOAD, ("alice", "k", "f")),
+            ("agent:status", other, ("alice", "k", "g")),
+            ("agent:status", other, None),
+        ], "2027-01-01T00:00:00.000Z", 0.0)
+        self.assertEqual([(r[0].seq, r[1]) for r in (results[0], results[1], results[3])],
+                         [(1, True), (1, False), (2, True)])
+        self.assertIsInstance(results[2], IdempotencyConflict)
+        self.assertEqual(self.heard, [("one", 1), ("two", 1), ("one", 2), ("two", 2)])
 
     def test_unsubscribe(self):
         """An unsubscribed listener hears nothing more; unsubscribing a stranger is harmless."""

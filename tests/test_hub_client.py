@@ -1,6 +1,7 @@
 """
 Tests for L{mission_control.hub.client}: the answers to client frames (ping, ack, auth,
-subscribe, unsubscribe, publish), the message rate limit and token expiry, through a hub on a
+subscribe, unsubscribe, publish: the publishes of one turn answered after their one commit,
+in the order of the frames), the message rate limit and token expiry, through a hub on a
 L{Clock} with fake connections.
 """
 
@@ -295,7 +296,17 @@ class PublishFrameTests(HubTestCase):
             frame["id"] = frame_id
         if key is not None:
             frame["idempotencyKey"] = key
-        return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
+        sent = len(conn.frames)
+        reply = self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
+        if reply is not None:
+            return reply
+        # A publish that passed its checks is answered once its group is committed, at the end
+        # of the turn: then the connection is sent its reply, one, after its own event if any.
+        self.assertEqual(conn.frames[sent:], [])
+        self.clock.advance(0)
+        replies = [f for f in conn.frames[sent:] if f["type"] in ("published", "error")]
+        self.assertEqual(len(replies), 1)
+        return replies[0]
 
     def test_agent_publishes_its_status(self):
         """An agent publishes its own status; the reply carries the stored seq."""
@@ -354,3 +365,154 @@ class PublishFrameTests(HubTestCase):
         self.assertEqual(conn.delivered, [])
 
 
+
+
+class GroupCommitFrameTests(HubTestCase):
+    """publish frames of one reactor turn: checked at once, stored together, answered in order."""
+
+    def setUp(self):
+        super().setUp()
+        self.hub.message_rate, self.hub.message_burst = 100, 100
+        self.stores: list[str] = []
+        store = self.hub.store
+        append, append_each = store.append, store.append_each
+
+        def one(*args, **kwargs):
+            self.stores.append("append")
+            return append(*args, **kwargs)
+
+        def each(items, ts, now):
+            self.stores.append(f"append_each {len(items)}")
+            return append_each(items, ts, now)
+
+        store.append, store.append_each = one, each
+
+    def send(self, conn, frame):
+        return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
+
+    def publish(self, conn, frame_id, agent="a1", status="busy", key=None):
+        frame = {"type": "publish", "id": frame_id,
+                 "event": {"type": "agent:status",
+                           "payload": {"agentId": agent, "status": status}}}
+        if key is not None:
+            frame["idempotencyKey"] = key
+        return self.send(conn, frame)
+
+    def replies(self, conn):
+        return [(f["type"], f.get("id"), f["payload"].get("seq") or f["payload"].get("code"))
+                for f in conn.frames if f["type"] in ("published", "error", "pong")]
+
+    def test_one_transaction_replies_after_it(self):
+        """
+        Publishes of one turn, from two connections, are stored by one transaction at the end
+        of the turn; nothing is answered before it; then each connection gets its replies in
+        the order of its frames, with consecutive seqs, each after its own event.
+        """
+        one = self.connect("op1", role="operator")
+        two = self.connect("op2", role="operator")
+        before = self.hub.store.last_seq
+        self.stores.clear()
+        for i in range(3):
+            self.assertIsNone(self.publish(one, f"one{i}", f"x{i}"))
+            self.assertIsNone(self.publish(two, f"two{i}", f"y{i}"))
+        self.assertEqual((self.replies(one), self.replies(two), self.stores), ([], [], []))
+        self.clock.advance(0)
+        self.assertEqual(self.stores, ["append_each 6"])
+        self.assertEqual(self.replies(one), [("published", f"one{i}", before + 1 + 2 * i)
+                                             for i in range(3)])
+        self.assertEqual(self.replies(two), [("published", f"two{i}", before + 2 + 2 * i)
+                                             for i in range(3)])
+        types = one.types()
+        self.assertLess(types.index("agent:status"), types.index("published"))
+        self.assertEqual(self.hub.store.last_seq, before + 6)
+
+    def test_refusal_answered_at_once_and_in_order(self):
+        """
+        A refused publish is answered at once when nothing of its connection waits; behind a
+        waiting publish its error waits too, and a frame of another kind (ping) has the group
+        committed first: replies keep the order of the frames.
+        """
+        viewer = self.connect("v")
+        reply = self.publish(viewer, "v1")
+        self.assertEqual((reply["type"], reply["payload"]["code"]), ("error", "forbidden"))
+        conn = self.connect("op", role="operator")
+        self.stores.clear()
+        self.assertIsNone(self.publish(conn, "p1"))
+        self.assertIsNone(self.publish(conn, "p2", status="dancing"))
+        self.assertIsNone(self.publish(conn, "p3"))
+        self.assertEqual(self.replies(conn), [])
+        pong = self.send(conn, {"type": "ping", "id": "r"})
+        seq = self.hub.store.last_seq
+        self.assertEqual(self.replies(conn), [("published", "p1", seq - 1),
+                                              ("error", "p2", "bad_request"),
+                                              ("published", "p3", seq)])
+        self.assertEqual((pong["type"], pong["id"]), ("pong", "r"))
+        self.assertEqual((len(self.hub.commits), self.stores), (0, ["append_each 2"]))
+
+    def test_idempotency_within_a_group(self):
+        """
+        Two publishes with the same idempotencyKey in one turn: the second is answered with the
+        first's seq and nothing more is stored or broadcast; the key with another event in the
+        same turn is idempotency_conflict, and the others of the group are stored.
+        """
+        conn = self.connect("op", role="operator")
+        watcher = self.connect("w")
+        before = self.hub.store.last_seq
+        self.publish(conn, "k1", key="k")
+        self.publish(conn, "k2", key="k")
+        self.publish(conn, "k3", status="idle", key="k")
+        self.publish(conn, "plain")
+        self.clock.advance(0)
+        self.assertEqual(self.replies(conn), [("published", "k1", before + 1),
+                                              ("published", "k2", before + 1),
+                                              ("error", "k3", "idempotency_conflict"),
+                                              ("published", "plain", before + 2)])
+        self.assertEqual([f["seq"] for f in watcher.delivered if f["type"] == "agent:status"],
+                         [before + 1, before + 2])
+        again = self.publish(conn, "later", key="k")
+        self.assertIsNone(again)
+        self.clock.advance(0)
+        self.assertEqual(self.replies(conn)[-1], ("published", "later", before + 1))
+
+    def test_failed_commit_answers_every_frame(self):
+        """
+        When the store fails as a whole, every publish of the group is answered internal_error,
+        in order, on each connection; nothing is stored or broadcast; the connections stay open.
+        """
+        one = self.connect("op1", role="operator")
+        two = self.connect("op2", role="operator")
+        before = (self.hub.store.last_seq, len(self.prepared))
+
+        def broken(items, ts, now):
+            raise OSError("disk full")
+
+        self.hub.store.append_each = broken
+        self.publish(one, "a")
+        self.publish(two, "b")
+        self.publish(one, "c")
+        self.clock.advance(0)
+        self.assertEqual(self.replies(one), [("error", "a", "internal_error"),
+                                             ("error", "c", "internal_error")])
+        self.assertEqual(self.replies(two), [("error", "b", "internal_error")])
+        self.assertEqual((self.hub.store.last_seq, len(self.prepared)), before)
+        self.assertEqual((one.closed_with, two.closed_with), (None, None))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_waiting_claim_refuses_another_agent(self):
+        """
+        An agent's first activity in a session claims it as soon as it is checked: another
+        agent's activity in that session, in the same turn, is refused at once, and only the
+        first is stored.
+        """
+        first = self.connect("a1", role="agent")
+        second = self.connect("a2", role="agent")
+        frame = {"type": "publish", "id": "s",
+                 "event": {"type": "session:activity",
+                           "payload": {"sessionId": "s-new", "activity": "started"}}}
+        self.assertIsNone(self.send(first, frame))
+        refused = self.send(second, frame)
+        self.assertEqual((refused["type"], refused["payload"]["message"]),
+                         ("error", "session belongs to another agent"))
+        self.clock.advance(0)
+        self.assertEqual(self.hub.store.session_owner("s-new"), "a1")
+        self.assertEqual(self.replies(first)[-1][:2], ("published", "s"))

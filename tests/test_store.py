@@ -637,6 +637,83 @@ class StoreContractMixin:
                           TS, T0, ("alice", "ks", "f"))
         self.assertEqual(store.last_seq, 2)
 
+    # Groups of single appends
+
+    def test_append_each_consecutive_seqs(self):
+        """
+        A group takes the next seqs, consecutive and in order, each item answered as its own
+        append would be (created, the group's ts); the latest state and owners are as after as
+        many single appends.
+        """
+        store = self.make_store()
+        self.publish(store, 1)
+        items = [("agent:status", status("b1"), None),
+                 ("session:activity", activity("s1", agentId="a1"), ("alice", "k1", "f")),
+                 ("session:activity", activity("s1", "message", agentId="a2"), None)]
+        results = store.append_each(items, TS, T0)
+        self.assertEqual([(e.seq, e.type, e.payload, e.ts, created) for e, created in results],
+                         [(2 + i, kind, payload, TS, True)
+                          for i, (kind, payload, _) in enumerate(items)])
+        self.assertEqual(store.events_after(1, 10), [e for e, _ in results])
+        self.assertEqual((store.session_owner("s1"), store.last_seq), ("a1", 4))
+        again = store.append("session:activity", activity("s1", agentId="a1"), TS, T0,
+                             ("alice", "k1", "f"))
+        self.assertEqual(again, (results[1][0], False))
+
+    def test_append_each_item_fails_alone(self):
+        """
+        An item whose key was used for another request, or that cannot be stored, is answered
+        with its exception and appends nothing; the items around it are appended, with
+        consecutive seqs.
+        """
+        store = self.make_store()
+        store.append("agent:status", status("a1"), TS, T0, ("alice", "used", "f1"))
+        results = store.append_each([
+            ("agent:status", status("b1"), None),
+            ("agent:status", status("a1", "busy"), ("alice", "used", "f2")),
+            ("agent:status", status("x", x={1}), None),
+            ("agent:status", {"status": "online"}, None),
+            ("agent:status", status("b2"), None),
+        ], TS, T0)
+        self.assertIsInstance(results[1], IdempotencyConflict)
+        self.assertIsInstance(results[2], (TypeError, ValueError))
+        self.assertIsInstance(results[3], (TypeError, ValueError))
+        self.assertEqual([(results[i][0].seq, results[i][1]) for i in (0, 4)],
+                         [(2, True), (3, True)])
+        self.assertEqual((store.last_seq, self.seqs(store)), (3, [1, 2, 3]))
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a1", "b1", "b2"])
+
+    def test_append_each_key_repeated_within_the_group(self):
+        """
+        An item that repeats an earlier item's key with the same fingerprint is answered with
+        that item's event, created false, and appends nothing; another fingerprint under that
+        key is a conflict; a key of a batch is one too.
+        """
+        store = self.make_store()
+        store.append_many([("agent:status", status("a9"))], TS, T0, ("alice", "batch", "f"))
+        results = store.append_each([
+            ("agent:status", status("a1"), ("alice", "k", "f")),
+            ("agent:status", status("a1"), ("alice", "k", "f")),
+            ("agent:status", status("a1", "idle"), ("alice", "k", "g")),
+            ("agent:status", status("a1"), ("bob", "k", "f")),
+            ("agent:status", status("a1"), ("alice", "batch", "f")),
+        ], TS, T0)
+        first = results[0][0]
+        self.assertEqual((first.seq, results[0][1], results[1]), (2, True, (first, False)))
+        self.assertIsInstance(results[2], IdempotencyConflict)
+        self.assertEqual((results[3][0].seq, results[3][1]), (3, True))
+        self.assertIsInstance(results[4], IdempotencyConflict)
+        self.assertEqual(store.last_seq, 3)
+
+    def test_append_each_nothing_appended(self):
+        """A group none of whose items is appended changes nothing and uses no seq."""
+        store = self.make_store()
+        first, _ = store.append("agent:status", status("a1"), TS, T0, ("alice", "k", "f"))
+        self.assertEqual(store.append_each([("agent:status", status("a1"), ("alice", "k", "f"))],
+                                           TS, T0), [(first, False)])
+        self.assertEqual(store.append_each([], TS, T0), [])
+        self.assertEqual((store.last_seq, self.publish(store, 1)), (1, [2]))
+
 
 class MemoryStoreTests(StoreContractMixin, SynchronousTestCase):
     """The store contract, in memory."""
@@ -894,6 +971,35 @@ class SQLiteStoreTests(StoreContractMixin, SynchronousTestCase):
         self.assertEqual((store.last_seq, self.seqs(store)), (4, [1, 2, 3, 4]))
         self.assertEqual(store.session_owner("s1"), "b1")
         self.assertNotIn("boom", [a["agentId"] for a in store.agents()])
+
+    def test_append_each_failure_stores_nothing(self):
+        """
+        When the database fails in the middle of a group, the whole transaction is rolled back:
+        no event, no latest state, no key, no seq of the group is left, in memory or on disk.
+        """
+        store = self.make_store()
+        self.publish(store, 1)
+        insert, calls = SQLiteStore._insert, []
+
+        def failing(db, row, ts, now):
+            calls.append(row)
+            if len(calls) == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            return insert(db, row, ts, now)
+
+        store._insert = failing
+        items = [("agent:status", status("b1"), ("alice", "k", "f")),
+                 ("agent:status", status("b2"), None)]
+        self.assertRaises(sqlite3.OperationalError, store.append_each, items, TS, T0)
+        del store._insert
+        self.assertEqual((store.last_seq, self.seqs(store)), (1, [1]))
+        self.assertEqual([a["agentId"] for a in store.agents()], ["a0"])
+        results = store.append_each(items, TS, T0)
+        self.assertEqual([(e.seq, created) for e, created in results], [(2, True), (3, True)])
+        path = store.path
+        store.close()
+        reopened = self.make_store(path=path)
+        self.assertEqual((reopened.last_seq, self.seqs(reopened)), (3, [1, 2, 3]))
 
     def test_batch_survives_reopen_with_its_key(self):
         """A committed batch and its idempotency key are on disk: a reopened store repeats it."""

@@ -3,12 +3,15 @@ End-to-end tests of the WebSocket (L{mission_control.protocol}) over real loopba
 the upgrade on: broadcast, client frames, liveness, cleanup.  Clients are Autobahn's own, or raw
 sockets where a well-behaved client cannot produce the bad input.  The handshake and its refusals
 are tested in L{tests.test_handshake}, admission (Origins, caps) in L{tests.test_factory}.
+Publish frames in flight together are stored by group commits, each durable when answered.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
+import sqlite3
 
 from twisted.internet import defer, error, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -171,6 +174,50 @@ class ClientFrameTests(unittest.TestCase):
         yield client.closed
         self.assertEqual(client.close_code, 1009)
         yield wait_until(lambda: self.server.hub.connection_count == 0)
+
+
+class GroupCommitTests(unittest.TestCase):
+    """Publish frames in flight together over a real socket, stored by group commits."""
+
+    @defer.inlineCallbacks
+    def test_many_publishes_in_flight_all_durable(self):
+        """
+        500 publishes sent at once on one connection are stored in groups of more than one:
+        every frame is answered published, in the order sent, with consecutive seqs, and every
+        event is in the database file when the reply arrives (read by another connection to it).
+        """
+        server = start_server(self, ["--max-messages-per-second", "100000"])
+        groups = []
+        store = server.hub.store
+        append_each = store.append_each
+
+        def counted(items, ts, now):
+            groups.append(len(items))
+            return append_each(items, ts, now)
+
+        store.append_each = counted
+        client = yield connect(self, server, server.token("op", role="operator"))
+        yield client.next_of("snapshot")
+        path = os.path.join(server.options["data-dir"], "mission-control.sqlite3")
+        reader = sqlite3.connect(path)
+        self.addCleanup(reader.close)
+        count = 500
+        for i in range(count):
+            client.send_json({"type": "publish", "id": f"p{i}", "event": {
+                "type": "agent:status",
+                "payload": {"agentId": f"g{i % 7}", "status": "busy", "message": f"n{i}"}}})
+        replies, found = [], []
+        for _ in range(count):
+            reply = yield client.next_of("published", "error")
+            replies.append(reply)
+            row = reader.execute("SELECT payload FROM events WHERE seq = ?",
+                                 (reply["payload"].get("seq"),)).fetchone()
+            found.append(None if row is None else json.loads(row[0])["message"])
+        self.assertEqual([r["id"] for r in replies], [f"p{i}" for i in range(count)])
+        self.assertEqual(found, [f"n{i}" for i in range(count)])
+        seqs = [r["payload"]["seq"] for r in replies]
+        self.assertEqual(seqs, list(range(seqs[0], seqs[0] + count)))
+        self.assertEqual((sum(groups), max(groups) > 1), (count, True))
 
 
 class LifecycleTests(unittest.TestCase):

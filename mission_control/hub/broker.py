@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from zope.interface import Interface, implementer
 
-from mission_control.store import IEventStore, StoredEvent
+from mission_control.store import EachItem, EachResult, IEventStore, StoredEvent
 
 #: C{listener(event)}: told of one appended event.
 Listener = Callable[[StoredEvent], None]
@@ -42,6 +42,14 @@ class IBroker(Interface):
         L{IEventStore.append_many}); return the events in seq order and whether they were
         created.  Listeners have been told of each, in seq order, by the time this returns; a
         repeat tells nobody.
+        """
+
+    def append_each(items: Sequence[EachItem], ts: str, now: float) -> list[EachResult]:
+        """
+        Append each of C{(event_type, payload, idempotency)} as L{append} would, as one step
+        (see L{IEventStore.append_each}): one answer per item, an event and whether it was
+        created or the exception of that item alone.  Listeners have been told of each created
+        event, in seq order, by the time this returns; repeats and failed items tell nobody.
         """
 
     def subscribe(listener: Listener) -> None:
@@ -76,6 +84,16 @@ class InProcessBroker:
                 for listener in listeners:
                     listener(event)
         return stored, created
+
+    def append_each(self, items: Sequence[EachItem], ts: str,
+                    now: float) -> list[EachResult]:
+        results = self.store.append_each(items, ts, now)
+        listeners = tuple(self._listeners)
+        for result in results:
+            if isinstance(result, tuple) and result[1]:
+                for listener in listeners:
+                    listener(result[0])
+        return results
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

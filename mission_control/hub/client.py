@@ -8,12 +8,19 @@ timers) and answers the frames the connection sends: C{ping}, C{ack}, C{auth}, C
 C{unsubscribe} and C{publish}.  Everything it shares with other connections (the store, the
 registry, publishing) it reaches through its L{Hub}, the node.
 
+A C{publish} is answered once its group of publishes is committed, at the end of the reactor
+turn (L{mission_control.hub.commits}); the connection's replies still go out in the order of its
+frames: a reply ready earlier (a refused publish) waits behind the publishes before it, and a
+frame of another kind first has the waiting publishes committed, so it is handled after them, as
+when each publish was stored on its own.
+
 ("Session" means an agent's work session everywhere else in mission-control, so the hub's record
 of a connection is a client, as in centrifuge.)
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -27,7 +34,7 @@ from mission_control.hub.connection import ConnectRequest, IConnection
 from mission_control.hub.registry import Registry
 from mission_control.limits import TokenBucket
 from mission_control.policy import Principal
-from mission_control.store import IdempotencyConflict, IEventStore
+from mission_control.store import EachResult, IdempotencyConflict, IEventStore
 
 #: Close codes the client uses.
 TOKEN_EXPIRED = 4001
@@ -59,9 +66,20 @@ class ClientNode(Protocol):
 
     def owns_session(self, principal: Principal) -> Callable[[str], bool]: ...
 
-    def publish_for(self, principal: Principal, event_type: str, body: object,
-                    subject_id: str | None = None, idempotency_key: str | None = None,
-                    fingerprint: str = "") -> dict: ...
+    def publish_later(self, principal: Principal, event_type: str, body: object,
+                      idempotency_key: str | None, fingerprint: str,
+                      answer: Callable[[EachResult], None]) -> None: ...
+
+    def commit_publishes(self) -> None: ...
+
+
+class _Reply:
+    """A reply in the order of its connection's frames: a frame, or C{None} until it is known."""
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: dict | None = None) -> None:
+        self.frame = frame
 
 
 @dataclass(eq=False)
@@ -94,6 +112,9 @@ class Client:
     #: The token expiry that C{auth:expiring} already warned of: an C{auth} frame that does not
     #: move it (the same token sent back) is not warned of again.
     warned_for: float | None = None
+    #: The replies owed, oldest first, while a publish of this connection waits for its commit
+    #: (None otherwise: most connections never publish).
+    replies: deque[_Reply] | None = None
 
     log = Logger()
 
@@ -197,14 +218,33 @@ class Client:
         if not self.take_message():
             if self.closing:
                 return None
-            return self.node.error_frame("rate_limited", "too many messages; slow down")
+            return self._in_order(self.node.error_frame("rate_limited",
+                                                        "too many messages; slow down"))
         try:
-            return self.answer(data, is_binary)
+            return self._in_order(self.answer(data, is_binary))
         except Exception:
             # Our failure, not the client's (a store error, say): logged, answered, never a drop.
             self.log.failure("answering a frame of connection {connection_id} failed",
                              connection_id=self.conn.connection_id)
-            return self.node.error_frame("internal_error", "the hub could not process this frame")
+            return self._in_order(self.node.error_frame(
+                "internal_error", "the hub could not process this frame"))
+
+    def _in_order(self, reply: dict | None) -> dict | None:
+        """C{reply} to send now, or C{None} when it must wait behind a publish before it."""
+        if reply is not None and self.replies:
+            self.replies.append(_Reply(reply))
+            return None
+        return reply
+
+    def _send_ready(self) -> None:
+        """Send the replies owed that are known, up to the first still waiting for its commit."""
+        replies = self.replies
+        while replies and replies[0].frame is not None:
+            frame = replies.popleft().frame
+            assert frame is not None
+            self.conn.send_frame(frame)
+        if not replies:
+            self.replies = None
 
     def answer(self, data: bytes, is_binary: bool) -> dict | None:
         """The reply to one message (an C{error} frame for a bad one), or C{None} for none."""
@@ -212,6 +252,9 @@ class Client:
             frame = events.parse_client_frame(data, is_binary)
         except ValidationError as e:
             return self.node.error_frame(e.code, e.message, e.frame_id)
+        if self.replies and frame.type != "publish":
+            # Handled after this connection's waiting publishes, as if each were stored at once.
+            self.node.commit_publishes()
         handler = _HANDLERS.get(frame.type)
         if handler is None:
             return self.node.error_frame("unknown_type", "unknown frame type", frame.id)
@@ -305,7 +348,7 @@ class Client:
         self.remove_channels(self._channel_list(frame))
         return self._subscriptions(frame)
 
-    def on_publish(self, frame: events.ClientFrame) -> dict:
+    def on_publish(self, frame: events.ClientFrame) -> None:
         event = frame.fields.get("event")
         if not isinstance(event, dict) or set(event) - {"type", "payload"}:
             raise ValidationError("event must be an object with type and payload")
@@ -322,14 +365,32 @@ class Client:
                 raise ValidationError("idempotencyKey must be 1-255 printable characters")
             fingerprint = events.request_fingerprint(event_type, None, payload)
             key = "ws:" + key
-        try:
-            stored = self.node.publish_for(self.conn.principal, event_type, payload, None,
-                                           key, fingerprint)
-        except IdempotencyConflict:
-            raise ValidationError("idempotencyKey was already used for a different event",
-                                  code="idempotency_conflict") from None
-        return self.node.frame("published", {"seq": stored["seq"], "type": stored["type"]},
-                               frame.id)
+        reply = _Reply()
+
+        def answer(result: EachResult) -> None:
+            reply.frame = self._published(result, frame.id)
+            self._send_ready()
+
+        # Checked now (a refusal is answered at once); stored with the turn's other publishes,
+        # and answered once they are committed.
+        self.node.publish_later(self.conn.principal, event_type, payload, key, fingerprint,
+                                answer)
+        if self.replies is None:
+            self.replies = deque()
+        self.replies.append(reply)
+        return None
+
+    def _published(self, result: EachResult, frame_id: str | None) -> dict:
+        """The reply to a stored publish: C{published} with its seq, or its C{error}."""
+        if isinstance(result, IdempotencyConflict):
+            return self.node.error_frame(
+                "idempotency_conflict", "idempotencyKey was already used for a different event",
+                frame_id)
+        if isinstance(result, Exception):  # logged where it was stored (GroupCommit)
+            return self.node.error_frame("internal_error",
+                                         "the hub could not process this frame", frame_id)
+        event = result[0]
+        return self.node.frame("published", {"seq": event.seq, "type": event.type}, frame_id)
 
 
 _HANDLERS: dict[str, Callable[[Client, events.ClientFrame], dict | None]] = {

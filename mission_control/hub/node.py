@@ -13,7 +13,7 @@ C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) an
 prepared object to every connection.  With a C{fanout_window} the connections queue it and write
 the events of one window together (L{FanoutWindow}).  Time comes from an injected C{IReactorTime}.
 
-At about 460 lines this is the largest module of the hub (over 400 lines), for a reason: it is the hub's
+At about 490 lines this is the largest module of the hub (over 400 lines), for a reason: it is the hub's
 whole surface for the adapters (C{protocol.py}, C{web/}, C{tap.py}), and many of its methods
 are short delegations to the parts, kept so that no adapter reaches past the node.
 """
@@ -33,6 +33,7 @@ from mission_control.hub.broker import IBroker, InProcessBroker
 from mission_control.hub.catchup import CatchUp
 from mission_control.hub import publishing
 from mission_control.hub.client import Client
+from mission_control.hub.commits import Answer, GroupCommit
 from mission_control.hub.outbox import FanoutWindow
 from mission_control.hub.connection import CLOSED_BY_ADMIN, ConnectRequest, IConnection
 from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
@@ -86,6 +87,8 @@ class Hub:
         self.store = store
         self.broker = broker if broker is not None else InProcessBroker(store)
         self.broker.subscribe(self._appended)
+        # WebSocket publishes of one reactor turn, stored as one transaction (see publish_later).
+        self.commits = GroupCommit(clock, self.broker, lambda s: self.store.session_owner(s))
         self.heartbeat_interval = heartbeat_interval
         self.max_connections = max_connections
         self.max_connections_per_user = max_connections_per_user
@@ -120,6 +123,7 @@ class Hub:
     def stop(self) -> None:
         """Stop the periodic work and refuse new connections; send what the window holds."""
         self.accepting = False
+        self.commits.commit()
         self.window.stop()
         if self.service is not None:
             self.service.stopService()
@@ -396,11 +400,32 @@ class Hub:
         @raise mission_control.store.IdempotencyConflict: the key was used for another request.
         """
         payload = publishing.checked_payload(principal, event_type, body, subject_id,
-                                             self.clock.seconds(), self.store.session_owner)
+                                             self.clock.seconds(), self.commits.session_owner)
         idempotency = None
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)
         return self.publish(event_type, payload, idempotency)
+
+    def publish_later(self, principal: Principal, event_type: str, body: object,
+                      idempotency_key: str | None, fingerprint: str, answer: Answer) -> None:
+        """
+        Check a publish as L{publish_for} does, at once, then store it with the other publishes
+        of this reactor turn, as one transaction (L{GroupCommit}); C{answer} is told its event
+        (with whether it was created) or its own failure once that is committed and fanned out.
+
+        @raise Refusal: 403 when the role does not allow it.
+        @raise ValidationError: when the payload breaks a rule.
+        """
+        payload = publishing.checked_payload(principal, event_type, body, None,
+                                             self.clock.seconds(), self.commits.session_owner)
+        idempotency = None
+        if idempotency_key is not None:
+            idempotency = (principal.sub, idempotency_key, fingerprint)
+        self.commits.add(event_type, payload, idempotency, answer)
+
+    def commit_publishes(self) -> None:
+        """Store and answer the publishes waiting for the end of the turn, now."""
+        self.commits.commit()
 
     def publish_many(
         self,
@@ -422,7 +447,7 @@ class Hub:
         @raise mission_control.store.IdempotencyConflict: the key was used for another request.
         """
         now = self.clock.seconds()
-        checked = publishing.checked_batch(principal, items, now, self.store.session_owner)
+        checked = publishing.checked_batch(principal, items, now, self.commits.session_owner)
         idempotency = None
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)

@@ -10,6 +10,8 @@ change when the store does.
 
 from mission_control.store.interface import (
     IDEMPOTENCY_WINDOW,
+    EachItem,
+    EachResult,
     Idempotency,
     IdempotencyConflict,
     IEventStore,
@@ -22,6 +24,8 @@ from mission_control.store.sqlite import SQLiteStore
 
 __all__ = [
     "IDEMPOTENCY_WINDOW",
+    "EachItem",
+    "EachResult",
     "IEventStore",
     "Idempotency",
     "IdempotencyConflict",

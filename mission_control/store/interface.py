@@ -13,7 +13,7 @@ Every implementation runs the one contract-test mixin in tests/test_store.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 from zope.interface import Attribute, Interface
 
@@ -65,6 +65,13 @@ IDEMPOTENCY_WINDOW = 600.0
 
 #: C{(user, key, fingerprint)}, as L{IEventStore.append} takes it.
 Idempotency = Tuple[str, str, str]
+
+#: One append of L{IEventStore.append_each}: C{(event_type, payload, idempotency or None)}.
+EachItem = Tuple[str, dict, Optional[Idempotency]]
+
+#: What L{IEventStore.append_each} answers for one item: C{(event, created)} as L{append}
+#: returns, or the exception L{append} would have raised for that item alone.
+EachResult = Union[Tuple[StoredEvent, bool], Exception]
 
 
 class IdempotencyConflict(Exception):
@@ -130,6 +137,23 @@ class IEventStore(Interface):
             (nor the other way round): L{IdempotencyConflict}.
         @return: C{(events, created)}, the events in seq order.
         @raise ValueError: for an empty batch, or an event that could not be stored.
+        """
+
+    def append_each(items: Sequence[EachItem], ts: str, now: float) -> list[EachResult]:
+        """
+        Append each of C{items} as its own L{append} would, in order, in one transaction: what a
+        group of publishes that arrived together costs is one commit, not one each.
+
+        Each item succeeds or fails alone: an item whose key was used for a different request
+        (L{IdempotencyConflict}) or whose payload cannot be encoded is answered with that
+        exception and appends nothing, and the others are appended.  A key is seen by the items
+        after the one that used it, so an item that repeats an earlier item's key (and
+        fingerprint) is answered with that item's event, not appended.  The appended events get
+        consecutive seqs, all with the one C{ts}.  When the store itself fails, it raises and no
+        item was appended; when it returns, every appended event is durable (for a durable
+        store).
+
+        @return: one L{EachResult} per item, in order.
         """
 
     def events_after(seq: int, limit: int) -> list[StoredEvent]:

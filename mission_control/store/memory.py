@@ -23,6 +23,8 @@ from zope.interface import implementer
 
 from mission_control.events import SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import (
+    EachItem,
+    EachResult,
     Idempotency,
     IdempotencyConflict,
     IEventStore,
@@ -129,6 +131,22 @@ class MemoryStore(LatestStateReads):
         if not items:
             raise ValueError("a batch needs at least one event")
         return self._append(items, ts, now, idempotency, True)
+
+    def append_each(self, items: Sequence[EachItem], ts: str,
+                    now: float) -> list[EachResult]:
+        """
+        Each of C{items} appended as L{append} appends it, in order; an item that fails is
+        answered with its exception and changes nothing.  See L{IEventStore.append_each}.
+        """
+        results: list[EachResult] = []
+        for event_type, payload, idempotency in items:
+            try:
+                stored, created = self._append([(event_type, payload)], ts, now, idempotency,
+                                                False)
+                results.append((stored[0], created))
+            except (IdempotencyConflict, TypeError, ValueError) as e:
+                results.append(e)
+        return results
 
     def _append(self, items: Sequence[tuple[str, dict]], ts: str, now: float,
                 idempotency: Optional[Idempotency], batch: bool) -> tuple[list[StoredEvent], bool]:

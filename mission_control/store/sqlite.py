@@ -3,7 +3,8 @@
 The durable store: one SQLite database file, the default (C{--store sqlite}, in the data dir).
 
 Durability: the database runs in WAL mode with C{synchronous=NORMAL}.  Each L{SQLiteStore.append}
-is one transaction, and when it returns the event is in the write-ahead log in the operating
+is one transaction (a batch, L{SQLiteStore.append_many}, and a group of single appends,
+L{SQLiteStore.append_each}, are one each), and when it returns the event is in the write-ahead log in the operating
 system's hands, so it survives the server process crashing or being killed with C{kill -9}.  It is
 not fsynced on every commit, so a power failure or kernel crash can lose the last moments of
 events (never the consistency of the database: it comes back as of some earlier commit).  That is
@@ -21,7 +22,7 @@ gap-free and C{last_seq} is read back from C{sqlite_sequence} on open.
 The file's settings, its schema and the upgrades of older versions are in
 L{mission_control.store.schema}; this module is the store that reads and writes it.  It is nearer
 500 lines than 400 lines because each of its queries stays beside the one method that runs it, the
-batch append's included: moving the statements away to shorten it would split every operation of
+batch and group appends' included: moving the statements away to shorten it would split every operation of
 the store across two files.
 """
 
@@ -38,6 +39,8 @@ from zope.interface import implementer
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import (
     IDEMPOTENCY_WINDOW,
+    EachItem,
+    EachResult,
     Idempotency,
     IdempotencyConflict,
     IEventStore,
@@ -290,6 +293,49 @@ class SQLiteStore(LatestStateReads):
                 db.execute(_RECORD_KEY, (user, idem_key, fingerprint, first, now, _BATCH,
                                          envelopes, ts))
         return self._committed(rows, seq, ts), True
+
+    def append_each(self, items: Sequence[EachItem], ts: str,
+                    now: float) -> list[EachResult]:
+        """
+        One transaction for a group of single appends: each key looked up (the group's own
+        earlier keys included: they are recorded in the same transaction) and each new event
+        inserted as L{append} does it; an item that fails alone is answered with its exception.
+        A failure of the database rolls all of it back.  See L{IEventStore.append_each}.
+        """
+        results: list[Optional[EachResult]] = []
+        rows: list[Optional[_Row]] = []
+        for event_type, payload, _ in items:
+            try:
+                rows.append((event_type, payload, state_key(event_type, payload),
+                             encode_json(payload).decode("utf-8")))
+                results.append(None)
+            except (TypeError, ValueError) as e:
+                rows.append(None)
+                results.append(e)
+        inserted: list[_Row] = []
+        seq = self._last_seq
+        with self._transaction() as db:
+            for index, row in enumerate(rows):
+                idempotency = items[index][2]
+                if row is None:
+                    continue
+                if idempotency is not None:
+                    try:
+                        repeat = self._repeat(db, idempotency, now, batch=False)
+                    except IdempotencyConflict as e:
+                        results[index] = e
+                        continue
+                    if repeat is not None:
+                        results[index] = (repeat[0], False)
+                        continue
+                seq = self._insert(db, row, ts, now)
+                inserted.append(row)
+                if idempotency is not None:
+                    user, idem_key, fingerprint = idempotency
+                    db.execute(_RECORD_KEY, (user, idem_key, fingerprint, seq, now, row[0],
+                                             row[3], ts))
+        created = iter(self._committed(inserted, seq, ts) if inserted else ())
+        return [(next(created), True) if result is None else result for result in results]
 
     @staticmethod
     def _insert(db: sqlite3.Connection, row: _Row, ts: str, now: float) -> int:
