@@ -14,8 +14,10 @@ class TokenBucket:
 
     L{take} says whether a message may pass; L{strikes} counts the messages refused since the
     bucket last had a token, so a caller can tell a client that overshot once from one that keeps
-    going.
+    going.  One per connection (and one per user for handshakes), so it keeps no instance dict.
     """
+
+    __slots__ = ("rate", "burst", "tokens", "strikes", "_updated")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate <= 0 or burst < 1:

@@ -82,7 +82,7 @@ class _Reply:
         self.frame = frame
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Client:
     """The hub's record of one connection, and the answers to its frames."""
 
