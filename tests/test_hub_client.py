@@ -138,6 +138,21 @@ class TokenLifecycleTests(HubTestCase):
             self.assertEqual(conn.closed_with[0], 4003)
             self.hub.unregister(conn)
 
+    def test_one_timer_for_all_tokens(self):
+        """
+        Connections share one clock call for their token deadlines: ten connections add one
+        timer, not twenty, and each still gets its own warning and close.
+        """
+        before = len(self.clock.getDelayedCalls())
+        now = self.clock.seconds()
+        conns = [self.connect(f"user{i}", expires_at=now + 100 + i) for i in range(10)]
+        self.assertEqual(len(self.clock.getDelayedCalls()), before + 1)
+        self.clock.advance(40)
+        self.assertEqual([c.types().count("auth:expiring") for c in conns], [1] + [0] * 9)
+        self.clock.advance(100)
+        self.assertEqual([c.closed_with for c in conns], [(4001, "token expired")] * 10)
+        self.assertEqual([c.types().count("auth:expiring") for c in conns], [1] * 10)
+
     def test_timers_cancelled_on_close(self):
         """A closed connection leaves no expiry timer behind."""
         conn = self.connect(expires_at=self.clock.seconds() + 300)

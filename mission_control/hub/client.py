@@ -3,8 +3,8 @@
 The client: the hub's side of one connection.
 
 A L{Client} holds what the hub keeps per connection (what it asked for, how far it has acked,
-its channels, whether it is live or catching up, its message rate bucket and its token-expiry
-timers) and answers the frames the connection sends: C{ping}, C{ack}, C{auth}, C{subscribe},
+its channels, whether it is live or catching up, its message rate bucket and its token's next
+deadline) and answers the frames the connection sends: C{ping}, C{ack}, C{auth}, C{subscribe},
 C{unsubscribe} and C{publish}.  Everything it shares with other connections (the store, the
 registry, publishing) it reaches through its L{Hub}, the node.
 
@@ -24,13 +24,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mission_control import channels, events, policy
 from mission_control.auth import Refusal, TokenVerifier
 from mission_control.events import ValidationError
 from mission_control.hub.connection import ConnectRequest, IConnection
+from mission_control.hub.expiry import Deadline, Deadlines
 from mission_control.hub.registry import Registry
 from mission_control.limits import TokenBucket
 from mission_control.policy import Principal
@@ -54,6 +55,8 @@ class ClientNode(Protocol):
     store: IEventStore
     verifier: TokenVerifier | None
     registry: Registry[Client]
+    #: Where the clients' token deadlines are kept (one timer for all of them).
+    deadlines: Deadlines
     #: Seconds before a token's C{exp} that C{auth:expiring} warns.
     expiry_warning: float
 
@@ -105,7 +108,10 @@ class Client:
     #: Presence frames reach it before it is live (see L{Registry.watch_presence}).
     presence_watched: bool = False
     closing: bool = False
-    timers: list[IDelayedCall] = field(default_factory=list)
+    #: The token's next deadline in the node's L{Deadlines} (the warning or the close), and
+    #: when the warning is due (None once sent, or when none is owed).
+    expiry: Deadline | None = None
+    warn_at: float | None = None
     channels: set[str] = field(default_factory=set)
     #: It is being dropped because it stopped answering pings.
     timed_out: bool = False
@@ -149,28 +155,50 @@ class Client:
 
     def schedule_expiry(self) -> None:
         """Warn L{Hub.expiry_warning} seconds before the token's exp; close with 4001 at exp +
-        leeway."""
-        self.cancel_timers()
-        clock = self.node.clock
-        now = clock.seconds()
-        principal = self.conn.principal
-        verifier = self.node.verifier
-        leeway = verifier.leeway if verifier is not None else 0.0
-        warn_in = principal.expires_at - self.node.expiry_warning - now
-        self.timers = [
-            clock.callLater(max(0.0, principal.expires_at + leeway - now), self._expired)
-        ]
-        if principal.expires_at + leeway > now and self.warned_for != principal.expires_at:
+        leeway (one deadline in the node's L{Deadlines}, for whichever comes first)."""
+        self.cancel_expiry()
+        now = self.node.clock.seconds()
+        expires_at = self.conn.principal.expires_at
+        close_at = max(now, self._close_at())
+        self.warn_at = None
+        if close_at > now and self.warned_for != expires_at:
             # A token with less than a minute left is warned at once, so it can still be renewed;
             # once per expiry time, else a client that answers each warning with a token of the
             # same exp (its own, back) would get a warning after every answer, in a loop.
-            self.timers.append(clock.callLater(max(0.0, warn_in), self._expiring))
+            self.warn_at = max(now, expires_at - self.node.expiry_warning)
+        self._next_expiry(close_at)
 
-    def cancel_timers(self) -> None:
-        for timer in self.timers:
-            if timer.active():
-                timer.cancel()
-        self.timers = []
+    def _close_at(self) -> float:
+        verifier = self.node.verifier
+        return self.conn.principal.expires_at + (verifier.leeway if verifier is not None else 0.0)
+
+    def _next_expiry(self, close_at: float) -> None:
+        warn_at = self.warn_at
+        when = close_at if warn_at is None or close_at <= warn_at else warn_at
+        self.expiry = self.node.deadlines.at(when, self._expiry_due)
+
+    def _expiry_due(self) -> None:
+        """The warning, then the close, each once its time has come (the close first if both
+        fall at the same time, as when each had its own timer)."""
+        self.expiry = None
+        now = self.node.clock.seconds()
+        close_at = self._close_at()
+        warn_at = self.warn_at
+        if warn_at is not None and warn_at <= now and warn_at < close_at:
+            self.warn_at = None
+            self._expiring()
+        if close_at <= now:
+            self.warn_at = None
+            self._expired()
+        elif self.expiry is None and self.node.registry.get(self.conn) is self:
+            self._next_expiry(close_at)  # the close, unless the warning's send closed it
+
+    def cancel_expiry(self) -> None:
+        """Forget the token's deadlines (the connection closed, or a fresh token moves them)."""
+        if self.expiry is not None:
+            self.node.deadlines.cancel(self.expiry)
+            self.expiry = None
+        self.warn_at = None
 
     def _expiring(self) -> None:
         expires_at = self.conn.principal.expires_at

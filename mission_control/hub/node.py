@@ -34,6 +34,7 @@ from mission_control.hub.catchup import CatchUp
 from mission_control.hub import publishing
 from mission_control.hub.client import Client
 from mission_control.hub.commits import Answer, GroupCommit
+from mission_control.hub.expiry import Deadlines
 from mission_control.hub.outbox import FanoutWindow
 from mission_control.hub.connection import CLOSED_BY_ADMIN, ConnectRequest, IConnection
 from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresence
@@ -101,6 +102,8 @@ class Hub:
         burst = handshake_burst or max(max_connections_per_user, int(handshake_rate * 2), 1)
         self.handshakes = RateLimits(handshake_rate, burst)
         self.registry: Registry[Client] = Registry()
+        # Every client's token deadlines, on one timer (see Client.schedule_expiry).
+        self.deadlines = Deadlines(clock)
         self.catchup = CatchUp(self)
         self.presence_manager: IPresenceManager = LocalPresence()
         self.liveness = Liveness(clock, store, self.registry.is_connected, self.publish,
@@ -240,7 +243,7 @@ class Hub:
         client, last = self.registry.remove(conn)
         if client is None:
             return
-        client.cancel_timers()
+        client.cancel_expiry()
         principal = conn.principal
         if last:
             self._presence_event("presence:leave", principal.sub)
