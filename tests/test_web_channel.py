@@ -137,6 +137,26 @@ class ChannelTests(SynchronousTestCase):
         self.clock.advance(45)  # past both deadlines; the idle timeout (60) is Autobahn's then
         self.assertFalse(transport.disconnecting)
 
+    def test_one_timer_while_waiting(self):
+        """
+        A connection waiting for its request head holds one timer, the deadline: the idle
+        timeout, longer and restarted at the same moments, is not scheduled besides it.
+        """
+        channel, transport = self.connect()
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [10])
+        channel.handed_over()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_idle_timeout_kept_when_shorter(self):
+        """An idle timeout shorter than the head's deadline still closes a silent connection."""
+        self.site = HubSite(_Hello(), reactor=self.clock, handshake_timeout=100,
+                            request_timeout=300, idle_timeout=20)
+        channel, transport = self.connect()
+        self.clock.advance(19)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
     def test_drain_closes_idle_connections(self):
         """
         When the site drains, a connection that waits between requests closes; an answer given

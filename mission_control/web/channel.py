@@ -89,6 +89,13 @@ class HubHTTPChannel(http.HTTPChannel):
     _lost = False
 
     def connectionMade(self) -> None:
+        if self.handshake_timeout and self.timeOut and self.handshake_timeout <= self.timeOut:
+            # The idle timeout runs only between requests, where the deadline runs too, is
+            # restarted at the same moments and is shorter: it could never fire first.  Without
+            # it a connection schedules one timer less, and a WebSocket does not leave it
+            # cancelled in the reactor's queue (twisted.web cancels it as the upgrade request
+            # begins) for the idle timeout's whole length.
+            self.timeOut = None
         super().connectionMade()
         site = self.site
         site.accepted(self)
