@@ -283,6 +283,48 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.assertEqual(self.writes, [])
 
 
+    def test_fast_send_dropped_on_pause(self):
+        """A pause of the transport ends the common case: bytes must be counted again."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.pause_writing()
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_fast_send_dropped_by_any_other_write(self):
+        """A write of Autobahn's own (a reply, a ping, a close) leaves the transport a buffer."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.send_queue = [(b"x", False)]  # queued, not written: the call is the point
+        self.protocol._trigger = lambda: None
+        self.protocol.sendData(b"y")
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_fast_send_dropped_on_close_of_the_connection(self):
+        """Dropping the TCP connection ends the common case."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol._closeConnection()
+        self.assertIsNone(self.protocol.fast_send)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_fast_send_dropped_while_a_message_streams(self):
+        """Frames are held behind a streamed message: not the common case."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.paused = True  # the stream waits for the transport
+        self.protocol.beginMessage = lambda isBinary: None
+        self.protocol.send_stream(iter([b"a"]), lambda: None)
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_rest_goes_through_the_transport(self):
+        """What the kernel did not take is written through the transport, which buffers it."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.write_rest(b"abcdef", 2)
+        self.assertEqual(self.writes, [b"cdef"])
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_string_transport_never_fast(self):
+        """Only a plain TCP connection with nothing buffered is sent to directly."""
+        self.protocol.deliver(self.frames(b"{}")[0])
+        self.assertIsNone(self.protocol.fast_send)
+
+
 class LoopbackTests(unittest.TestCase):
     """Over real sockets, events published together arrive together, in order, each once."""
 
@@ -315,3 +357,33 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual(received, list(range(received[0], received[0] + 5)))
         yield wait_until(lambda: len(writes) >= 2)
         self.assertEqual(len(writes), 2)
+
+    @defer.inlineCallbacks
+    def test_fast_send_after_a_write_taken_whole(self):
+        """
+        Over plain TCP, a delivery the kernel took whole makes the next ones go straight to the
+        socket; a frame sent directly ends that, and what follows still arrives in order, once.
+        """
+        server = start_server(self)
+        server.hub.window.window = 0
+        client = yield connect(self, server, server.token("viewer"))
+        yield client.next_of("snapshot")
+        (protocol,) = list(server.hub.registry)
+        self.assertIsNone(protocol.fast_send)
+        now = reactor.seconds()
+
+        def publish(i):
+            server.hub.publish("agent:status", events.agent_status(
+                {"status": "busy", "message": str(i)}, now, "a1"))
+
+        publish(0)
+        self.assertIsNotNone(protocol.fast_send)
+        publish(1)
+        protocol.send_frame({"type": "note"})
+        self.assertIsNone(protocol.fast_send)
+        publish(2)
+        received = []
+        for _ in range(3):
+            frame = yield client.next_of("agent:status")
+            received.append(frame["payload"]["message"])
+        self.assertEqual(received, ["0", "1", "2"])
