@@ -10,11 +10,13 @@ loopback.
 from __future__ import annotations
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mission_control import events
 from mission_control.hub import ConnectRequest, Hub
+from mission_control.hub.outbox import FanoutWindow
 from mission_control.protocol import HubServerProtocol
 from tests.helpers import connect, start_server, wait_until
 from tests.hubfakes import FakeConnection, HubTestCase
@@ -177,6 +179,89 @@ class WindowTests(HubTestCase):
         envelope = self.publish(1)[0]
         self.assertEqual(envelope["seq"], 2)
         self.assertEqual(self.seqs(conn), [1])
+
+
+class _Prepared:
+    """A prepared frame: its framed bytes."""
+
+    def __init__(self, data):
+        self.payloadHybi = data
+
+
+class _FastConnection:
+    """
+    A connection in the common case: what C{fast_send} is handed, and takes C{take} bytes of
+    (all by default; an exception to raise instead), what goes to C{write_rest}, C{deliver},
+    C{enqueue}.
+    """
+
+    def __init__(self, take=None, error=None):
+        self.take, self.error = take, error
+        self.sent, self.rest, self.delivered, self.queued = [], [], [], []
+        self.fast_send = self._send
+
+    def _send(self, data):
+        if self.error is not None:
+            raise self.error
+        self.sent.append(data)
+        return len(data) if self.take is None else self.take
+
+    def write_rest(self, data, sent):
+        self.rest.append((data, sent))
+
+    def deliver(self, prepared):
+        self.delivered.append(prepared)
+
+    def enqueue(self, prepared):
+        self.queued.append(prepared)
+
+    def flush(self):
+        self.queued = []
+
+
+class FastSendTests(unittest.SynchronousTestCase):
+    """After a quiet window, a connection in the common case is handed the framed bytes."""
+
+    def fan_out(self, *conns, window=0.0):
+        outbox = FanoutWindow(Clock(), window)
+        prepared = _Prepared(b"\x81\x02{}")
+        outbox.fan_out(prepared, conns)
+        return outbox, prepared
+
+    def test_framed_bytes_go_to_fast_send(self):
+        """The framed bytes go to C{fast_send}, once; nothing else is called."""
+        conn = _FastConnection()
+        self.fan_out(conn)
+        self.assertEqual((conn.sent, conn.rest, conn.delivered), ([b"\x81\x02{}"], [], []))
+
+    def test_without_fast_send_deliver(self):
+        """A connection without C{fast_send} is handed the prepared frame by C{deliver}."""
+        conn, other = _FastConnection(), _FastConnection()
+        conn.fast_send = None
+        _, prepared = self.fan_out(conn, other)
+        self.assertEqual((conn.delivered, conn.sent), ([prepared], []))
+        self.assertEqual(other.sent, [b"\x81\x02{}"])
+
+    def test_partial_send_writes_the_rest(self):
+        """What the kernel did not take goes to C{write_rest}, with how much it took."""
+        conn = _FastConnection(take=2)
+        self.fan_out(conn)
+        self.assertEqual(conn.rest, [(b"\x81\x02{}", 2)])
+
+    def test_send_error_writes_it_all(self):
+        """An error of the send hands the whole frame to C{write_rest}: its write meets it."""
+        conn = _FastConnection(error=ConnectionResetError())
+        self.fan_out(conn)
+        self.assertEqual(conn.rest, [(b"\x81\x02{}", 0)])
+
+    def test_within_a_window_queued(self):
+        """Within a window the frame is queued, not sent, C{fast_send} or not."""
+        conn = _FastConnection()
+        outbox, _ = self.fan_out(conn, window=WINDOW)
+        second = _Prepared(b"x")
+        outbox.fan_out(second, [conn])
+        self.assertEqual((len(conn.sent), conn.queued), (1, [second]))
+        outbox.stop()
 
 
 class _Factory:
