@@ -397,6 +397,26 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.protocol.send_stream(iter([b"a"]), lambda: None)
         self.assertIsNone(self.protocol.fast_send)
 
+    def test_flush_with_fast_send_is_one_send(self):
+        """In the common case the queue's framed bytes, joined, go to C{fast_send} in one call."""
+        sent = []
+        self.protocol.fast_send = lambda data: sent.append(data) or len(data)
+        prepared = self.frames(b'{"a":1}', b'{"b":2}')
+        for p in prepared:
+            self.protocol.enqueue(p)
+        self.protocol.flush()
+        self.assertEqual((sent, self.writes), ([b"".join(p.payloadHybi for p in prepared)], []))
+        self.assertIsNotNone(self.protocol.fast_send)
+
+    def test_flush_partial_send_writes_the_rest(self):
+        """What C{fast_send} did not take of a flush is written through the transport."""
+        self.protocol.fast_send = lambda data: 3
+        (prepared,) = self.frames(b'{"a":1}')
+        self.protocol.enqueue(prepared)
+        self.protocol.flush()
+        self.assertEqual(self.writes, [prepared.payloadHybi[3:]])
+        self.assertIsNone(self.protocol.fast_send)
+
     def test_rest_goes_through_the_transport(self):
         """What the kernel did not take is written through the transport, which buffers it."""
         self.protocol.fast_send = self.writes.append
