@@ -10,9 +10,10 @@ more) through L{FanoutWindow.fan_out}, which remembers which connections it queu
 every one of them L{IConnection.flush} its queue, in one write, at the end of the window.
 
 An event after a quiet spell (nothing flushed during the last C{window} seconds, or a window of
-0) queues nothing: it is handed to each connection's L{IConnection.deliver} in the same reactor
-turn, as it was without a window; only events that follow another within C{window} are queued
-and wait, at most C{window}, for the rest of theirs.
+0) queues nothing: it goes to each connection in the same reactor turn, as it was without a
+window (straight to the socket of one in the common case, L{IConnection.fast_send}, else through
+its L{IConnection.deliver}); only events that follow another within C{window} are queued and
+wait, at most C{window}, for the rest of theirs.
 
 Ordering is the connection's: what it is sent directly (a reply, C{welcome}, a replayed event, a
 close) goes out after what it has queued (see L{IConnection.enqueue}).  Who receives an event is
