@@ -44,11 +44,14 @@ Fan-out frames are queued (L{HubServerProtocol.enqueue}) and written together by
 L{HubServerProtocol.flush}: the framed bytes Autobahn prepared once for every connection
 (C{PreparedMessage.payloadHybi}; compression is never negotiated, see the factory), joined, in
 one C{transport.write} (handed to the kernel at once when the socket has nothing buffered,
-L{HubServerProtocol._write}).  After a quiet window an event is not queued at all:
-L{HubServerProtocol.deliver} writes its framed bytes at once.  Anything else sent to the connection writes the queue first.
+L{HubServerProtocol._write}).  After a quiet window an event is not queued at all: the outbox
+sends its framed bytes at once, straight to C{fast_send} (the socket's C{send}) while the
+connection is in the common case, else through L{HubServerProtocol.deliver}.  Anything else sent
+to the connection writes the queue first.
 
-A little over 400 lines, for a reason: it is the one adapter between Autobahn and the hub, and
-its parts (backpressure, the streamed snapshot, the fan-out queue) all guard the same writes.
+Nearly 500 lines, past the 400 lines of a module, for a reason: it is the one adapter between
+Autobahn and the hub, and its parts (backpressure, the streamed snapshot, the fan-out queue and
+its direct sends) all guard the same writes.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class HubServerProtocol(HandshakeProtocol):
     _paused_bytes = 0
     #: Fan-out frames waiting for L{flush} (see L{enqueue}).
     _queued: list[PreparedMessage] | None = None
+    #: The socket's C{send} while a fan-out frame may go straight to it (see L{_arm}), else None.
+    fast_send: Callable[[bytes], int] | None = None
 
     # From the upgrade on
 
@@ -165,7 +170,7 @@ class HubServerProtocol(HandshakeProtocol):
         # The transport still holds whatever the peer never read (up to --max-outbound-bytes);
         # drop our reference so it is freed now, not at the next full garbage collection.
         self.transport = None
-        self._queued = None
+        self._queued = self.fast_send = None
 
     # Frames
 
@@ -187,6 +192,7 @@ class HubServerProtocol(HandshakeProtocol):
         if not self.paused:
             self.paused = True
             self._paused_bytes = 0
+            self.fast_send = None
 
     def resume_writing(self) -> None:
         self.paused = False
@@ -227,6 +233,16 @@ class HubServerProtocol(HandshakeProtocol):
         if not queued:
             return
         self._queued = []
+        send = self.fast_send  # open, not paused, nothing held or buffered: one send
+        if send is not None:
+            data = _framed(queued)
+            try:
+                sent = send(data)
+            except OSError:
+                sent = 0  # the transport's own write meets the error
+            if sent != len(data):
+                self.write_rest(data, sent)
+            return
         if self.state != self.STATE_OPEN:
             return
         if self._held is not None or self._perMessageCompress is not None:
@@ -234,8 +250,8 @@ class HubServerProtocol(HandshakeProtocol):
                 self._deliver_one(prepared)
             return
         if not self.paused:
-            self._write(queued[0].payloadHybi if len(queued) == 1
-                        else b"".join([prepared.payloadHybi for prepared in queued]))
+            if self._write(_framed(queued)):
+                self._arm()
             return
         # Paused: count frame by frame, as one delivery at a time would; write the frames within
         # the limit, then close with 4008 at the first one past it.
@@ -247,12 +263,12 @@ class HubServerProtocol(HandshakeProtocol):
             self._paused_bytes += size
             taken += 1
         if taken:
-            self._write(b"".join([prepared.payloadHybi for prepared in queued[:taken]]))
+            self._write(_framed(queued[:taken]))
         if taken < len(queued):
             self._paused_bytes += len(queued[taken].payload)
             self._too_slow()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes) -> bool:
         """
         Write framed bytes behind anything Autobahn itself still queues: handed to the kernel at
         once when the transport is a plain TCP connection with nothing buffered, else (or what
@@ -263,11 +279,12 @@ class HubServerProtocol(HandshakeProtocol):
         of a delivery's cost when each window holds one event.  What does not fit goes through
         the transport, which keeps the order (its buffer was empty) and its producer's
         backpressure.  On any error the transport's own write meets it.  This runs once per
-        connection per write: the checks are inline, cheapest first.
+        connection per write: the checks are inline, cheapest first.  True when the kernel took
+        it all.
         """
         if self.send_queue:
             self.sendData(data)
-            return
+            return False
         transport: Any = self.transport
         sent = 0
         if (type(transport) is tcp.Server and not transport._tempDataLen
@@ -278,8 +295,31 @@ class HubServerProtocol(HandshakeProtocol):
             except OSError:
                 sent = 0
             if sent == len(data):
-                return
-        transport.write(data[sent:] if sent else data)
+                return True
+        self.write_rest(data, sent)
+        return False
+
+    def write_rest(self, data: bytes, sent: int) -> None:
+        """Write what the kernel did not take of C{data} through the transport, in order."""
+        self.fast_send = None  # until the transport's buffer is empty again
+        cast(Any, self.transport).write(data[sent:] if sent else data)
+
+    def _arm(self) -> None:
+        """
+        After a write the kernel took whole, from an open connection with nothing paused, held or
+        compressed: until one of those changes (L{sendData}, L{_closeConnection}, a pause, a
+        stream, a partial write), its fan-out frames may go straight to the socket.
+        """
+        self.fast_send = cast(Any, self.transport).socket.send
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Autobahn's writes (replies, pings, closes) leave the transport's buffer non-empty."""
+        self.fast_send = None
+        super().sendData(data, sync, chopsize)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        self.fast_send = None
+        super()._closeConnection(abort)
 
     def deliver(self, prepared: PreparedMessage) -> None:
         # Once per connection per event after a quiet window: the common case (open, nothing
@@ -292,8 +332,8 @@ class HubServerProtocol(HandshakeProtocol):
                 return  # the queue was past the outbound limit
         if self.paused or self._held is not None or self._perMessageCompress is not None:
             self._deliver_one(prepared)
-        else:
-            self._write(prepared.payloadHybi)
+        elif self._write(prepared.payloadHybi):
+            self._arm()
 
     def _deliver_one(self, prepared: PreparedMessage) -> None:
         if self.state != self.STATE_OPEN:
@@ -338,7 +378,7 @@ class HubServerProtocol(HandshakeProtocol):
         if self.state != self.STATE_OPEN:
             return
         self._stream = (iter(chunks), done)
-        self._held, self._held_bytes = [], 0
+        self._held, self._held_bytes, self.fast_send = [], 0, None
         self.beginMessage(isBinary=False)
         self._pump()
 
@@ -419,6 +459,13 @@ class HubServerProtocol(HandshakeProtocol):
         transport = self.transport
         assert transport is not None  # the connection is open: every caller checked
         transport.loseConnection()
+
+
+def _framed(queued: list[PreparedMessage]) -> bytes:
+    """The framed bytes of C{queued}, in order: one write."""
+    if len(queued) == 1:
+        return queued[0].payloadHybi
+    return b"".join([prepared.payloadHybi for prepared in queued])
 
 
 @implementer(IPushProducer)

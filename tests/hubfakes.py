@@ -43,6 +43,12 @@ that wrote something and the deliveries of anything but the snapshot.
         self.queued = []
         self.writes = 0
 
+    #: Never in the common case: every frame goes through deliver or flush, and is recorded.
+    fast_send = None
+
+    def write_rest(self, data, sent):
+        raise AssertionError("write_rest without fast_send")
+
     def enqueue(self, prepared):
         self.queued.append(prepared)
 

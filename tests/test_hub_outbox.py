@@ -10,11 +10,13 @@ loopback.
 from __future__ import annotations
 
 from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from mission_control import events
 from mission_control.hub import ConnectRequest, Hub
+from mission_control.hub.outbox import FanoutWindow
 from mission_control.protocol import HubServerProtocol
 from tests.helpers import connect, start_server, wait_until
 from tests.hubfakes import FakeConnection, HubTestCase
@@ -179,6 +181,89 @@ class WindowTests(HubTestCase):
         self.assertEqual(self.seqs(conn), [1])
 
 
+class _Prepared:
+    """A prepared frame: its framed bytes."""
+
+    def __init__(self, data):
+        self.payloadHybi = data
+
+
+class _FastConnection:
+    """
+    A connection in the common case: what C{fast_send} is handed, and takes C{take} bytes of
+    (all by default; an exception to raise instead), what goes to C{write_rest}, C{deliver},
+    C{enqueue}.
+    """
+
+    def __init__(self, take=None, error=None):
+        self.take, self.error = take, error
+        self.sent, self.rest, self.delivered, self.queued = [], [], [], []
+        self.fast_send = self._send
+
+    def _send(self, data):
+        if self.error is not None:
+            raise self.error
+        self.sent.append(data)
+        return len(data) if self.take is None else self.take
+
+    def write_rest(self, data, sent):
+        self.rest.append((data, sent))
+
+    def deliver(self, prepared):
+        self.delivered.append(prepared)
+
+    def enqueue(self, prepared):
+        self.queued.append(prepared)
+
+    def flush(self):
+        self.queued = []
+
+
+class FastSendTests(unittest.SynchronousTestCase):
+    """After a quiet window, a connection in the common case is handed the framed bytes."""
+
+    def fan_out(self, *conns, window=0.0):
+        outbox = FanoutWindow(Clock(), window)
+        prepared = _Prepared(b"\x81\x02{}")
+        outbox.fan_out(prepared, conns)
+        return outbox, prepared
+
+    def test_framed_bytes_go_to_fast_send(self):
+        """The framed bytes go to C{fast_send}, once; nothing else is called."""
+        conn = _FastConnection()
+        self.fan_out(conn)
+        self.assertEqual((conn.sent, conn.rest, conn.delivered), ([b"\x81\x02{}"], [], []))
+
+    def test_without_fast_send_deliver(self):
+        """A connection without C{fast_send} is handed the prepared frame by C{deliver}."""
+        conn, other = _FastConnection(), _FastConnection()
+        conn.fast_send = None
+        _, prepared = self.fan_out(conn, other)
+        self.assertEqual((conn.delivered, conn.sent), ([prepared], []))
+        self.assertEqual(other.sent, [b"\x81\x02{}"])
+
+    def test_partial_send_writes_the_rest(self):
+        """What the kernel did not take goes to C{write_rest}, with how much it took."""
+        conn = _FastConnection(take=2)
+        self.fan_out(conn)
+        self.assertEqual(conn.rest, [(b"\x81\x02{}", 2)])
+
+    def test_send_error_writes_it_all(self):
+        """An error of the send hands the whole frame to C{write_rest}: its write meets it."""
+        conn = _FastConnection(error=ConnectionResetError())
+        self.fan_out(conn)
+        self.assertEqual(conn.rest, [(b"\x81\x02{}", 0)])
+
+    def test_within_a_window_queued(self):
+        """Within a window the frame is queued, not sent, C{fast_send} or not."""
+        conn = _FastConnection()
+        outbox, _ = self.fan_out(conn, window=WINDOW)
+        second = _Prepared(b"x")
+        outbox.fan_out(second, [conn])
+        self.assertEqual((len(conn.sent), conn.queued), (1, [second]))
+        outbox.stop()
+
+
 class _Factory:
     max_outbound_bytes = 100
 
@@ -283,6 +368,68 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.assertEqual(self.writes, [])
 
 
+    def test_fast_send_dropped_on_pause(self):
+        """A pause of the transport ends the common case: bytes must be counted again."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.pause_writing()
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_fast_send_dropped_by_any_other_write(self):
+        """A write of Autobahn's own (a reply, a ping, a close) leaves the transport a buffer."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.send_queue = [(b"x", False)]  # queued, not written: the call is the point
+        self.protocol._trigger = lambda: None
+        self.protocol.sendData(b"y")
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_fast_send_dropped_on_close_of_the_connection(self):
+        """Dropping the TCP connection ends the common case."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol._closeConnection()
+        self.assertIsNone(self.protocol.fast_send)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_fast_send_dropped_while_a_message_streams(self):
+        """Frames are held behind a streamed message: not the common case."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.paused = True  # the stream waits for the transport
+        self.protocol.beginMessage = lambda isBinary: None
+        self.protocol.send_stream(iter([b"a"]), lambda: None)
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_flush_with_fast_send_is_one_send(self):
+        """In the common case the queue's framed bytes, joined, go to C{fast_send} in one call."""
+        sent = []
+        self.protocol.fast_send = lambda data: sent.append(data) or len(data)
+        prepared = self.frames(b'{"a":1}', b'{"b":2}')
+        for p in prepared:
+            self.protocol.enqueue(p)
+        self.protocol.flush()
+        self.assertEqual((sent, self.writes), ([b"".join(p.payloadHybi for p in prepared)], []))
+        self.assertIsNotNone(self.protocol.fast_send)
+
+    def test_flush_partial_send_writes_the_rest(self):
+        """What C{fast_send} did not take of a flush is written through the transport."""
+        self.protocol.fast_send = lambda data: 3
+        (prepared,) = self.frames(b'{"a":1}')
+        self.protocol.enqueue(prepared)
+        self.protocol.flush()
+        self.assertEqual(self.writes, [prepared.payloadHybi[3:]])
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_rest_goes_through_the_transport(self):
+        """What the kernel did not take is written through the transport, which buffers it."""
+        self.protocol.fast_send = self.writes.append
+        self.protocol.write_rest(b"abcdef", 2)
+        self.assertEqual(self.writes, [b"cdef"])
+        self.assertIsNone(self.protocol.fast_send)
+
+    def test_string_transport_never_fast(self):
+        """Only a plain TCP connection with nothing buffered is sent to directly."""
+        self.protocol.deliver(self.frames(b"{}")[0])
+        self.assertIsNone(self.protocol.fast_send)
+
+
 class LoopbackTests(unittest.TestCase):
     """Over real sockets, events published together arrive together, in order, each once."""
 
@@ -315,3 +462,33 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual(received, list(range(received[0], received[0] + 5)))
         yield wait_until(lambda: len(writes) >= 2)
         self.assertEqual(len(writes), 2)
+
+    @defer.inlineCallbacks
+    def test_fast_send_after_a_write_taken_whole(self):
+        """
+        Over plain TCP, a delivery the kernel took whole makes the next ones go straight to the
+        socket; a frame sent directly ends that, and what follows still arrives in order, once.
+        """
+        server = start_server(self)
+        server.hub.window.window = 0
+        client = yield connect(self, server, server.token("viewer"))
+        yield client.next_of("snapshot")
+        (protocol,) = list(server.hub.registry)
+        self.assertIsNone(protocol.fast_send)
+        now = reactor.seconds()
+
+        def publish(i):
+            server.hub.publish("agent:status", events.agent_status(
+                {"status": "busy", "message": str(i)}, now, "a1"))
+
+        publish(0)
+        self.assertIsNotNone(protocol.fast_send)
+        publish(1)
+        protocol.send_frame({"type": "note"})
+        self.assertIsNone(protocol.fast_send)
+        publish(2)
+        received = []
+        for _ in range(3):
+            frame = yield client.next_of("agent:status")
+            received.append(frame["payload"]["message"])
+        self.assertEqual(received, ["0", "1", "2"])

@@ -24,6 +24,16 @@ class IConnection(Interface):
     connection_id = Attribute("str: set by Hub.register")
     principal = Attribute("Principal: who is connected; replaced by a fresh token (auth frame)")
     paused = Attribute("bool: the transport is not taking more data right now (backpressure)")
+    fast_send = Attribute(
+        "None, or while the connection is open, not paused, holding nothing, queueing nothing and "
+        "with nothing buffered below it: a callable that hands framed bytes straight to the "
+        "kernel and returns how many it took (the rest goes to write_rest)")
+
+    def write_rest(data: bytes, sent: int) -> None:
+        """
+        Write C{data} past its first C{sent} bytes (what C{fast_send} did not take) behind
+        anything else, as any write of the connection.
+        """
 
     def deliver(prepared: Any) -> None:
         """

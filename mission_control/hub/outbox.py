@@ -10,9 +10,10 @@ more) through L{FanoutWindow.fan_out}, which remembers which connections it queu
 every one of them L{IConnection.flush} its queue, in one write, at the end of the window.
 
 An event after a quiet spell (nothing flushed during the last C{window} seconds, or a window of
-0) queues nothing: it is handed to each connection's L{IConnection.deliver} in the same reactor
-turn, as it was without a window; only events that follow another within C{window} are queued
-and wait, at most C{window}, for the rest of theirs.
+0) queues nothing: it goes to each connection in the same reactor turn, as it was without a
+window (straight to the socket of one in the common case, L{IConnection.fast_send}, else through
+its L{IConnection.deliver}); only events that follow another within C{window} are queued and
+wait, at most C{window}, for the rest of theirs.
 
 Ordering is the connection's: what it is sent directly (a reply, C{welcome}, a replayed event, a
 close) goes out after what it has queued (see L{IConnection.enqueue}).  Who receives an event is
@@ -50,17 +51,30 @@ class FanoutWindow:
         until its end.
 
         A quiet window has nothing queued on any connection (the last flush emptied every queue),
-        so the frame goes straight to each connection's L{IConnection.deliver}, one bound method
-        called in a tight loop: no queue is built, no second pass is made.  Its time starts the
-        next window.
+        so the frame goes at once to each connection, in one loop: no queue is built, no second
+        pass is made.  A connection in the common case (see L{IConnection.fast_send}) is one test
+        and one C{send} of the framed bytes; what the kernel does not take, and every other
+        connection, goes the connection's own way (L{IConnection.write_rest},
+        L{IConnection.deliver}).  Its time starts the next window.
         """
         if self._call is None:
             now = self.clock.seconds()
             wait = self._flushed_at + self.window - now
             if wait <= 0:
                 self._flushed_at = now
+                data = getattr(prepared, "payloadHybi", prepared)
+                size = len(data)
                 for conn in targets:
-                    conn.deliver(prepared)
+                    send = conn.fast_send
+                    if send is None:
+                        conn.deliver(prepared)
+                        continue
+                    try:
+                        sent = send(data)
+                    except OSError:
+                        sent = 0  # the transport's own write meets the error
+                    if sent != size:
+                        conn.write_rest(data, sent)
                 return
             self._call = self.clock.callLater(wait, self.flush)
         for conn in targets:
