@@ -245,22 +245,13 @@ class SQLiteStore(LatestStateReads):
     ) -> tuple[StoredEvent, bool]:
         """
         One transaction: find a live idempotency key, else insert the event (which assigns its
-        seq), make it the latest state of its agent or session, and record the key.  See
-        L{IEventStore.append}.
+        seq), make it the latest state of its agent or session, and record the key: a group of
+        one (L{append_each}), its failure raised.  See L{IEventStore.append}.
         """
-        row = (event_type, payload, state_key(event_type, payload),
-               encode_json(payload).decode("utf-8"))
-        with self._transaction() as db:
-            if idempotency is not None:
-                repeat = self._repeat(db, idempotency, now, batch=False)
-                if repeat is not None:
-                    return repeat[0], False
-            seq = self._insert(db, row, ts, now)
-            if idempotency is not None:
-                user, idem_key, fingerprint = idempotency
-                db.execute(_RECORD_KEY, (user, idem_key, fingerprint, seq, now, event_type,
-                                         row[3], ts))
-        return self._committed([row], seq, ts)[0], True
+        result = self.append_each([(event_type, payload, idempotency)], ts, now)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def append_many(
         self,
@@ -276,8 +267,7 @@ class SQLiteStore(LatestStateReads):
         """
         if not items:
             raise ValueError("a batch needs at least one event")
-        rows = [(kind, payload, state_key(kind, payload), encode_json(payload).decode("utf-8"))
-                for kind, payload in items]
+        rows = [self._row(kind, payload) for kind, payload in items]
         with self._transaction() as db:
             if idempotency is not None:
                 repeat = self._repeat(db, idempotency, now, batch=True)
@@ -306,8 +296,7 @@ class SQLiteStore(LatestStateReads):
         rows: list[Optional[_Row]] = []
         for event_type, payload, _ in items:
             try:
-                rows.append((event_type, payload, state_key(event_type, payload),
-                             encode_json(payload).decode("utf-8")))
+                rows.append(self._row(event_type, payload))
                 results.append(None)
             except (TypeError, ValueError) as e:
                 rows.append(None)
@@ -336,6 +325,12 @@ class SQLiteStore(LatestStateReads):
                                              row[3], ts))
         created = iter(self._committed(inserted, seq, ts) if inserted else ())
         return [(next(created), True) if result is None else result for result in results]
+
+    @staticmethod
+    def _row(event_type: str, payload: dict) -> _Row:
+        """What an append writes of one event: its type, payload, state key and encoding."""
+        return (event_type, payload, state_key(event_type, payload),
+                encode_json(payload).decode("utf-8"))
 
     @staticmethod
     def _insert(db: sqlite3.Connection, row: _Row, ts: str, now: float) -> int:
