@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
@@ -681,3 +683,35 @@ def node_version() -> tuple[str, tuple[int, int], str]:
     if match is None:
         raise SkipTest(f"cannot tell the version of {found}: {printed!r}")
     return found, (int(match.group(1)), int(match.group(2))), printed
+
+
+def public_pem(private) -> bytes:
+    """The PEM (SubjectPublicKeyInfo) of the public half of C{private}."""
+    return private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def new_keypair(algorithm: str):
+    """A fresh private key for C{algorithm} (RS256, else ES256 on P-256) and its public PEM."""
+    if algorithm == "RS256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    else:
+        private = ec.generate_private_key(ec.SECP256R1())
+    return private, public_pem(private)
+
+
+_keys: dict = {}
+
+
+def rsa_key():
+    """An RSA private key, made once per process."""
+    if "rsa" not in _keys:
+        _keys["rsa"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return _keys["rsa"]
+
+
+def ec_key():
+    """An EC P-256 private key, made once per process."""
+    if "ec" not in _keys:
+        _keys["ec"] = ec.generate_private_key(ec.SECP256R1())
+    return _keys["ec"]

@@ -9,13 +9,12 @@ import json
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control import auth
 from mission_control.auth import OriginPolicy, Refusal, TokenVerifier
 from mission_control.policy import Principal
-from tests.helpers import b64url, forge_hs256, sign_raw
+from tests.helpers import b64url, forge_hs256, new_keypair, sign_raw
 
 NOW = 1_800_000_000.0
 SECRET = b"s" * 64
@@ -250,20 +249,10 @@ class DecoderOptionsTests(SynchronousTestCase):
 class TokenVerifierPublicKeyTests(SynchronousTestCase):
     """RS256 and ES256 tokens against a public key."""
 
-    def keypair(self, kind):
-        if kind == "RS256":
-            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        else:
-            private = ec.generate_private_key(ec.SECP256R1())
-        pem = private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return private, pem
-
     def test_rs256_and_es256(self):
         """Tokens signed with the private key verify against the public key."""
         for algorithm in ("RS256", "ES256"):
-            private, pem = self.keypair(algorithm)
+            private, pem = new_keypair(algorithm)
             verifier = TokenVerifier(
                 key=serialization.load_pem_public_key(pem), algorithms=[algorithm]
             )
@@ -272,7 +261,7 @@ class TokenVerifierPublicKeyTests(SynchronousTestCase):
 
     def test_hs256_signed_with_public_key_is_refused(self):
         """The key-confusion attack (HS256 with the PEM public key as secret) is refused."""
-        private, pem = self.keypair("RS256")
+        private, pem = new_keypair("RS256")
         verifier = TokenVerifier(key=serialization.load_pem_public_key(pem), algorithms=["RS256"])
         forged = forge_hs256(claims(role="admin"), pem)
         error = self.assertRaises(Refusal, verifier.verify, forged, NOW)

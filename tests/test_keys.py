@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control import keys
 from mission_control.auth import TokenVerifier
+from tests.helpers import new_keypair, public_pem
 
 NOW = 1_800_000_000.0
 
@@ -25,28 +26,12 @@ def claims(**overrides) -> dict:
     return {k: v for k, v in value.items() if v is not None}
 
 
-def public_pem(private) -> bytes:
-    """The PEM (SubjectPublicKeyInfo) of the public half of C{private}."""
-    return private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 class PublicKeyTests(SynchronousTestCase):
     """A PEM public key loaded, and the algorithms it is settled with."""
 
-    def keypair(self, kind):
-        if kind == "RS256":
-            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        else:
-            private = ec.generate_private_key(ec.SECP256R1())
-        pem = private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return private, pem
-
     def test_load_public_key_checks_algorithms(self):
         """A key file must be PEM and fit every configured algorithm."""
-        _, rsa_pem = self.keypair("RS256")
+        _, rsa_pem = new_keypair("RS256")
         path = self.mktemp()
         with open(path, "wb") as f:
             f.write(rsa_pem)

@@ -13,7 +13,7 @@ import os
 
 import jwt
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import defer, reactor
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -26,36 +26,16 @@ from tests.helpers import (
     OptionsMixin,
     bearer,
     connect,
+    ec_key,
     forge_hs256,
     http_request,
+    public_pem,
     raw_request,
+    rsa_key,
     start_server,
     upgrade_request,
     write_file,
 )
-
-
-def public_pem(private_key) -> bytes:
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-_keys: dict = {}
-
-
-def rsa_key():
-    """An RSA private key, made once per process."""
-    if "rsa" not in _keys:
-        _keys["rsa"] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return _keys["rsa"]
-
-
-def ec_key():
-    """An EC P-256 private key, made once per process."""
-    if "ec" not in _keys:
-        _keys["ec"] = ec.generate_private_key(ec.SECP256R1())
-    return _keys["ec"]
 
 
 class DefaultsTests(OptionsMixin, SynchronousTestCase):
