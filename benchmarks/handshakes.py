@@ -4,6 +4,7 @@ hub's CPU, and how much memory an idle connection holds.
 
     python benchmarks/handshakes.py [--connections 2000] [--workers 2] [--in-flight 200]
                                     [--repeat 1] [--idle] [--profile hub.prof] [--root DIR]
+    python benchmarks/handshakes.py --restart [--connections 10000] [--missed 10]
 
 Starts ``twistd -n mission-control`` (memory store, no demo) on a free loopback port with a fresh
 data dir and its generated secret, mints one token per connection (a user each, as a fleet of
@@ -23,6 +24,17 @@ the ``welcome``.  A connection counts once its ``welcome`` arrived.  Reported, p
 With ``--idle`` the connections of the last run stay open (the clients answer pings) and the hub's
 ``VmRSS`` (``/proc/PID/status``) is read before they connect and once they are all idle: the
 difference over the connections is the memory each idle connection holds.
+
+``--restart`` measures a whole audience coming back after a restart.  The hub runs with its
+durable SQLite store; 50 events are published in one ``POST /api/events`` batch; every client
+connects and stays, remembering ``lastSeq`` and ``epoch`` from its ``welcome``.  Then the hub is
+stopped with SIGTERM (each client gets close 1001) and started again on the same data directory.
+Each client reconnects as a dashboard does, at once and then with jittered backoff (50 ms,
+doubling to 1 s, +-50%) while nothing listens, with ``since`` set ``--missed`` seqs before its
+``lastSeq`` (the events it lost in flight) and its ``epoch``, and counts as back when its
+``resumed`` frame came, with ``recovered: true`` and exactly the missed events before it, in
+order.  Reported: how many are back and checked, the seconds from the new hub accepting
+connections (and from the SIGTERM) to the last ``resumed``, and the new hub's CPU over that span.
 
 ``--profile FILE`` runs the hub under ``cProfile``, enabled only while the clients connect and
 disconnect (the start-up is left out), and writes the statistics to FILE for ``python -m pstats``; it prints the
@@ -103,15 +115,16 @@ def listen_overflows() -> int:
 
 
 def start_hub(port: int, data_dir: str, limit: int, root: str | None,
-              profile: str | None) -> subprocess.Popen:
-    log = open(os.path.join(data_dir, "hub.log"), "wb")
+              profile: str | None, store: str = "memory") -> subprocess.Popen:
+    """Start the hub with C{store} (C{"sqlite"}: the default durable store in C{data_dir})."""
+    log = open(os.path.join(data_dir, "hub.log"), "ab")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MISSION_CONTROL_")}
     path = [root] if root else [ROOT]
     env["PYTHONPATH"] = os.pathsep.join(path + ([env["PYTHONPATH"]] if "PYTHONPATH" in env
                                                 else []))
     args = ["-n", "--pidfile=", "--logfile=-", "mission-control",
             "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir,
-            "--store", "memory", "--max-connections", str(limit)]
+            "--max-connections", str(limit)] + ([] if store == "sqlite" else ["--store", store])
     if profile:
         command = [sys.executable, "-c", PROFILED_TWISTD, profile, *args]
     else:
@@ -161,6 +174,7 @@ class Peer:
                 if opcode == 0x9:
                     self.send(0xA, payload)
                 elif opcode == 0x8:
+                    self.send(0x8, payload[:2])  # the closing handshake, as a browser answers
                     return
         except (asyncio.IncompleteReadError, OSError):
             return
@@ -263,6 +277,169 @@ def run_once(proc: subprocess.Popen, port: int, tokens_: list[str], args) -> dic
     return report
 
 
+# --restart: a whole audience resuming after the hub restarts.
+
+def publish_batch(port: int, token: str, count: int) -> None:
+    """Publish C{count} agent:status events in one POST /api/events batch."""
+    import json
+    import urllib.request
+    body = json.dumps({"events": [
+        {"type": "agent:status", "payload": {"agentId": f"agent-{i}", "status": "busy",
+                                             "timestamp": "2026-12-01T00:00:00Z"}}
+        for i in range(count)]}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/events", data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        if response.status != 200:
+            raise SystemExit(f"publishing the history failed: {response.status}")
+
+
+async def open_ws(port: int, path: str) -> Peer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = await reader.readuntil(b"\r\n\r\n")
+    if not response.startswith(b"HTTP/1.1 101"):
+        writer.close()
+        raise ConnectionRefusedError(response.split(b"\r\n", 1)[0].decode(errors="replace"))
+    return Peer(reader, writer)
+
+
+async def stay_then_resume(port: int, token: str, missed: int, gate: asyncio.Semaphore,
+                           connected: list, back: list, errors: list,
+                           resumed_peers: list) -> None:
+    """Connect, stay until the hub goes away, reconnect with since/epoch until resumed."""
+    import json
+    import random
+    async with gate:
+        try:
+            peer = await open_ws(port, f"/ws?token={token}")
+            _, payload = await peer.frame()
+        except Exception as e:
+            errors.append(f"connect: {type(e).__name__}: {e}")
+            return
+    welcome = json.loads(payload)["payload"]
+    last_seq, epoch = welcome["lastSeq"], welcome["epoch"]
+    since = max(0, last_seq - missed)
+    connected.append(time.time())
+    await peer.idle()  # until the close frame (1001) or the end of the stream
+    peer.writer.close()
+    delay = 0.05
+    while True:
+        try:
+            peer = await open_ws(port, f"/ws?token={token}&since={since}&epoch={epoch}")
+            break
+        except (OSError, asyncio.IncompleteReadError):
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(1.0, delay * 2)
+    seqs: list[int] = []
+    try:
+        while True:
+            opcode, payload = await peer.frame()
+            if opcode == 0x9:
+                peer.send(0xA, payload)
+                continue
+            frame = json.loads(payload)
+            if frame["type"] == "agent:status":
+                seqs.append(frame["seq"])
+            elif frame["type"] == "resumed":
+                ok = frame["payload"].get("recovered") is True
+                if seqs != list(range(since + 1, last_seq + 1)):
+                    ok = False
+                back.append((time.time(), ok))
+                resumed_peers.append(peer)  # stays open, as a dashboard does, until the end
+                return
+    except Exception as e:
+        errors.append(f"resume: {type(e).__name__}: {e}")
+    peer.writer.close()
+
+
+def restart_worker(port: int, tokens_: list[str], in_flight: int, missed: int, conn) -> None:
+    async def main() -> None:
+        gate = asyncio.Semaphore(in_flight)
+        connected: list = []
+        back: list = []
+        errors: list = []
+        peers: list[Peer] = []
+        tasks = [asyncio.ensure_future(stay_then_resume(port, t, missed, gate, connected, back,
+                                                        errors, peers)) for t in tokens_]
+        while len(connected) + len(errors) < len(tokens_):
+            await asyncio.sleep(0.05)
+        conn.send(("connected", len(connected)))
+        await asyncio.gather(*tasks)
+        idlers = [asyncio.ensure_future(p.idle()) for p in peers]
+        conn.send(("back", back, errors[:5], len(errors)))
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told to close
+        for peer in peers:
+            peer.writer.close()
+        await asyncio.gather(*idlers, return_exceptions=True)
+    asyncio.run(main())
+
+
+def run_restart(args, secret, data_dir: str) -> None:
+    port = free_port()
+    limit = args.connections + 100
+    proc = start_hub(port, data_dir, limit, args.root, None, store="sqlite")
+    now = time.time()
+    try:
+        publish_batch(port, tokens.mint_token(secret, "history-writer", now, role="operator"),
+                      max(args.missed, 50))
+        tokens_ = [tokens.mint_token(secret, f"dashboard-{i}", now, role="viewer")
+                   for i in range(args.connections)]
+        ctx = multiprocessing.get_context("fork")
+        pipes, procs = [], []
+        for share in [tokens_[i::args.workers] for i in range(args.workers)]:
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=restart_worker,
+                            args=(port, share, args.in_flight, args.missed, theirs))
+            p.start()
+            pipes.append(mine)
+            procs.append(p)
+        connected = sum(pipe.recv()[1] for pipe in pipes)
+        print(f"{connected:,} of {args.connections:,} connected; restarting the hub", flush=True)
+        stopped_at = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+        down_at = time.time()
+        proc = start_hub(port, data_dir, limit, args.root, args.profile, store="sqlite")
+        up_at = time.time()
+        if args.profile:
+            proc.send_signal(signal.SIGUSR1)
+        cpu_before = cpu_seconds(proc.pid)
+        results = [pipe.recv() for pipe in pipes]
+        cpu = cpu_seconds(proc.pid) - cpu_before
+        if args.profile:
+            proc.send_signal(signal.SIGUSR2)
+            time.sleep(1.0)
+        for pipe in pipes:
+            pipe.send("close")
+        for p in procs:
+            p.join(60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    back = [b for r in results for b in r[1]]
+    checked = sum(1 for _, ok in back if ok)
+    for r in results:
+        for error in r[2]:
+            print("  error:", error, file=sys.stderr)
+    last = max((t for t, _ in back), default=up_at)
+    print(f"old hub stopped in {down_at - stopped_at:.2f} s; new hub accepting "
+          f"{up_at - down_at:.2f} s later")
+    print(f"back and resumed: {len(back):,} of {connected:,} ({checked:,} with recovered: true "
+          f"and exactly the {args.missed} missed events, in order); "
+          f"failed {sum(r[3] for r in results)}")
+    print(f"last resumed {last - up_at:.2f} s after the new hub accepted connections "
+          f"({last - stopped_at:.2f} s after the SIGTERM); "
+          f"new hub CPU {cpu:.2f} s, {cpu / max(1, len(back)) * 1e6:,.0f} us per resume")
+
+
 def print_profile(path: str, limit: int = 25) -> None:
     for order in ("tottime", "cumulative"):
         print(f"\nhub profile, top {limit} by {order}:")
@@ -281,11 +458,24 @@ def main() -> None:
                         help="hold the connections of each run open and measure the hub's RSS")
     parser.add_argument("--profile", metavar="FILE", help="run the hub under cProfile")
     parser.add_argument("--root", help="a checkout whose code the hub runs (default: this one)")
+    parser.add_argument("--restart", action="store_true",
+                        help="connect, restart the hub, and time every client's resume")
+    parser.add_argument("--missed", type=int, default=10,
+                        help="with --restart: events each client resumes from before its last")
     args = parser.parse_args()
     if args.profile:
         args.profile = os.path.abspath(args.profile)
 
     data_dir = tempfile.mkdtemp(prefix="handshake-bench-")
+    if args.restart:
+        try:
+            secret, _, _ = keys.load_or_create_secret(data_dir)
+            run_restart(args, secret, data_dir)
+            if args.profile:
+                print_profile(args.profile)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        return
     try:
         secret, _, _ = keys.load_or_create_secret(data_dir)
         port = free_port()

@@ -141,24 +141,82 @@ class ResumeTests(HubTestCase):
         self.assertEqual(self.seqs(conn), [1, 2, 3, 4, 5, 6])
 
     def test_replay_stops_mid_page_when_paused(self):
-        """A transport that pauses in the middle of a page gets no more of it until writable()."""
+        """
+        A transport that pauses after a write in the middle of a page gets no more of the page
+        until writable(); what was written before the pause arrived whole and in order.
+        """
         self.publish(6)
+        self.hub.catchup.replay_write_bytes = 1  # one frame per write
         conn = FakeConnection("alice")
-        sent = []
+        flush, pauses = conn.flush, [2]
 
-        def send_frame(frame):
-            sent.append(frame.get("seq"))
-            if frame.get("seq") == 2:
+        def flush_then_pause():
+            flush()
+            if pauses and conn.frames and conn.frames[-1].get("seq") == pauses[0]:
                 conn.paused = True  # the kernel stopped taking data after seq 2
+                pauses.pop()
 
-        conn.send_frame = send_frame
+        conn.flush = flush_then_pause
         self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
         self.clock.advance(0)
-        self.assertEqual(sent, [None, 1, 2])
+        self.assertEqual([f.get("seq") for f in conn.frames], [None, 1, 2])
         conn.paused = False
         self.hub.writable(conn)
         self.clock.advance(0)
-        self.assertEqual(sent, [None, 1, 2, 3, 4, 5, 6, None])
+        self.assertEqual([f.get("seq") for f in conn.frames], [None, 1, 2, 3, 4, 5, 6, None])
+
+    def test_replay_page_is_one_write(self):
+        """A page of replayed events that fits the write size leaves in one write, not one each."""
+        self.publish(6)
+        conn = FakeConnection("alice")
+        self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
+        self.clock.advance(0)
+        self.assertEqual([f.get("seq") for f in conn.frames], [None, 1, 2, 3, 4, 5, 6, None])
+        self.assertEqual(conn.writes, 1)
+
+    def test_replayed_frames_prepared_once(self):
+        """Clients that replay the same seqs share one prepared frame per event."""
+        self.publish(3)
+        prepared = []
+
+        def prepare(data):
+            prepared.append(data)
+            return data
+
+        self.hub.set_prepare(prepare)
+        for user in ("alice", "bob", "carol"):
+            conn = FakeConnection(user)
+            self.hub.register(conn, ConnectRequest(since=0, epoch=self.hub.store.epoch))
+            self.clock.advance(0)
+            self.assertEqual([f.get("seq") for f in conn.delivered[:3]], [1, 2, 3])
+        self.assertEqual(len(prepared), 3)
+
+    def test_replay_page_read_once_while_history_unchanged(self):
+        """
+        Clients resuming from the same seq share one read of the store's page; a new event
+        changes the history, so the next client reads it again and gets the new event too.
+        """
+        self.publish(3)
+        reads = []
+        events_after = self.hub.store.events_after
+
+        def counted(seq, limit):
+            reads.append(seq)
+            return events_after(seq, limit)
+
+        self.hub.store.events_after = counted
+        for user in ("alice", "bob"):
+            conn = FakeConnection(user)
+            self.hub.register(conn, ConnectRequest(since=1, epoch=self.hub.store.epoch))
+            self.clock.advance(0)
+            self.assertEqual([f["seq"] for f in conn.delivered if "seq" in f], [2, 3])
+        self.assertEqual(reads, [1])
+        self.publish(1)
+        conn = FakeConnection("carol")
+        self.hub.register(conn, ConnectRequest(since=1, epoch=self.hub.store.epoch))
+        self.clock.advance(0)
+        self.assertEqual([f["seq"] for f in conn.delivered if "seq" in f], [2, 3, 4])
+        self.assertEqual(reads, [1, 1])
 
     def test_other_epoch(self):
         """Another epoch: recovered false (reason epoch) and a fresh snapshot."""

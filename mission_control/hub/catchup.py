@@ -17,6 +17,7 @@ from the store.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Callable, Iterator, Protocol
 
 from twisted.internet.interfaces import IReactorTime
@@ -24,7 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from mission_control import channels, events, replay
 from mission_control.hub.client import Client
 from mission_control.hub.registry import Registry
-from mission_control.store import IEventStore
+from mission_control.store import IEventStore, StoredEvent
 
 
 class CatchUpNode(Protocol):
@@ -49,8 +50,17 @@ class CatchUp:
     #: Snapshots larger than this many bytes are streamed (see L{send_snapshot}).
     snapshot_stream_threshold = 256 * 1024
 
+    #: Bytes of replayed frames per write.
+    replay_write_bytes = 64 * 1024
+    #: Replayed frames kept prepared, by seq, for the next client that replays them.
+    replay_cache_size = 2048
+    #: Pages of history kept for the next client that replays from the same seq.
+    replay_pages_cached = 16
+
     def __init__(self, node: CatchUpNode) -> None:
         self.node = node
+        self._prepared_frames: OrderedDict[int, tuple[Any, int]] = OrderedDict()
+        self._pages: OrderedDict[tuple[int, int, int], list[StoredEvent]] = OrderedDict()
         #: C{(lastSeq, the full snapshot up to its "ts":)}: shared by every connection that
         #: subscribes to everything, until the next event.
         self.snapshot_cache: tuple[int, bytes] | None = None
@@ -95,17 +105,28 @@ class CatchUp:
         store = node.store
         cursor = client.replay_cursor
         assert cursor is not None
-        page = store.events_after(cursor, self.replay_batch)
+        page = self._page(cursor)
         if cursor < store.last_seq and (not page or page[0].seq != cursor + 1):
             # Retention removed events this client had not been sent yet: it must redraw.
             self._not_recovered(client, "too_old")
             return
+        # The page leaves in writes of about replay_write_bytes, each frame encoded and framed
+        # once for every client that replays it (after a restart the whole audience replays the
+        # same seqs); the rest of a page waits for writable() once the transport pauses: a page
+        # is not a byte limit.
+        queued = 0
         for event in page:
+            if queued >= self.replay_write_bytes:
+                conn.flush()
+                queued = 0
             if conn.paused:
-                break  # the rest of the page waits for writable(): a page is not a byte limit
+                break
             if channels.covers(client.channels, channels.event_channels(event.type, event.payload)):
-                conn.send_frame(event.envelope())
+                prepared, size = self._prepared(event)
+                conn.enqueue(prepared)
+                queued += size
             cursor = client.replay_cursor = event.seq
+        conn.flush()
         if cursor >= store.last_seq:
             if client.resuming:
                 assert client.replay_start is not None
@@ -119,6 +140,36 @@ class CatchUp:
             client.replay_waiting = True  # writable() picks it up
         else:
             node.clock.callLater(0, self.replay, client)
+
+    def _page(self, cursor: int) -> list[StoredEvent]:
+        """
+        The page of history after C{cursor}: read from the store once for every client that
+        replays from there while the history stays as it is (the key holds its bounds).
+        """
+        store = self.node.store
+        key = (cursor, store.first_seq, store.last_seq)
+        pages = self._pages
+        page = pages.get(key)
+        if page is None:
+            page = pages[key] = store.events_after(cursor, self.replay_batch)
+            if len(pages) > self.replay_pages_cached:
+                pages.popitem(last=False)
+        else:
+            pages.move_to_end(key)
+        return page
+
+    def _prepared(self, event: StoredEvent) -> tuple[Any, int]:
+        """C{event}'s frame as the node prepares it, and its size: made once per seq (LRU)."""
+        cache = self._prepared_frames
+        hit = cache.get(event.seq)
+        if hit is not None:
+            cache.move_to_end(event.seq)
+            return hit
+        data = events.encode_json(event.envelope())
+        hit = cache[event.seq] = (self.node.prepare(data), len(data))
+        if len(cache) > self.replay_cache_size:
+            cache.popitem(last=False)
+        return hit
 
     def writable(self, client: Client) -> None:
         """The client's transport takes data again: go on with a replay that waited for it."""
