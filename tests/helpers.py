@@ -715,3 +715,20 @@ def ec_key():
     if "ec" not in _keys:
         _keys["ec"] = ec.generate_private_key(ec.SECP256R1())
     return _keys["ec"]
+
+
+# Store payloads
+
+#: A fixed "now" for store tests, and an envelope timestamp.
+T0 = 1_800_000_000.0
+TS = "2027-01-15T08:00:00.000Z"
+
+
+def status(agent: str, state: str = "online", **extra: object) -> dict:
+    """An C{agent:status} payload."""
+    return {"agentId": agent, "status": state, "timestamp": TS, **extra}
+
+
+def activity(session: str, word: str = "started", **extra: object) -> dict:
+    """A C{session:activity} payload."""
+    return {"sessionId": session, "activity": word, "timestamp": TS, **extra}

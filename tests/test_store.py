@@ -27,20 +27,7 @@ from mission_control.store import (
     StoredEvent,
 )
 from mission_control.store.schema import SCHEMA_1, SCHEMA_VERSION
-
-T0 = 1_800_000_000.0
-TS = "2027-01-15T08:00:00.000Z"
-
-
-def status(agent: str, state: str = "online", **extra: object) -> dict:
-    """An C{agent:status} payload."""
-    return {"agentId": agent, "status": state, "timestamp": TS, **extra}
-
-
-def activity(session: str, word: str = "started", **extra: object) -> dict:
-    """A C{session:activity} payload."""
-    return {"sessionId": session, "activity": word, "timestamp": TS, **extra}
-
+from tests.helpers import T0, TS, activity, status
 
 class StoreContractMixin:
     """

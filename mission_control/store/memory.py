@@ -158,21 +158,28 @@ class MemoryStore(LatestStateReads):
         stored = []
         for (event_type, payload), (key, encoded) in zip(items, keys):
             event = StoredEvent(seq=self.last_seq + 1, type=event_type, payload=payload, ts=ts)
-            self._keep(event, now)
-            self._latest.set(event_type, key, payload, encoded)
-            if event_type == SESSION_ACTIVITY:
-                owner = self._owners.get(key)
-                if owner is not None:
-                    owner[1] = event.seq
-                elif payload.get("agentId") is not None:
-                    self._owners[key] = [payload["agentId"], event.seq]
-            self.last_seq = event.seq
+            self._record(event, key, encoded, now)
             stored.append(event)
         if idempotency is not None:
             user, idem_key, fingerprint = idempotency
             self._keys.pop((user, idem_key), None)
             self._keys[(user, idem_key)] = _Key(fingerprint, stored, now, batch)
         return stored, True
+
+    def _record(self, event: StoredEvent, key: str, encoded: bytes, now: float) -> None:
+        """
+        Keep C{event} (the next seq) in the history, make it the latest state of C{key} and
+        record a session's owner: what one append changes, once it is known to be valid.
+        """
+        self._keep(event, now)
+        self._latest.set(event.type, key, event.payload, encoded)
+        if event.type == SESSION_ACTIVITY:
+            owner = self._owners.get(key)
+            if owner is not None:
+                owner[1] = event.seq
+            elif event.payload.get("agentId") is not None:
+                self._owners[key] = [event.payload["agentId"], event.seq]
+        self.last_seq = event.seq
 
     def _repeat(self, idempotency: Idempotency, now: float,
                 batch: bool) -> Optional[list[StoredEvent]]:

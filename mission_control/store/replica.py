@@ -1,0 +1,98 @@
+# -*- test-case-name: tests.test_store_replica -*-
+"""
+A node's copy of a shared history: what one hub process reads while the history itself lives
+elsewhere (in Redis, shared by every node).
+
+The hub reads its store synchronously, in the reactor thread: a snapshot, a page of replay, the
+owner of a session, the latest status of an agent.  A store on the network cannot answer like
+that, so each node keeps a L{Replica}: the retained history and the latest state as of the last
+event this node has applied, in memory, fed in seq order with the events every node appended
+(its own answers, the others' notifications, and whatever it reads back to fill a gap).  Applying
+the same events in the same order gives every node the same latest state: the rules (which
+payload field keys it, the caps, the owners of sessions) are L{MemoryStore}'s, run on each node.
+
+A replica assigns no seq and checks no idempotency key: appending is the shared store's job,
+atomic across every node.  Its C{append} methods refuse, so a caller that writes to it by
+mistake learns at once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NoReturn, Optional
+
+from mission_control.events import encode_json
+from mission_control.store.interface import Retention, StoredEvent
+from mission_control.store.memory import MemoryStore
+from mission_control.store.rules import state_key
+
+
+class OutOfOrder(ValueError):
+    """An event was applied that is not the next seq after the replica's last."""
+
+
+class Replica(MemoryStore):
+    """
+    The retained history, latest state and session owners of a shared store, applied in seq
+    order; reads as L{MemoryStore} reads.
+
+    @ivar epoch: the shared history's epoch (not this process's).
+    """
+
+    def __init__(self, epoch: str, retention: Retention = Retention(), last_seq: int = 0) -> None:
+        """
+        Start empty at C{last_seq}: the events after it are applied next (a node that starts on
+        a shared history first L{load}s what it retains).
+        """
+        super().__init__(retention)
+        self.epoch = epoch
+        self.last_seq = last_seq
+
+    def load(self, history: Iterable[tuple[StoredEvent, float]],
+             latest: Iterable[StoredEvent], last_seq: int) -> None:
+        """
+        Start from a shared store's contents: C{latest}, the events that made the current
+        latest state, each agent's and session's newest, oldest first (each applied through the
+        caps as it was); then C{history}, the retained events with the time each was appended,
+        in seq order and without gaps; C{last_seq}, the newest seq ever appended.
+
+        Owners of sessions come from both: the latest state's events and the history name them
+        as the appends did (the shared store refuses an append into a session another agent
+        owns, so every event of a session names its owner or no agent).
+        """
+        for event in latest:
+            self._claim(event)
+            self._latest.set(event.type, state_key(event.type, event.payload), event.payload,
+                             encode_json(event.payload))
+        events = list(history)
+        self.last_seq = events[0][0].seq - 1 if events else last_seq
+        for event, created in events:
+            self._record(event, state_key(event.type, event.payload), encode_json(event.payload),
+                         created)
+        self.last_seq = max(self.last_seq, last_seq)
+
+    def _claim(self, event: StoredEvent) -> None:
+        if event.type != "session:activity":
+            return
+        key = event.payload.get("sessionId")
+        agent = event.payload.get("agentId")
+        if isinstance(key, str) and agent is not None and key not in self._owners:
+            self._owners[key] = [agent, event.seq]
+
+    def apply(self, event: StoredEvent, created: float, encoded: Optional[bytes] = None) -> None:
+        """
+        Apply the next event of the shared history (C{created}: when it was appended, for
+        retention by age; C{encoded}: its payload's JSON, when the caller has it already).
+
+        @raise OutOfOrder: when C{event.seq} is not C{last_seq + 1}; nothing changes.
+        """
+        if event.seq != self.last_seq + 1:
+            raise OutOfOrder(f"seq {event.seq} applied after {self.last_seq}")
+        key = state_key(event.type, event.payload)
+        self._record(event, key, encode_json(event.payload) if encoded is None else encoded,
+                     created)
+
+    def append(self, *args: object, **kwargs: object) -> NoReturn:
+        """A replica is written by L{apply} only: the shared store assigns seqs."""
+        raise TypeError("a replica is written by apply(), in the shared store's seq order")
+
+    append_many = append_each = append
