@@ -25,6 +25,7 @@ from twisted.trial.unittest import SkipTest
 from mission_control.store.interface import Retention
 from mission_control.store.redis_connection import RedisConnection
 from mission_control.store.redis_log import RedisLog
+from mission_control.store.redis_pubsub import Appended, RedisSubscription
 from mission_control.store.redis_scripts import RedisKeys
 from mission_control.store.redis_url import RedisURL, parse_redis_url
 
@@ -87,7 +88,7 @@ async def count_keys(connection: RedisConnection, pattern: str) -> int:
 class RedisTestMixin:
     """
     For a trial L{TestCase}: a unique prefix (C{self.prefix}, C{self.url}, C{self.keys}), an
-    admin connection (C{self.admin}), and connections and logs that are closed,
+    admin connection (C{self.admin}), and connections, logs and subscriptions that are closed,
     and keys that are deleted, when the test ends.
     """
 
@@ -131,6 +132,14 @@ class RedisTestMixin:
         await log.load()
         return log
 
+    def subscribe(self, on_message: Callable[[Appended], None],
+                  on_connected: Callable[[], None], **options: Any) -> RedisSubscription:
+        """A subscription to this test's channel (stopped at the end)."""
+        options.setdefault("initial_delay", 0.05)
+        options.setdefault("max_delay", 0.2)
+        subscription = RedisSubscription(self.url, reactor, on_message, on_connected, **options)
+        self.addCleanup(subscription.stop)
+        return subscription
 
 class _ProxyServerSide(Protocol):
     """A client's connection to the proxy: forwards to its own connection to Redis."""
