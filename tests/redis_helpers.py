@@ -64,6 +64,16 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 5.0,
         waited += interval
 
 
+async def never(predicate: Callable[[], Any], duration: float, interval: float = 0.002) -> None:
+    """Fail as soon as C{predicate()} is true within the next C{duration} seconds."""
+    waited = 0.0
+    while waited < duration:
+        if predicate():
+            raise AssertionError(f"true after {waited:.3f} s: {predicate}")
+        await sleep(interval)
+        waited += interval
+
+
 async def delete_keys(connection: RedisConnection, pattern: str) -> int:
     """Delete every key matching C{pattern} (SCAN, then DEL): how many there were."""
     cursor, deleted = b"0", 0

@@ -26,10 +26,11 @@ from typing import Any, Callable, Optional, Sequence, Union, cast
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTCP, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mission_control.store.redis_scripts import Script
 from mission_control.store.redis_url import RedisURL
@@ -45,10 +46,32 @@ class RedisUnavailable(Exception):
     """Redis cannot be reached now (no connection, or it was lost before the reply came)."""
 
 
+@implementer(IHandshakeListener)
+class HandshakeAware:
+    """
+    Mixed into txredisapi's protocols: records that the TLS handshake completed, which with
+    C{optionsForClientTLS} means that the server's certificate and name were verified.
+    """
+
+    handshake_done = False
+    factory: ConnectingFactory
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
+        self.factory.handshake_completed(self)
+
+
 class ConnectingFactory(txredisapi.RedisFactory):
     """
     A txredisapi factory of one connection that tells its owner when a connection becomes
-    usable (after AUTH and SELECT), when it is lost, and when connecting has failed for good.
+    usable (after AUTH and SELECT, and over TLS once the server was verified), when it is lost,
+    and when connecting has failed for good.
+
+    txredisapi counts a connection as ready as soon as AUTH and SELECT were answered, or at
+    once without them: over TLS that is before the handshake, so before the server was
+    verified.  Nothing would leak (what is written waits for the handshake, and a failed one
+    discards it), but "connected" would be claimed of a server that may turn out an impostor;
+    so over TLS a connection becomes usable when its handshake completes.
     """
 
     def __init__(self, url: RedisURL, protocol: Optional[type] = None,
@@ -59,8 +82,9 @@ class ConnectingFactory(txredisapi.RedisFactory):
             password=url.password, replyTimeout=reply_timeout, convertNumbers=False,
             username=url.username,
         )
-        if protocol is not None:
-            self.protocol = protocol
+        base: type = protocol if protocol is not None else txredisapi.RedisProtocol
+        self.protocol = type(base.__name__, (HandshakeAware, base), {})
+        self.tls = url.tls
         self.initialDelay = initial_delay
         self.maxDelay = max_delay
         self.on_ready: Callable[[Any], None] = lambda conn: None
@@ -71,6 +95,11 @@ class ConnectingFactory(txredisapi.RedisFactory):
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
+        if conn in self.pool and (conn.handshake_done or not self.tls):
+            self.on_ready(conn)
+
+    def handshake_completed(self, conn: Any) -> None:
+        """The TLS handshake of C{conn} completed (the protocol tells)."""
         if conn in self.pool:
             self.on_ready(conn)
 
