@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
 from mission_control.store.interface import Retention
-from mission_control.store.redis_connection import RedisConnection
+from mission_control.store.redis_connection import RedisConnection, RedisUnavailable
 from mission_control.store.redis_log import RedisLog
 from mission_control.store.redis_pubsub import Appended, RedisSubscription
 from mission_control.store.redis_scripts import RedisKeys
@@ -72,6 +72,21 @@ async def never(predicate: Callable[[], Any], duration: float, interval: float =
             raise AssertionError(f"true after {waited:.3f} s: {predicate}")
         await sleep(interval)
         waited += interval
+
+
+async def reconnected(connection: RedisConnection, old_id: int) -> None:
+    """Wait until C{connection} works again over a connection other than client C{old_id}."""
+    async def changed() -> bool:
+        try:
+            return bool(await connection.execute("CLIENT", "ID") != old_id)
+        except RedisUnavailable:
+            return False
+
+    for _ in range(500):
+        if await changed():
+            return
+        await sleep(0.01)
+    raise AssertionError("the connection was not made again")
 
 
 async def delete_keys(connection: RedisConnection, pattern: str) -> int:

@@ -24,7 +24,7 @@ from mission_control.store.interface import (
 )
 from mission_control.store.memory import MemoryStore
 from mission_control.store.redis_log import EpochChanged, RedisLog, SessionTaken
-from tests.redis_helpers import RedisTestMixin, count_keys, delete_keys, eventually
+from tests.redis_helpers import RedisTestMixin, count_keys, delete_keys, reconnected
 from tests.test_store import T0, TS, activity, status
 
 
@@ -126,11 +126,9 @@ class LoadTests(RedisLogTestCase):
         log = RedisLog(connection, self.prefix)
         epoch = (await log.load()).epoch
         await self.publish(log, 2)
-        killed = await self.admin.execute("CLIENT", "KILL", "ID",
-                                          await connection.execute("CLIENT", "ID"))
-        self.assertEqual(killed, 1)
-        await eventually(lambda: not connection.connected)
-        await connection.when_connected()
+        client_id = await connection.execute("CLIENT", "ID")
+        self.assertEqual(await self.admin.execute("CLIENT", "KILL", "ID", client_id), 1)
+        await reconnected(connection, client_id)
         self.assertEqual(await self.publish(log, 1, start=5), [3])
         again = await (await self.open_log()).load()
         self.assertEqual((again.epoch, again.created, again.last_seq), (epoch, False, 3))
