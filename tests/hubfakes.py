@@ -145,8 +145,18 @@ class HubTestCase(SynchronousTestCase):
         self.hub.register(conn, request)
         return conn
 
+    def publish_for(self, *args, **kwargs):
+        """L{Hub.publish_for}, its envelope once stored (the memory store stores at once)."""
+        return self.successResultOf(self.hub.publish_for(*args, **kwargs))
+
+    def publish_many(self, *args, **kwargs):
+        """L{Hub.publish_many}, its envelopes once stored (the memory store stores at once)."""
+        return self.successResultOf(self.hub.publish_many(*args, **kwargs))
+
     def publish(self, count=1, agent="a1"):
-        return [self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, agent)
+        """Publish C{count} statuses of C{agent} as an operator; their envelopes, once stored."""
+        return [self.successResultOf(self.hub.publish_for(self.principal(), "agent:status",
+                                                          {"status": "busy"}, agent))
                 for _ in range(count)]
 
     def principal(self, sub="op", role="operator"):

@@ -1,6 +1,7 @@
 """
-Tests for the HTTP API (L{mission_control.web.api}) over real loopback HTTP: publishing, reading,
-roles, and every kind of bad input getting the right 4xx with a JSON error.
+Tests for the HTTP API (L{mission_control.web.api}) over real loopback HTTP: publishing (also
+to a store that fails), reading, roles, and every kind of bad input getting the right 4xx with a
+JSON error.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import sqlite3
 
 import jwt
 
@@ -420,6 +422,35 @@ class BadInputTests(ApiTestCase):
         yield self.error(403, "forbidden", "POST", "/api/agents/a1/status", {"status": "idle"},
                          token="viewer")
         self.assertEqual(self.server.hub.store.last_seq, 0)
+
+
+class StoreFailureTests(ApiTestCase):
+    """A store that fails at once, through the in-process broker."""
+
+    @defer.inlineCallbacks
+    def test_store_failure_is_503(self):
+        """A publish the store fails at once is answered 503 unavailable, logged once."""
+        def broken(*args):
+            raise sqlite3.OperationalError("database is locked")
+
+        self.patch(self.server.hub.store, "append", broken)
+        yield self.error(503, "unavailable", "POST", "/api/agents/a1/status",
+                         {"status": "busy"})
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+
+    @defer.inlineCallbacks
+    def test_event_the_store_refuses_is_500(self):
+        """
+        An event the store itself refuses (a ValueError: a fault of the hub's own checks,
+        which a retry would not mend) is a JSON 500, logged, as any fault of the hub.
+        """
+        def refusing(*args):
+            raise ValueError("not a stored event type")
+
+        self.patch(self.server.hub.store, "append", refusing)
+        yield self.error(500, "internal_error", "POST", "/api/agents/a1/status",
+                         {"status": "busy"})
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
 class PublishRateTests(unittest.TestCase):

@@ -101,16 +101,16 @@ class BroadcastTests(HubTestCase):
         """One publish is encoded once and delivered to every connection."""
         conns = [self.connect(f"u{i % 3}") for i in range(4)]
         del self.prepared[:]  # the snapshots
-        frame = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        frame = self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.assertEqual(len(self.prepared), 1)
         for conn in conns:
             self.assertEqual(conn.delivered, [frame])
 
     def test_envelope_and_seq(self):
         """Published events carry type, payload, ts and an increasing seq."""
-        first = self.hub.publish_for(self.principal(), "agent:status", {"status": "online"}, "a1")
-        second = self.hub.publish_for(self.principal(), "session:activity",
-                                      {"activity": "started"}, "s1")
+        first = self.publish_for(self.principal(), "agent:status", {"status": "online"}, "a1")
+        second = self.publish_for(self.principal(), "session:activity",
+                                  {"activity": "started"}, "s1")
         self.assertEqual(first["type"], "agent:status")
         self.assertEqual(first["payload"]["agentId"], "a1")
         self.assertEqual(first["ts"], "2027-01-15T08:00:00.000Z")
@@ -119,7 +119,7 @@ class BroadcastTests(HubTestCase):
 
     def test_broadcast_to_nobody(self):
         """Publishing with no connection stores the event and encodes nothing."""
-        frame = self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        frame = self.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
         self.assertEqual((frame["seq"], self.prepared), (1, []))
         self.assertEqual(self.hub.store.agents(), [frame["payload"]])
 
@@ -127,7 +127,7 @@ class BroadcastTests(HubTestCase):
         """A connection that is closing does not receive, and does not stop the others."""
         closing, live = self.connect("a"), self.connect("b")  # noqa
         closing.open = False
-        self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        self.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
         self.assertEqual((len(closing.delivered), len(live.delivered)), (0, 1))
 
     def test_connection_closing_during_fanout(self):
@@ -141,7 +141,8 @@ class BroadcastTests(HubTestCase):
 
         leaving = Leaving("z")
         hub.register(leaving)
-        hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        self.successResultOf(
+            hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1"))
         self.assertTrue(all(len(c.delivered) == 1 for c in others))
         self.assertEqual(hub.connection_count, 3)
 
@@ -185,19 +186,24 @@ class IdempotencyTests(HubTestCase):
     def test_repeat_returns_first_event(self):
         """The same key and request returns the first event and broadcasts nothing more."""
         conn = self.connect()
-        first = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
-                                     "key-1", "fp")
-        again = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
-                                     "key-1", "fp")
+        first = self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
+                                 "key-1", "fp")
+        again = self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
+                                 "key-1", "fp")
         self.assertEqual(first, again)
         self.assertEqual(self.hub.store.last_seq, 1)
         self.assertEqual(len(conn.delivered), 1)
 
     def test_conflict(self):
-        """The same key for a different request is a conflict."""
-        self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1", "k", "fp1")
-        self.assertRaises(IdempotencyConflict, self.hub.publish_for, self.principal(),
-                          "agent:status", {"status": "idle"}, "a1", "k", "fp2")
+        """
+        The same key for a different request is a conflict: checked and accepted at once, it
+        fails through the Deferred, and nothing more is stored.
+        """
+        self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1", "k", "fp1")
+        self.failureResultOf(self.hub.publish_for(self.principal(), "agent:status",
+                                                  {"status": "idle"}, "a1", "k", "fp2"),
+                             IdempotencyConflict)
+        self.assertEqual(self.hub.store.last_seq, 1)
 
 
 class ConnectionDetailTests(HubTestCase):
@@ -335,8 +341,8 @@ class LivenessTests(HubTestCase):
     def test_offline_keeps_the_published_name(self):
         """The hub's offline status keeps the display name the agent published."""
         conn = self.connect("a1", role="agent")
-        self.hub.publish_for(self.principal("a1", "agent"), "agent:status",
-                             {"status": "busy", "name": "Atlas"}, "a1")
+        self.publish_for(self.principal("a1", "agent"), "agent:status",
+                         {"status": "busy", "name": "Atlas"}, "a1")
         self.hub.unregister(conn)
         self.assertEqual(self.hub.store.agents()[0]["name"], "Atlas")
 
@@ -414,15 +420,15 @@ class LivenessTests(HubTestCase):
     def test_agent_that_said_offline(self):
         """An agent that reported offline itself is not reported offline again."""
         conn = self.connect("a1", role="agent")
-        self.hub.publish_for(self.principal("a1", "agent"), "agent:status",
-                             {"status": "offline"}, "a1")
+        self.publish_for(self.principal("a1", "agent"), "agent:status",
+                         {"status": "offline"}, "a1")
         seq = self.hub.store.last_seq
         self.hub.unregister(conn)
         self.assertEqual(self.hub.store.last_seq, seq)
 
     def test_busy_agent_stays_busy_on_connect(self):
         """An agent already busy is not reset to online by a new connection."""
-        self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.connect("a1", role="agent")
         self.assertEqual(self.statuses()[0][1], "busy")
 
@@ -433,8 +439,8 @@ class LivenessTests(HubTestCase):
         """
         for agent in ("gone", "back", "self"):
             conn = self.connect(agent, role="agent")
-        self.hub.publish_for(self.principal("self", "agent"), "agent:status",
-                             {"status": "busy"}, "self")
+        self.publish_for(self.principal("self", "agent"), "agent:status",
+                         {"status": "busy"}, "self")
         restarted = Hub(self.clock, self.hub.store)
         restarted.trim_interval = 10_000
         restarted.start()
@@ -510,7 +516,7 @@ class RobustnessTests(HubTestCase):
     def test_agent_cannot_take_over_a_session(self):
         """An agent may not publish into another agent's session, nor then read it."""
         owner, thief = self.principal("a1", "agent"), self.principal("evil", "agent")
-        self.hub.publish_for(owner, "session:activity", {"activity": "started"}, "s-victim")
+        self.publish_for(owner, "session:activity", {"activity": "started"}, "s-victim")
         error = self.assertRaises(Refusal, self.hub.publish_for, thief, "session:activity",
                                   {"activity": "message"}, "s-victim")
         self.assertEqual(error.status, 403)

@@ -281,9 +281,9 @@ class ChannelTests(HubTestCase):
     def test_agent_sees_its_sessions(self):
         """An agent may subscribe to a session it publishes, not to another's."""
         agent_principal = self.principal("a1", "agent")
-        self.hub.publish_for(agent_principal, "session:activity", {"activity": "started"}, "s1")
-        self.hub.publish_for(self.principal(), "session:activity",
-                             {"activity": "started", "agentId": "a2"}, "s2")
+        self.publish_for(agent_principal, "session:activity", {"activity": "started"}, "s1")
+        self.publish_for(self.principal(), "session:activity",
+                         {"activity": "started", "agentId": "a2"}, "s2")
         agent = self.connect("a1", role="agent")
         reply = self.sub(agent, ["sessions:s1", "sessions:s2"])
         self.assertEqual(reply["payload"]["channels"], ["agents:a1", "sessions:s1"])

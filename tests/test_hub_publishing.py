@@ -71,7 +71,7 @@ class PublishPermissionTests(HubTestCase):
     def test_agent_only_for_itself(self):
         """An agent publishes its own status, not another's."""
         agent = self.principal("a1", "agent")
-        self.hub.publish_for(agent, "agent:status", {"status": "busy"}, "a1")
+        self.publish_for(agent, "agent:status", {"status": "busy"}, "a1")
         error = self.assertRaises(Refusal, self.hub.publish_for, agent, "agent:status",
                                   {"status": "busy"}, "a2")
         self.assertEqual(error.status, 403)
@@ -79,7 +79,7 @@ class PublishPermissionTests(HubTestCase):
     def test_agent_activity_attributed(self):
         """An agent's activity without agentId is attributed to it; naming another is refused."""
         agent = self.principal("a1", "agent")
-        frame = self.hub.publish_for(agent, "session:activity", {"activity": "started"}, "s1")
+        frame = self.publish_for(agent, "session:activity", {"activity": "started"}, "s1")
         self.assertEqual(frame["payload"]["agentId"], "a1")
         error = self.assertRaises(Refusal, self.hub.publish_for, agent, "session:activity",
                                   {"activity": "started", "agentId": "a2"}, "s1")
@@ -250,7 +250,7 @@ class PublishManyTests(HubTestCase):
         """
         conn = self.connect("bob", "viewer")
         self.publish()
-        envelopes = self.hub.publish_many(self.principal(), [
+        envelopes = self.publish_many(self.principal(), [
             status_item("a1"), activity_item("s1", agentId="a1"), status_item("a2", "idle")])
         self.assertEqual([e["seq"] for e in envelopes], [2, 3, 4])
         self.assertEqual(len({e["ts"] for e in envelopes}), 1)
@@ -274,8 +274,8 @@ class PublishManyTests(HubTestCase):
         agent's batch that touches it is refused whole, naming the event.
         """
         a1 = self.principal("a1", "agent")
-        self.hub.publish_many(a1, [activity_item("s-new"), activity_item("s-new", "tool_call"),
-                                   status_item("a1")])
+        self.publish_many(a1, [activity_item("s-new"), activity_item("s-new", "tool_call"),
+                               status_item("a1")])
         self.assertEqual(self.hub.store.session_owner("s-new"), "a1")
         a2 = self.principal("a2", "agent")
         error = self.assertRaises(Refusal, self.hub.publish_many, a2,
@@ -288,8 +288,8 @@ class PublishManyTests(HubTestCase):
         """A repeat of a batch with its key returns the first envelopes and delivers nothing."""
         conn = self.connect("bob", "viewer")
         items = [status_item("a1"), status_item("a2")]
-        first = self.hub.publish_many(self.principal(), items, "k", "f")
+        first = self.publish_many(self.principal(), items, "k", "f")
         count = len(conn.delivered)
         self.clock.advance(5)
-        self.assertEqual(self.hub.publish_many(self.principal(), items, "k", "f"), first)
+        self.assertEqual(self.publish_many(self.principal(), items, "k", "f"), first)
         self.assertEqual((len(conn.delivered), self.hub.store.last_seq), (count, 2))
