@@ -100,14 +100,17 @@ def run(subscribers: int, count: int, window: float = 0.0, rate: float = 200.0) 
     for conn in conns:
         hub.register(conn)  # the snapshot is one delivery
     operator = Principal(sub="ops", role="operator", name=None, expires_at=4e9)
+    failed: list = []
     started = time.perf_counter()
     for i in range(count):
         hub.publish_for(operator, "agent:status", {"status": "busy", "message": f"step {i}"},
-                        f"agent-{i % 100}")
+                        f"agent-{i % 100}").addErrback(failed.append)
         if step:
             clock.advance(step)
     hub.window.flush()
     elapsed = time.perf_counter() - started
+    if failed:
+        raise SystemExit(f"{len(failed)} publishes failed: {failed[0].getErrorMessage()}")
     missing = [conn for conn in conns if conn.delivered != count + 1]
     if missing:
         raise SystemExit(f"{len(missing)} subscribers missed events")

@@ -4,7 +4,8 @@ A simulated fleet, for trying the hub out: a dozen agents change status and run 
 start, call tools, send messages and complete (or fail), a few events a second.
 
 It publishes through the same validators and L{Hub.publish} as the HTTP API, so what a newcomer
-sees is exactly what real agents would produce.
+sees is exactly what real agents would produce.  A publish the store fails is logged and
+skipped: the fleet goes on.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import uuid
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from mission_control import events
 from mission_control.hub import Hub
@@ -42,6 +45,8 @@ class DemoFleet(Service):
     Session ids carry C{run}, a short id of this fleet (random by default): the history outlives
     a restart of the hub, and a new run's C{sess-...-00001} must not continue an old one's.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class DemoFleet(Service):
         body = {"status": status, "name": name, "message": MESSAGES[status],
                 "metadata": {"demo": True}}
         payload = events.agent_status(body, self.clock.seconds(), agent_id)
-        self.hub.publish(events.AGENT_STATUS, payload)
+        self._stored(self.hub.publish(events.AGENT_STATUS, payload))
 
     def _activity(self, session_id: str, agent_id: str, activity: str, summary: str,
                   detail: dict[str, Any] | None = None) -> None:
@@ -125,4 +130,8 @@ class DemoFleet(Service):
         if detail is not None:
             body["detail"] = detail
         payload = events.session_activity(body, self.clock.seconds(), session_id)
-        self.hub.publish(events.SESSION_ACTIVITY, payload)
+        self._stored(self.hub.publish(events.SESSION_ACTIVITY, payload))
+
+    def _stored(self, d: Deferred[dict]) -> None:
+        """Log, once, a publish the store failed; the fleet goes on."""
+        d.addErrback(lambda failure: self.log.failure("the demo fleet's publish failed", failure))

@@ -172,7 +172,8 @@ class MissionControlService(service.MultiService):
         Stop listening, so that a client connecting from now on is refused at once; answer the
         connections already accepted (a WebSocket handshake gets 503 shutting down) and close
         every WebSocket with 1001; wait (at most C{close_timeout} seconds) until all of them are
-        closed; then stop the children and close the store.
+        closed; then stop the children, wait until every publish handed to the broker is
+        answered (L{Hub.when_stored}), and close the store.
 
         Listening stops first because the other order leaves a window in which a client is
         accepted, then dropped with no answer when the process exits; a refused connection is a
@@ -195,7 +196,10 @@ class MissionControlService(service.MultiService):
         yield super().stopService()  # the listeners have stopped already: only the others
         # Return only once the ports are closed, so a new listener can take them at once.
         yield defer.gatherResults(unlistened, consumeErrors=True)
-        # Every write went through the store synchronously; closing checkpoints and releases it.
+        # Every publish the hub accepted is answered (stored or failed) before the store closes;
+        # with the in-process broker that has happened already.  Closing checkpoints and
+        # releases the store.
+        yield self.hub.when_stored()
         self.hub.store.close()
 
     @defer.inlineCallbacks

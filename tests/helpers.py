@@ -32,6 +32,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest
 
 from mission_control import tokens
@@ -659,6 +660,20 @@ def is_dashboard_link(event: dict) -> bool:
     return str(event.get("log_format", "")).startswith("dashboard: ")
 
 
+def fired(d):
+    """
+    What C{d} fired with: a Deferred that has fired already (a publish through a hub whose store
+    answers at once), outside a test case's C{successResultOf}.  Its failure is raised.
+    """
+    results = []
+    d.addBoth(results.append)
+    if not results:
+        raise AssertionError(f"{d!r} has not fired")
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
 def fill_sessions(server: RunningServer, count: int, size: int = 8000) -> None:
     """Publish C{count} sessions (naming no agent) of about C{size} bytes each, through the hub."""
     from mission_control import events
@@ -667,7 +682,7 @@ def fill_sessions(server: RunningServer, count: int, size: int = 8000) -> None:
     for i in range(count):
         payload = events.session_activity(
             {"activity": "tool_call", "detail": {"blob": "x" * size}}, now, f"s{i}")
-        server.hub.publish(events.SESSION_ACTIVITY, payload)
+        fired(server.hub.publish(events.SESSION_ACTIVITY, payload))
 
 
 def node_version() -> tuple[str, tuple[int, int], str]:

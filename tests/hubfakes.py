@@ -1,18 +1,21 @@
 """
-Fakes for the hub's unit tests: connections that record what the hub hands them, and a test case
-with a hub on a L{Clock} and a memory store.
+Fakes for the hub's unit tests: connections that record what the hub hands them, a broker whose
+appends are answered only when the test says so, and a test case with a hub on a L{Clock} and a
+memory store.
 """
 
 from __future__ import annotations
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from mission_control.auth import TokenVerifier
 from mission_control.hub import Hub, IConnection
+from mission_control.hub.broker import IBroker, InProcessBroker
 from mission_control.policy import Principal
 from mission_control.store import MemoryStore
 
@@ -125,6 +128,64 @@ class HeldStreamConnection(FakeConnection):
         done()
 
 
+@implementer(IBroker)
+class DeferredBroker:
+    """
+    A broker on a backbone that answers late: each append is held, unanswered, in C{pending}
+    (its method's name, its arguments and the Deferred it returned) until the test calls
+    L{fire}, which stores it through C{inner} (an L{InProcessBroker}: listeners told, then the
+    Deferred fired), or L{fail}, which stores nothing and fails the Deferred.  Either may take a
+    later append before an earlier one.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.pending: list[tuple[str, tuple, Deferred]] = []
+
+    @classmethod
+    def around(cls, testcase, hub):
+        """Put a DeferredBroker between C{hub} and the broker it has, for this test only."""
+        broker = cls(hub.broker)
+        testcase.patch(hub, "broker", broker)
+        testcase.patch(hub.commits, "broker", broker)
+        return broker
+
+    def _held(self, name, *args):
+        d = Deferred()
+        self.pending.append((name, args, d))
+        return d
+
+    def append(self, event_type, payload, ts, now, idempotency=None):
+        return self._held("append", event_type, payload, ts, now, idempotency)
+
+    def append_many(self, items, ts, now, idempotency=None):
+        return self._held("append_many", items, ts, now, idempotency)
+
+    def append_each(self, items, ts, now):
+        return self._held("append_each", items, ts, now)
+
+    def fire(self, index=0):
+        """Store the append held at C{index} (the oldest by default) and answer it."""
+        name, args, d = self.pending.pop(index)
+        getattr(self.inner, name)(*args).chainDeferred(d)
+
+    def fail(self, error, index=0):
+        """Answer the append held at C{index} with C{error}; nothing is stored."""
+        _, _, d = self.pending.pop(index)
+        d.errback(error)
+
+    def subscribe(self, listener):
+        self.inner.subscribe(listener)
+
+    def unsubscribe(self, listener):
+        self.inner.unsubscribe(listener)
+
+
+def deferred_broker(store):
+    """A L{DeferredBroker} over an in-process broker of C{store}."""
+    return DeferredBroker(InProcessBroker(store))
+
+
 class HubTestCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
@@ -145,8 +206,18 @@ class HubTestCase(SynchronousTestCase):
         self.hub.register(conn, request)
         return conn
 
+    def publish_for(self, *args, **kwargs):
+        """L{Hub.publish_for}, its envelope once stored (the memory store stores at once)."""
+        return self.successResultOf(self.hub.publish_for(*args, **kwargs))
+
+    def publish_many(self, *args, **kwargs):
+        """L{Hub.publish_many}, its envelopes once stored (the memory store stores at once)."""
+        return self.successResultOf(self.hub.publish_many(*args, **kwargs))
+
     def publish(self, count=1, agent="a1"):
-        return [self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, agent)
+        """Publish C{count} statuses of C{agent} as an operator; their envelopes, once stored."""
+        return [self.successResultOf(self.hub.publish_for(self.principal(), "agent:status",
+                                                          {"status": "busy"}, agent))
                 for _ in range(count)]
 
     def principal(self, sub="op", role="operator"):

@@ -1,6 +1,7 @@
 """
-Tests for the HTTP API (L{mission_control.web.api}) over real loopback HTTP: publishing, reading,
-roles, and every kind of bad input getting the right 4xx with a JSON error.
+Tests for the HTTP API (L{mission_control.web.api}) over real loopback HTTP: publishing (also
+through a broker that answers late, and a store that fails), reading, roles, and every kind of
+bad input getting the right 4xx with a JSON error.
 """
 
 from __future__ import annotations
@@ -8,19 +9,23 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import sqlite3
 
 import jwt
 
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from mission_control import events
+from mission_control.store import IdempotencyConflict
 from mission_control.web import api
 from mission_control.web import site
 from mission_control.web.site import HubHTTPChannel
 from tests.helpers import (
     LogCapture,
+    RawExchange,
     connect,
     fill_sessions,
     http_request,
@@ -28,6 +33,7 @@ from tests.helpers import (
     start_server,
     wait_until,
 )
+from tests.hubfakes import DeferredBroker
 
 
 class ApiTestCase(unittest.TestCase):
@@ -420,6 +426,150 @@ class BadInputTests(ApiTestCase):
         yield self.error(403, "forbidden", "POST", "/api/agents/a1/status", {"status": "idle"},
                          token="viewer")
         self.assertEqual(self.server.hub.store.last_seq, 0)
+
+
+class LateAnswerTests(ApiTestCase):
+    """
+    Publishes through a broker that answers late (L{DeferredBroker}): each POST is answered
+    only once its append is, with the status and body it gets when the store answers at once.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.broker = DeferredBroker.around(self, self.server.hub)
+
+    @defer.inlineCallbacks
+    def held(self):
+        """Wait until the broker holds an append, and a little more: nothing is answered."""
+        yield wait_until(lambda: self.broker.pending)
+        yield deferLater(reactor, 0.05, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_answered_when_the_append_fires(self):
+        """
+        A status POST gets no answer while the broker holds its append; once it is stored the
+        answer is 200 with the event's envelope and a Content-Length, as when stored at once,
+        and the event has reached a connected client.
+        """
+        client = yield connect(self, self.server, self.viewer)
+        yield client.next_of("snapshot")
+        answer = self.call("POST", "/api/agents/a1/status", {"status": "busy"},
+                           token=self.operator)
+        yield self.held()
+        self.assertNoResult(answer)
+        self.assertEqual(self.server.hub.store.last_seq, 0)
+        self.broker.fire()
+        response = yield answer
+        self.assertEqual(response.status, 200, response.raw)
+        stored = self.server.hub.store.events_after(0, 1)[0].envelope()
+        self.assertEqual(response.body, events.encode_json({"event": stored}))
+        self.assertEqual(response.headers["content-length"], str(len(response.body)))
+        self.assertEqual(response.headers["content-type"], "application/json")
+        frame = yield client.next_of("agent:status")
+        self.assertEqual(frame, stored)
+
+    @defer.inlineCallbacks
+    def test_batch_answered_when_the_append_fires(self):
+        """A batch POST is answered 200 with its envelopes once its one append is stored."""
+        answer = self.call("POST", "/api/events", {"events": [
+            {"type": "agent:status", "payload": {"agentId": f"a{i}", "status": "idle"}}
+            for i in (1, 2)]}, token=self.admin)
+        yield self.held()
+        self.assertNoResult(answer)
+        self.broker.fire()
+        response = yield answer
+        self.assertEqual((response.status, [e["seq"] for e in response.json()["events"]]),
+                         (200, [1, 2]))
+
+    @defer.inlineCallbacks
+    def test_store_failure_later_is_503(self):
+        """
+        A store failure that comes later is answered 503 with the JSON error body (code
+        unavailable), no traceback; it is logged once; nothing is stored.
+        """
+        answer = self.call("POST", "/api/sessions/s1/activity", {"activity": "started"},
+                           token=self.agent)
+        yield self.held()
+        self.broker.fail(sqlite3.OperationalError("disk I/O error"))
+        response = yield answer
+        self.assertEqual(response.status, 503, response.raw)
+        self.assertEqual(response.headers["content-type"], "application/json")
+        self.assertEqual(response.json(), {"error": {
+            "code": "unavailable", "message": "the event could not be stored; retry later"}})
+        for leak in (b"Traceback", b"disk I/O", b"sqlite"):
+            self.assertNotIn(leak, response.raw)
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.assertEqual(self.server.hub.store.last_seq, 0)
+
+    @defer.inlineCallbacks
+    def test_key_conflict_later_is_409(self):
+        """An Idempotency-Key conflict that comes later is the same 409 as at once."""
+        answer = self.call("POST", "/api/agents/a1/status", {"status": "busy"},
+                           token=self.operator, headers={"Idempotency-Key": "k"})
+        yield self.held()
+        self.broker.fail(IdempotencyConflict("used"))
+        response = yield answer
+        self.assertEqual((response.status, response.json()["error"]["code"]),
+                         (409, "idempotency_conflict"))
+
+    @defer.inlineCallbacks
+    def test_refusal_answered_without_the_broker(self):
+        """A refused publish is answered 403 at once: nothing reaches the broker."""
+        yield self.error(403, "forbidden", "POST", "/api/agents/a1/status", {"status": "busy"},
+                         token="viewer")
+        self.assertEqual(self.broker.pending, [])
+
+    @defer.inlineCallbacks
+    def test_client_gone_before_the_answer(self):
+        """
+        A client that goes away while its publish is in flight is written nothing and no error
+        is logged for it; the event is still stored and the hub serves the next request.
+        """
+        log = LogCapture(self)
+        exchange = RawExchange(http_request("POST", "/api/agents/a1/status", {"status": "busy"},
+                                            token=self.operator))
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.server.port),
+                              exchange)
+        yield self.held()
+        site = self.server.service.site
+        exchange.transport.abortConnection()
+        yield exchange.done
+        yield wait_until(lambda: site.http_connections == 0)
+        self.broker.fire()
+        self.assertEqual((exchange.data, self.server.hub.store.last_seq), (b"", 1))
+        self.assertEqual([e for e in log.events if e.get("log_failure") is not None], [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        response = yield self.call("GET", "/api/agents", token=self.viewer)
+        self.assertEqual(response.json()["agents"][0]["agentId"], "a1")
+
+
+class StoreFailureTests(ApiTestCase):
+    """A store that fails at once, through the in-process broker."""
+
+    @defer.inlineCallbacks
+    def test_store_failure_is_503(self):
+        """A publish the store fails at once is answered 503 unavailable, logged once."""
+        def broken(*args):
+            raise sqlite3.OperationalError("database is locked")
+
+        self.patch(self.server.hub.store, "append", broken)
+        yield self.error(503, "unavailable", "POST", "/api/agents/a1/status",
+                         {"status": "busy"})
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+
+    @defer.inlineCallbacks
+    def test_event_the_store_refuses_is_500(self):
+        """
+        An event the store itself refuses (a ValueError: a fault of the hub's own checks,
+        which a retry would not mend) is a JSON 500, logged, as any fault of the hub.
+        """
+        def refusing(*args):
+            raise ValueError("not a stored event type")
+
+        self.patch(self.server.hub.store, "append", refusing)
+        yield self.error(500, "internal_error", "POST", "/api/agents/a1/status",
+                         {"status": "busy"})
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
 
 class PublishRateTests(unittest.TestCase):

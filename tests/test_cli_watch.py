@@ -430,13 +430,14 @@ class WatchTests(TestCase):
         then each event published, and stop() closes the connection cleanly with exit code 0."""
         data_dir, _ = secret_dir(self)
         server = start_server(self, ["--data-dir", data_dir])
-        server.hub.publish(events.AGENT_STATUS, agent_status("agent-old", "idle"))
+        self.successResultOf(
+            server.hub.publish(events.AGENT_STATUS, agent_status("agent-old", "idle")))
         watcher = self.watch(server.url(), "--data-dir", data_dir)
         yield wait_until(lambda: self.lines())
         self.assertRegex(self.lines()[0], r"^\d\d:\d\d:\d\d connected as mission-control-cli "
                                           r"\(viewer\), 1 agents, 0 sessions, lastSeq=1$")
-        server.hub.publish(events.AGENT_STATUS,
-                           agent_status("agent-atlas", "busy", message="working on a task"))
+        self.successResultOf(server.hub.publish(
+            events.AGENT_STATUS, agent_status("agent-atlas", "busy", message="working on a task")))
         yield wait_until(lambda: len(self.lines()) == 2)
         self.assertRegex(self.lines()[1], r'^\d\d:\d\d:\d\d agent:status  agent-atlas  busy  '
                                           r'"working on a task"  seq=2$')
@@ -452,8 +453,8 @@ class WatchTests(TestCase):
         server = start_server(self)
         watcher = self.watch(server.url(), "--json", "--token", server.token("alice"))
         yield wait_until(lambda: len(self.lines()) == 2)
-        server.hub.publish(events.SESSION_ACTIVITY, events.session_activity(
-            {"activity": "started"}, reactor.seconds(), "sess-1"))
+        self.successResultOf(server.hub.publish(events.SESSION_ACTIVITY, events.session_activity(
+            {"activity": "started"}, reactor.seconds(), "sess-1")))
         yield wait_until(lambda: len(self.lines()) == 3)
         frames = [json.loads(line) for line in self.lines()]
         self.assertEqual([f["type"] for f in frames], ["welcome", "snapshot", "session:activity"])
@@ -464,7 +465,8 @@ class WatchTests(TestCase):
     def publish(self, server, *agents):
         """Publish an agent:status for each of C{agents} through C{server}'s hub."""
         for agent in agents:
-            server.hub.publish(events.AGENT_STATUS, agent_status(agent, "online"))
+            self.successResultOf(
+                server.hub.publish(events.AGENT_STATUS, agent_status(agent, "online")))
 
     @defer.inlineCallbacks
     def restart(self, server, *args):

@@ -49,9 +49,9 @@ class ResumeTests(unittest.TestCase):
 
     def publish(self, count, start=0):
         for i in range(count):
-            self.server.hub.publish("agent:status", {
+            self.successResultOf(self.server.hub.publish("agent:status", {
                 "agentId": f"a{(start + i) % 7}", "status": "busy",
-                "timestamp": "2026-01-01T00:00:00.000Z"})
+                "timestamp": "2026-01-01T00:00:00.000Z"}))
 
     @defer.inlineCallbacks
     def test_resume_during_concurrent_publishing(self):
@@ -376,8 +376,9 @@ class EventsApiTests(unittest.TestCase):
         server = start_server(self)
         token = server.token("v")
         for i in range(25):
-            server.hub.publish("agent:status", {"agentId": "a1", "status": "idle",
-                                                "timestamp": "2026-01-01T00:00:00.000Z"})
+            self.successResultOf(server.hub.publish(
+                "agent:status", {"agentId": "a1", "status": "idle",
+                                 "timestamp": "2026-01-01T00:00:00.000Z"}))
         seqs, since = [], 0
         while True:
             response = yield raw_request(server.port, http_request(
@@ -440,9 +441,10 @@ class SlowConsumerTests(unittest.TestCase):
 
         while not too_slow() and published < 5000:
             for _ in range(5):
-                server.hub.publish("agent:status", {"agentId": "a1", "status": "busy",
-                                                    "timestamp": "2026-01-01T00:00:00.000Z",
-                                                    "metadata": big})
+                self.successResultOf(server.hub.publish(
+                    "agent:status", {"agentId": "a1", "status": "busy",
+                                     "timestamp": "2026-01-01T00:00:00.000Z",
+                                     "metadata": big}))
                 published += 1
             yield task.deferLater(reactor, 0.005, lambda: None)
         self.assertTrue(too_slow(), f"not closed after {published} events of 7 KB")

@@ -34,6 +34,7 @@ from tests.helpers import (
     PROJECT_ROOT,
     ChildProcess,
     connect,
+    fired,
     free_port,
     node_version,
     spawn_process,
@@ -196,7 +197,7 @@ def node_command(testcase) -> list[str]:
 def publish_status(server, agent_id, status="online"):
     """Publish an agent:status through C{server}'s hub; return its seq."""
     payload = events.agent_status({"status": status}, reactor.seconds(), agent_id)
-    return server.hub.publish(events.AGENT_STATUS, payload)["seq"]
+    return fired(server.hub.publish(events.AGENT_STATUS, payload))["seq"]
 
 
 class NodeNotifierTests(TestCase):
@@ -775,8 +776,8 @@ class CurlExampleTests(TestCase):
             if session is None:
                 publish_status(self.server, "agent-7", "busy")
                 continue
-            hub.publish(events.SESSION_ACTIVITY, events.session_activity(
-                {"activity": word, "agentId": "agent-7"}, now, session))
+            self.successResultOf(hub.publish(events.SESSION_ACTIVITY, events.session_activity(
+                {"activity": word, "agentId": "agent-7"}, now, session)))
         [(command, expected)] = console_session(
             examples("docs/http-api.md")["events-channel-curl"])
         answer, documented = json.loads((yield self.shell(command))), json.loads(expected)

@@ -1,7 +1,8 @@
 """
 Tests for L{mission_control.hub.node}: admitting and registering connections, publishing and
-fan-out, heartbeats, presence, liveness and robustness, without sockets (fake connections, a
-L{Clock}).  The same behaviour over real sockets is in test_websocket.
+fan-out (also through a broker that answers late), heartbeats, presence, liveness and
+robustness, without sockets (fake connections, a L{Clock}).  The same behaviour over real
+sockets is in test_websocket.
 """
 
 from __future__ import annotations
@@ -16,10 +17,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from mission_control.auth import Refusal
+from mission_control.events import ValidationError
 from mission_control.hub import ConnectRequest, Hub, IConnection
 from mission_control.policy import Principal
 from mission_control.store import IdempotencyConflict, MemoryStore
-from tests.hubfakes import FAR_FUTURE, FakeConnection, HeldStreamConnection, HubTestCase
+from tests.hubfakes import (
+    FAR_FUTURE,
+    DeferredBroker,
+    FakeConnection,
+    HeldStreamConnection,
+    HubTestCase,
+)
 
 
 class RegistryTests(HubTestCase):
@@ -101,16 +109,16 @@ class BroadcastTests(HubTestCase):
         """One publish is encoded once and delivered to every connection."""
         conns = [self.connect(f"u{i % 3}") for i in range(4)]
         del self.prepared[:]  # the snapshots
-        frame = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        frame = self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.assertEqual(len(self.prepared), 1)
         for conn in conns:
             self.assertEqual(conn.delivered, [frame])
 
     def test_envelope_and_seq(self):
         """Published events carry type, payload, ts and an increasing seq."""
-        first = self.hub.publish_for(self.principal(), "agent:status", {"status": "online"}, "a1")
-        second = self.hub.publish_for(self.principal(), "session:activity",
-                                      {"activity": "started"}, "s1")
+        first = self.publish_for(self.principal(), "agent:status", {"status": "online"}, "a1")
+        second = self.publish_for(self.principal(), "session:activity",
+                                  {"activity": "started"}, "s1")
         self.assertEqual(first["type"], "agent:status")
         self.assertEqual(first["payload"]["agentId"], "a1")
         self.assertEqual(first["ts"], "2027-01-15T08:00:00.000Z")
@@ -119,7 +127,7 @@ class BroadcastTests(HubTestCase):
 
     def test_broadcast_to_nobody(self):
         """Publishing with no connection stores the event and encodes nothing."""
-        frame = self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        frame = self.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
         self.assertEqual((frame["seq"], self.prepared), (1, []))
         self.assertEqual(self.hub.store.agents(), [frame["payload"]])
 
@@ -127,7 +135,7 @@ class BroadcastTests(HubTestCase):
         """A connection that is closing does not receive, and does not stop the others."""
         closing, live = self.connect("a"), self.connect("b")  # noqa
         closing.open = False
-        self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        self.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
         self.assertEqual((len(closing.delivered), len(live.delivered)), (0, 1))
 
     def test_connection_closing_during_fanout(self):
@@ -141,7 +149,8 @@ class BroadcastTests(HubTestCase):
 
         leaving = Leaving("z")
         hub.register(leaving)
-        hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+        self.successResultOf(
+            hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1"))
         self.assertTrue(all(len(c.delivered) == 1 for c in others))
         self.assertEqual(hub.connection_count, 3)
 
@@ -185,19 +194,24 @@ class IdempotencyTests(HubTestCase):
     def test_repeat_returns_first_event(self):
         """The same key and request returns the first event and broadcasts nothing more."""
         conn = self.connect()
-        first = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
-                                     "key-1", "fp")
-        again = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
-                                     "key-1", "fp")
+        first = self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
+                                 "key-1", "fp")
+        again = self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1",
+                                 "key-1", "fp")
         self.assertEqual(first, again)
         self.assertEqual(self.hub.store.last_seq, 1)
         self.assertEqual(len(conn.delivered), 1)
 
     def test_conflict(self):
-        """The same key for a different request is a conflict."""
-        self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1", "k", "fp1")
-        self.assertRaises(IdempotencyConflict, self.hub.publish_for, self.principal(),
-                          "agent:status", {"status": "idle"}, "a1", "k", "fp2")
+        """
+        The same key for a different request is a conflict: checked and accepted at once, it
+        fails through the Deferred, and nothing more is stored.
+        """
+        self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1", "k", "fp1")
+        self.failureResultOf(self.hub.publish_for(self.principal(), "agent:status",
+                                                  {"status": "idle"}, "a1", "k", "fp2"),
+                             IdempotencyConflict)
+        self.assertEqual(self.hub.store.last_seq, 1)
 
 
 class ConnectionDetailTests(HubTestCase):
@@ -335,8 +349,8 @@ class LivenessTests(HubTestCase):
     def test_offline_keeps_the_published_name(self):
         """The hub's offline status keeps the display name the agent published."""
         conn = self.connect("a1", role="agent")
-        self.hub.publish_for(self.principal("a1", "agent"), "agent:status",
-                             {"status": "busy", "name": "Atlas"}, "a1")
+        self.publish_for(self.principal("a1", "agent"), "agent:status",
+                         {"status": "busy", "name": "Atlas"}, "a1")
         self.hub.unregister(conn)
         self.assertEqual(self.hub.store.agents()[0]["name"], "Atlas")
 
@@ -414,15 +428,15 @@ class LivenessTests(HubTestCase):
     def test_agent_that_said_offline(self):
         """An agent that reported offline itself is not reported offline again."""
         conn = self.connect("a1", role="agent")
-        self.hub.publish_for(self.principal("a1", "agent"), "agent:status",
-                             {"status": "offline"}, "a1")
+        self.publish_for(self.principal("a1", "agent"), "agent:status",
+                         {"status": "offline"}, "a1")
         seq = self.hub.store.last_seq
         self.hub.unregister(conn)
         self.assertEqual(self.hub.store.last_seq, seq)
 
     def test_busy_agent_stays_busy_on_connect(self):
         """An agent already busy is not reset to online by a new connection."""
-        self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        self.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
         self.connect("a1", role="agent")
         self.assertEqual(self.statuses()[0][1], "busy")
 
@@ -433,8 +447,8 @@ class LivenessTests(HubTestCase):
         """
         for agent in ("gone", "back", "self"):
             conn = self.connect(agent, role="agent")
-        self.hub.publish_for(self.principal("self", "agent"), "agent:status",
-                             {"status": "busy"}, "self")
+        self.publish_for(self.principal("self", "agent"), "agent:status",
+                         {"status": "busy"}, "self")
         restarted = Hub(self.clock, self.hub.store)
         restarted.trim_interval = 10_000
         restarted.start()
@@ -510,7 +524,7 @@ class RobustnessTests(HubTestCase):
     def test_agent_cannot_take_over_a_session(self):
         """An agent may not publish into another agent's session, nor then read it."""
         owner, thief = self.principal("a1", "agent"), self.principal("evil", "agent")
-        self.hub.publish_for(owner, "session:activity", {"activity": "started"}, "s-victim")
+        self.publish_for(owner, "session:activity", {"activity": "started"}, "s-victim")
         error = self.assertRaises(Refusal, self.hub.publish_for, thief, "session:activity",
                                   {"activity": "message"}, "s-victim")
         self.assertEqual(error.status, 403)
@@ -561,3 +575,104 @@ class FanOutBenchmarkTests(SynchronousTestCase):
         self.patch(sys, "stdout", out)
         module.main(["--subscribers", "10", "--events", "9", "--repeat", "1", "--window", "0.02"])
         self.assertEqual(json.loads(out.getvalue())["window"], 0.02)
+
+
+class LateBrokerTests(HubTestCase):
+    """
+    Publishing through a broker that answers late (L{DeferredBroker}): checked at once, stored
+    later; the Deferreds fire with the envelopes once the broker answers, after the fan-out.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.broker = DeferredBroker.around(self, self.hub)
+
+    def test_publish_for_fires_when_stored(self):
+        """
+        publish_for returns a Deferred that has not fired while the broker holds the append;
+        once the broker answers, the event has been fanned out when the Deferred fires with its
+        envelope.
+        """
+        conn = self.connect()
+        stored = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        self.assertNoResult(stored)
+        self.assertEqual((self.hub.store.last_seq, conn.delivered), (0, []))
+        delivered_when_fired = []
+        stored.addCallback(lambda envelope: delivered_when_fired.extend(conn.delivered)
+                           or envelope)
+        self.broker.fire()
+        envelope = self.successResultOf(stored)
+        self.assertEqual((envelope["seq"], envelope["payload"]["agentId"]), (1, "a1"))
+        self.assertEqual(delivered_when_fired, [envelope])
+
+    def test_checks_raise_before_anything_is_appended(self):
+        """
+        A refusal and a rule break are raised by publish_for and publish_many themselves,
+        before anything reaches the broker.
+        """
+        viewer = self.principal("v", "viewer")
+        self.assertRaises(Refusal, self.hub.publish_for, viewer, "agent:status",
+                          {"status": "busy"}, "a1")
+        self.assertRaises(ValidationError, self.hub.publish_for, self.principal(),
+                          "agent:status", {"status": "dancing"}, "a1")
+        self.assertRaises(Refusal, self.hub.publish_many, viewer,
+                          [{"type": "agent:status", "payload": {"agentId": "a1",
+                                                                "status": "busy"}}])
+        self.assertEqual(self.broker.pending, [])
+
+    def test_publish_many_fires_when_stored(self):
+        """publish_many's Deferred fires with the envelopes, in seq order, once stored."""
+        items = [{"type": "agent:status", "payload": {"agentId": f"a{i}", "status": "busy"}}
+                 for i in (1, 2)]
+        stored = self.hub.publish_many(self.principal(), items)
+        self.assertNoResult(stored)
+        self.broker.fire()
+        self.assertEqual([e["seq"] for e in self.successResultOf(stored)], [1, 2])
+
+    def test_failures_come_through_the_deferred(self):
+        """
+        A key used for another request and a store failure fail the Deferred of the publish,
+        whenever the broker answers; nothing is raised to the caller.
+        """
+        conflict = self.hub.publish_for(self.principal(), "agent:status", {"status": "busy"},
+                                        "a1", "k", "fp")
+        broken = self.hub.publish_many(self.principal(), [
+            {"type": "agent:status", "payload": {"agentId": "a1", "status": "busy"}}])
+        self.broker.fail(IdempotencyConflict("used"))
+        self.broker.fail(OSError("backbone unreachable"))
+        self.failureResultOf(conflict, IdempotencyConflict)
+        self.failureResultOf(broken, OSError)
+        self.assertEqual(self.hub.store.last_seq, 0)
+
+    def test_stopping_flushes_waiting_publishes(self):
+        """
+        Stopping while a group is in flight hands the publishes that wait behind it to the
+        broker as soon as it is answered; when_stored fires only once every publish, those and
+        an HTTP one, is answered.
+        """
+        conn = self.connect("op", role="operator")
+        frame = {"type": "publish", "event": {"type": "agent:status",
+                                              "payload": {"agentId": "a1", "status": "busy"}}}
+        self.hub.handle_frame(conn, json.dumps(dict(frame, id="first")).encode(), False)
+        self.clock.advance(0)
+        self.hub.handle_frame(conn, json.dumps(dict(frame, id="second")).encode(), False)
+        http = self.hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a2")
+        self.hub.stop()
+        stored = self.hub.when_stored()
+        self.assertEqual([name for name, _, _ in self.broker.pending],
+                         ["append_each", "append"])
+        self.broker.fire()  # the first group: the second is handed over at once
+        self.assertEqual([name for name, _, _ in self.broker.pending],
+                         ["append", "append_each"])
+        self.assertNoResult(stored)
+        self.broker.fire()
+        self.broker.fire()
+        self.assertIsNone(self.successResultOf(stored))
+        self.assertEqual(self.successResultOf(http)["seq"], 2)
+        self.assertEqual([f["id"] for f in conn.frames if f["type"] == "published"],
+                         ["first", "second"])
+        self.assertEqual(self.hub.store.last_seq, 3)
+
+    def test_when_stored_at_once_when_idle(self):
+        """With nothing waiting or in flight, when_stored has fired already."""
+        self.assertIsNone(self.successResultOf(self.hub.when_stored()))

@@ -75,10 +75,10 @@ class SnapshotTests(HubTestCase):
     def test_snapshot_has_latest_state(self):
         """The snapshot holds the latest status per agent and activity per session."""
         op = self.principal()
-        self.hub.publish_for(op, "agent:status", {"status": "online"}, "a1")
-        self.hub.publish_for(op, "agent:status", {"status": "busy"}, "a1")
-        self.hub.publish_for(op, "agent:status", {"status": "idle"}, "a2")
-        self.hub.publish_for(op, "session:activity", {"activity": "started"}, "s1")
+        self.publish_for(op, "agent:status", {"status": "online"}, "a1")
+        self.publish_for(op, "agent:status", {"status": "busy"}, "a1")
+        self.publish_for(op, "agent:status", {"status": "idle"}, "a2")
+        self.publish_for(op, "session:activity", {"activity": "started"}, "s1")
         snapshot = self.connect().frames[1]
         self.assertEqual([a["status"] for a in snapshot["payload"]["agents"]], ["busy", "idle"])
         self.assertEqual(snapshot["payload"]["lastSeq"], 4)
@@ -230,7 +230,8 @@ class ResumeTests(HubTestCase):
         """since older than the retained history: recovered false (too_old) and a snapshot."""
         hub = Hub(self.clock, MemoryStore(Retention(max_events=3)))
         for _ in range(10):
-            hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1")
+            self.successResultOf(
+                hub.publish_for(self.principal(), "agent:status", {"status": "idle"}, "a1"))
         hub.store.trim(self.clock.seconds())
         conn = FakeConnection()
         hub.register(conn, ConnectRequest(since=2, epoch=hub.store.epoch))

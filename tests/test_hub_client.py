@@ -1,8 +1,8 @@
 """
 Tests for L{mission_control.hub.client}: the answers to client frames (ping, ack, auth,
 subscribe, unsubscribe, publish: the publishes of one turn answered after their one commit,
-in the order of the frames), the message rate limit and token expiry, through a hub on a
-L{Clock} with fake connections.
+in the order of the frames, also when the broker answers late), the message rate limit and
+token expiry, through a hub on a L{Clock} with fake connections.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 
 from mission_control import tokens
+from mission_control.auth import Refusal
 from mission_control.hub import ConnectRequest
 from mission_control.policy import Principal
-from tests.hubfakes import FAR_FUTURE, SECRET, FakeConnection, HubTestCase
+from tests.hubfakes import FAR_FUTURE, SECRET, DeferredBroker, FakeConnection, HubTestCase
 
 
 class ClientFrameTests(HubTestCase):
@@ -281,9 +282,9 @@ class ChannelTests(HubTestCase):
     def test_agent_sees_its_sessions(self):
         """An agent may subscribe to a session it publishes, not to another's."""
         agent_principal = self.principal("a1", "agent")
-        self.hub.publish_for(agent_principal, "session:activity", {"activity": "started"}, "s1")
-        self.hub.publish_for(self.principal(), "session:activity",
-                             {"activity": "started", "agentId": "a2"}, "s2")
+        self.publish_for(agent_principal, "session:activity", {"activity": "started"}, "s1")
+        self.publish_for(self.principal(), "session:activity",
+                         {"activity": "started", "agentId": "a2"}, "s2")
         agent = self.connect("a1", role="agent")
         reply = self.sub(agent, ["sessions:s1", "sessions:s2"])
         self.assertEqual(reply["payload"]["channels"], ["agents:a1", "sessions:s1"])
@@ -382,7 +383,26 @@ class PublishFrameTests(HubTestCase):
 
 
 
-class GroupCommitFrameTests(HubTestCase):
+class PublishFramesMixin:
+    """Sending frames, publish frames among them, and reading the replies a connection got."""
+
+    def send(self, conn, frame):
+        return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
+
+    def publish(self, conn, frame_id, agent="a1", status="busy", key=None):
+        frame = {"type": "publish", "id": frame_id,
+                 "event": {"type": "agent:status",
+                           "payload": {"agentId": agent, "status": status}}}
+        if key is not None:
+            frame["idempotencyKey"] = key
+        return self.send(conn, frame)
+
+    def replies(self, conn):
+        return [(f["type"], f.get("id"), f["payload"].get("seq") or f["payload"].get("code"))
+                for f in conn.frames if f["type"] in ("published", "error", "pong")]
+
+
+class GroupCommitFrameTests(PublishFramesMixin, HubTestCase):
     """publish frames of one reactor turn: checked at once, stored together, answered in order."""
 
     def setUp(self):
@@ -401,21 +421,6 @@ class GroupCommitFrameTests(HubTestCase):
             return append_each(items, ts, now)
 
         store.append, store.append_each = one, each
-
-    def send(self, conn, frame):
-        return self.hub.handle_frame(conn, json.dumps(frame).encode(), False)
-
-    def publish(self, conn, frame_id, agent="a1", status="busy", key=None):
-        frame = {"type": "publish", "id": frame_id,
-                 "event": {"type": "agent:status",
-                           "payload": {"agentId": agent, "status": status}}}
-        if key is not None:
-            frame["idempotencyKey"] = key
-        return self.send(conn, frame)
-
-    def replies(self, conn):
-        return [(f["type"], f.get("id"), f["payload"].get("seq") or f["payload"].get("code"))
-                for f in conn.frames if f["type"] in ("published", "error", "pong")]
 
     def test_one_transaction_replies_after_it(self):
         """
@@ -531,3 +536,122 @@ class GroupCommitFrameTests(HubTestCase):
         self.clock.advance(0)
         self.assertEqual(self.hub.store.session_owner("s-new"), "a1")
         self.assertEqual(self.replies(first)[-1][:2], ("published", "s"))
+
+
+class LateCommitFrameTests(PublishFramesMixin, HubTestCase):
+    """
+    publish frames on a broker that answers late (L{DeferredBroker}): the groups of two turns
+    are stored one after the other and answered in order, whatever the broker does, and a claim
+    stays taken while its group is in flight.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.hub.message_rate, self.hub.message_burst = 100, 100
+        self.broker = DeferredBroker.around(self, self.hub)
+
+    def activity(self, conn, frame_id, session="s-new"):
+        return self.send(conn, {"type": "publish", "id": frame_id,
+                                "event": {"type": "session:activity",
+                                          "payload": {"sessionId": session,
+                                                      "activity": "started"}}})
+
+    def test_two_groups_answered_in_order(self):
+        """
+        Two turns' publishes, from two connections: the first turn's group goes to the broker,
+        the second waits for it (the broker holds one append, never the second group's, so the
+        second cannot be stored or answered first); each connection's replies follow the order
+        of its frames, with seqs in the order of arrival, once each group is answered.
+        """
+        one = self.connect("op1", role="operator")
+        two = self.connect("op2", role="operator")
+        before = self.hub.store.last_seq
+        self.publish(one, "one-a", "x1")
+        self.publish(two, "two-a", "y1")
+        self.clock.advance(0)
+        self.publish(two, "two-b", "y2")
+        self.publish(one, "one-b", "x2")
+        self.clock.advance(0)
+        self.assertEqual([name for name, _, _ in self.broker.pending], ["append_each"])
+        self.assertEqual((self.replies(one), self.replies(two)), ([], []))
+        self.broker.fire()
+        self.assertEqual(self.replies(one), [("published", "one-a", before + 1)])
+        self.assertEqual(self.replies(two), [("published", "two-a", before + 2)])
+        self.assertEqual(len(self.broker.pending), 1)  # the second group, handed over now
+        self.broker.fire()
+        self.assertEqual(self.replies(one), [("published", "one-a", before + 1),
+                                             ("published", "one-b", before + 4)])
+        self.assertEqual(self.replies(two), [("published", "two-a", before + 2),
+                                             ("published", "two-b", before + 3)])
+
+    def test_other_frame_waits_behind_a_group_in_flight(self):
+        """
+        A frame of another kind behind a publish in flight is handled, but its reply waits for
+        the publish's: the connection's replies keep the order of its frames.
+        """
+        conn = self.connect("op", role="operator")
+        self.assertIsNone(self.publish(conn, "p1"))
+        self.assertIsNone(self.send(conn, {"type": "ping", "id": "r"}))
+        self.assertEqual(self.replies(conn), [])
+        self.broker.fire()
+        self.assertEqual([reply[:2] for reply in self.replies(conn)],
+                         [("published", "p1"), ("pong", "r")])
+
+    def test_failure_fired_later_answers_every_frame(self):
+        """
+        A group whose append fails after a while answers each of its publishes internal_error,
+        in order, logged once; the connection stays open.
+        """
+        conn = self.connect("op", role="operator")
+        self.publish(conn, "a")
+        self.publish(conn, "b")
+        self.clock.advance(0)
+        self.broker.fail(OSError("backbone unreachable"))
+        self.assertEqual(self.replies(conn), [("error", "a", "internal_error"),
+                                              ("error", "b", "internal_error")])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertIsNone(conn.closed_with)
+
+    def test_claim_in_flight_refuses_another_agent(self):
+        """
+        An agent's first activity in a session, handed to the broker and not answered yet,
+        keeps the session that agent's: another agent's activity in it is refused at once, over
+        the WebSocket and over HTTP (publish_for), and nothing of it reaches the broker.
+        """
+        first = self.connect("a1", role="agent")
+        second = self.connect("a2", role="agent")
+        while self.broker.pending:
+            self.broker.fire()  # their "online" (liveness)
+        self.assertIsNone(self.activity(first, "s"))
+        self.clock.advance(0)
+        self.assertEqual((len(self.broker.pending), self.hub.store.session_owner("s-new")),
+                         (1, None))
+        refused = self.activity(second, "t")
+        self.assertEqual((refused["type"], refused["payload"]["message"]),
+                         ("error", "session belongs to another agent"))
+        thief = Principal(sub="a2", role="agent", name=None, expires_at=FAR_FUTURE)
+        error = self.assertRaises(Refusal, self.hub.publish_for, thief, "session:activity",
+                                  {"activity": "message"}, "s-new")
+        self.assertEqual(error.status, 403)
+        self.assertEqual(len(self.broker.pending), 1)
+        self.broker.fire()
+        self.assertEqual(self.hub.store.session_owner("s-new"), "a1")
+        self.assertEqual(self.replies(first)[-1][:2], ("published", "s"))
+
+    def test_http_claim_in_flight_refuses_a_websocket_publish(self):
+        """
+        A session claimed by an HTTP publish still in flight is taken for the checks of a
+        WebSocket publish too; once that publish is answered the store keeps the claim.
+        """
+        owner = Principal(sub="a1", role="agent", name=None, expires_at=FAR_FUTURE)
+        stored = self.hub.publish_for(owner, "session:activity", {"activity": "started"},
+                                      "s-new")
+        self.assertNoResult(stored)
+        second = self.connect("a2", role="agent")
+        refused = self.activity(second, "t")
+        self.assertEqual(refused["payload"]["message"], "session belongs to another agent")
+        self.broker.fire()
+        self.broker.fire()  # a2's "online" (liveness)
+        self.assertEqual(self.successResultOf(stored)["payload"]["agentId"], "a1")
+        self.assertEqual((self.hub.store.session_owner("s-new"), len(self.hub.owners)),
+                         ("a1", 0))

@@ -39,8 +39,9 @@ class WindowTests(HubTestCase):
         hub = Hub(self.clock, self.hub.store)
         conn = FakeConnection()
         hub.register(conn)
-        hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
-        hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1")
+        for _ in range(2):
+            self.successResultOf(
+                hub.publish_for(self.principal(), "agent:status", {"status": "busy"}, "a1"))
         self.assertEqual(len(conn.delivered), 2)
 
     def test_events_of_one_window_are_one_write(self):
@@ -173,7 +174,10 @@ class WindowTests(HubTestCase):
         self.assertEqual(self.flush_calls(), [])
 
     def test_publish_returns_at_once(self):
-        """Hub.publish returns the stored envelope while its delivery still waits."""
+        """
+        Hub.publish's Deferred has fired with the stored envelope when it returns, while the
+        event's delivery still waits for the window.
+        """
         conn = self.connect()
         self.publish(1)
         envelope = self.publish(1)[0]
@@ -453,8 +457,8 @@ class LoopbackTests(unittest.TestCase):
         self.patch(protocol, "_write", counting)
         now = reactor.seconds()
         for i in range(5):
-            server.hub.publish("agent:status", events.agent_status(
-                {"status": "busy", "message": str(i)}, now, "a1"))
+            self.successResultOf(server.hub.publish("agent:status", events.agent_status(
+                {"status": "busy", "message": str(i)}, now, "a1")))
         received = []
         for _ in range(5):
             frame = yield client.next_of("agent:status")
@@ -478,8 +482,8 @@ class LoopbackTests(unittest.TestCase):
         now = reactor.seconds()
 
         def publish(i):
-            server.hub.publish("agent:status", events.agent_status(
-                {"status": "busy", "message": str(i)}, now, "a1"))
+            self.successResultOf(server.hub.publish("agent:status", events.agent_status(
+                {"status": "busy", "message": str(i)}, now, "a1")))
 
         publish(0)
         self.assertIsNotNone(protocol.fast_send)

@@ -5,6 +5,7 @@ offline from their connections (L{Liveness}), on a L{Clock} with plain callables
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -44,9 +45,10 @@ class LivenessTests(SynchronousTestCase):
                                  self.publish, lambda: self.running, interval=1.0)
 
     def publish(self, event_type, payload):
-        """Stores the event, as the hub does, and keeps what was said."""
+        """Stores the event, as the hub does, and keeps what was said; a fired Deferred."""
         self.published.append((payload["agentId"], payload["status"], payload.get("message")))
         self.store.append(event_type, payload, payload["timestamp"], self.clock.seconds())
+        return defer.succeed({})
 
     def test_online_then_offline(self):
         """The first connection publishes online; the last one closing publishes offline."""
@@ -108,6 +110,43 @@ class LivenessTests(SynchronousTestCase):
         self.connected.add("a1")
         self.liveness.changed(AGENT)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_failed_deferred_logged_once(self):
+        """
+        A publish whose Deferred fails at once is logged once and counts as no publish: the
+        next change is checked at once, as after a publish that raised.
+        """
+        self.liveness.publish = lambda *args: defer.fail(RuntimeError("store is away"))
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.liveness.publish = self.publish
+        self.liveness.changed(AGENT)
+        self.assertEqual(self.published, [("a1", "online", "connected")])
+
+    def test_later_failure_logged_once(self):
+        """
+        A publish whose Deferred fails later (a backbone that answers late) is logged once when
+        it does, and never left as an unhandled error; meanwhile it counts as published.
+        """
+        pending = []
+
+        def later(event_type, payload):
+            pending.append(defer.Deferred())
+            return pending[-1]
+
+        self.liveness.publish = later
+        self.connected.add("a1")
+        self.liveness.changed(AGENT)
+        self.connected.discard("a1")
+        self.liveness.changed(AGENT)  # within the interval: waits for it
+        self.assertEqual((len(pending), self.flushLoggedErrors(RuntimeError)), (1, []))
+        pending[0].errback(RuntimeError("store is away"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(pending), 2)
+        pending[1].callback({})
+        self.assertEqual(self.flushLoggedErrors(RuntimeError), [])
 
     def test_name_kept_and_absent_swept(self):
         """Offline keeps the name the agent published; the sweep marks offline an agent left

@@ -1,7 +1,8 @@
 """
 Tests for L{mission_control.hub.publishing}: what may be published, by whom, as a pure function,
 and through L{Hub.publish_for}, which stores nothing it refuses; and a batch, checked whole by
-L{checked_batch} before L{Hub.publish_many} stores any of it.
+L{checked_batch} before L{Hub.publish_many} stores any of it; and the session claims of
+publishes checked and not stored yet (L{claims_of}, L{PendingOwners}).
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mission_control.auth import Refusal
 from mission_control.events import ValidationError
-from mission_control.hub.publishing import MAX_BATCH, BatchOwners, checked_batch, checked_payload
+from mission_control.hub.publishing import (
+    MAX_BATCH,
+    BatchOwners,
+    PendingOwners,
+    checked_batch,
+    checked_payload,
+    claims_of,
+)
 from mission_control.policy import Principal
 from tests.hubfakes import HubTestCase
 
@@ -63,7 +71,7 @@ class PublishPermissionTests(HubTestCase):
     def test_agent_only_for_itself(self):
         """An agent publishes its own status, not another's."""
         agent = self.principal("a1", "agent")
-        self.hub.publish_for(agent, "agent:status", {"status": "busy"}, "a1")
+        self.publish_for(agent, "agent:status", {"status": "busy"}, "a1")
         error = self.assertRaises(Refusal, self.hub.publish_for, agent, "agent:status",
                                   {"status": "busy"}, "a2")
         self.assertEqual(error.status, 403)
@@ -71,7 +79,7 @@ class PublishPermissionTests(HubTestCase):
     def test_agent_activity_attributed(self):
         """An agent's activity without agentId is attributed to it; naming another is refused."""
         agent = self.principal("a1", "agent")
-        frame = self.hub.publish_for(agent, "session:activity", {"activity": "started"}, "s1")
+        frame = self.publish_for(agent, "session:activity", {"activity": "started"}, "s1")
         self.assertEqual(frame["payload"]["agentId"], "a1")
         error = self.assertRaises(Refusal, self.hub.publish_for, agent, "session:activity",
                                   {"activity": "started", "agentId": "a2"}, "s1")
@@ -185,6 +193,53 @@ class BatchOwnersTests(SynchronousTestCase):
         self.assertEqual(error.reason, "session belongs to another agent")
 
 
+class PendingOwnersTests(SynchronousTestCase):
+    """The owners checks see while appends are in flight: the store's, then the held claims."""
+
+    def test_claims_of(self):
+        """
+        What storing some events claims: the unowned sessions their activities name an agent
+        in, each for the first such agent; owned sessions and statuses claim nothing.
+        """
+        checked = [("session:activity", {"sessionId": "s1", "activity": "x"}),
+                   ("session:activity", {"sessionId": "s1", "activity": "x", "agentId": "a1"}),
+                   ("session:activity", {"sessionId": "s1", "activity": "x", "agentId": "a2"}),
+                   ("session:activity", {"sessionId": "s-old", "activity": "x", "agentId": "a1"}),
+                   ("agent:status", {"agentId": "a3", "status": "busy"})]
+        self.assertEqual(dict(claims_of(checked, {"s-old": "a9"}.get)), {"s1": "a1"})
+        self.assertEqual(dict(claims_of(checked[4:], {}.get)), {})
+
+    def test_held_until_released(self):
+        """
+        A held claim is seen for a session the store has no owner of, until it is released
+        (twice is harmless); the store's own owner always comes first.
+        """
+        store = {"s-old": "a9"}
+        owners = PendingOwners(store.get)
+        release = owners.hold({"s1": "a1", "s-old": "a1"})
+        self.assertEqual((owners("s1"), owners("s-old"), owners("s2"), len(owners)),
+                         ("a1", "a9", None, 1))
+        release()
+        release()
+        self.assertEqual((owners("s1"), len(owners)), (None, 0))
+
+    def test_oldest_claim_wins(self):
+        """
+        Two appends in flight that claim the same session: the older one's agent is seen, as
+        the store will record it, also after a later one is released; nothing is held for an
+        append that claims nothing.
+        """
+        owners = PendingOwners({}.get)
+        first = owners.hold({"s1": "a1"})
+        second = owners.hold({"s1": "a2"})
+        owners.hold({})()
+        self.assertEqual((owners("s1"), len(owners)), ("a1", 2))
+        second()
+        self.assertEqual(owners("s1"), "a1")
+        first()
+        self.assertIsNone(owners("s1"))
+
+
 class PublishManyTests(HubTestCase):
     """Hub.publish_many: all checked, then stored as one append and fanned out in order."""
 
@@ -195,7 +250,7 @@ class PublishManyTests(HubTestCase):
         """
         conn = self.connect("bob", "viewer")
         self.publish()
-        envelopes = self.hub.publish_many(self.principal(), [
+        envelopes = self.publish_many(self.principal(), [
             status_item("a1"), activity_item("s1", agentId="a1"), status_item("a2", "idle")])
         self.assertEqual([e["seq"] for e in envelopes], [2, 3, 4])
         self.assertEqual(len({e["ts"] for e in envelopes}), 1)
@@ -219,8 +274,8 @@ class PublishManyTests(HubTestCase):
         agent's batch that touches it is refused whole, naming the event.
         """
         a1 = self.principal("a1", "agent")
-        self.hub.publish_many(a1, [activity_item("s-new"), activity_item("s-new", "tool_call"),
-                                   status_item("a1")])
+        self.publish_many(a1, [activity_item("s-new"), activity_item("s-new", "tool_call"),
+                               status_item("a1")])
         self.assertEqual(self.hub.store.session_owner("s-new"), "a1")
         a2 = self.principal("a2", "agent")
         error = self.assertRaises(Refusal, self.hub.publish_many, a2,
@@ -233,8 +288,8 @@ class PublishManyTests(HubTestCase):
         """A repeat of a batch with its key returns the first envelopes and delivers nothing."""
         conn = self.connect("bob", "viewer")
         items = [status_item("a1"), status_item("a2")]
-        first = self.hub.publish_many(self.principal(), items, "k", "f")
+        first = self.publish_many(self.principal(), items, "k", "f")
         count = len(conn.delivered)
         self.clock.advance(5)
-        self.assertEqual(self.hub.publish_many(self.principal(), items, "k", "f"), first)
+        self.assertEqual(self.publish_many(self.principal(), items, "k", "f"), first)
         self.assertEqual((len(conn.delivered), self.hub.store.last_seq), (count, 2))

@@ -255,8 +255,9 @@ class LifecycleTests(unittest.TestCase):
         yield stays.next_of("snapshot")
         gone.transport.abortConnection()
         yield wait_until(lambda: server.hub.connection_count == 1)
-        server.hub.publish("agent:status", {"agentId": "a1", "status": "idle",
-                                            "timestamp": "2026-01-01T00:00:00.000Z"})
+        self.successResultOf(server.hub.publish(
+            "agent:status", {"agentId": "a1", "status": "idle",
+                             "timestamp": "2026-01-01T00:00:00.000Z"}))
         frame = yield stays.next_of("agent:status")
         self.assertEqual(frame["payload"]["agentId"], "a1")
 

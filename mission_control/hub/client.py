@@ -11,9 +11,10 @@ registry, publishing) it reaches through its L{Hub}, the node.
 A C{publish} is answered once its group of publishes is committed, at the end of the reactor
 turn (L{mission_control.hub.commits}); the connection's replies still go out in the order of its
 frames: a reply ready earlier (a refused publish) waits behind the publishes before it, and a
-frame of another kind first has the waiting publishes committed, so it is handled after them, as
-when each publish was stored on its own.  That ordering, beside the six frame handlers, is why the
-module is a little over 400 lines: the handlers and the order of their replies belong together.
+frame of another kind first has the waiting publishes handed to the store, so it is handled after
+them, as when each publish was stored on its own (with a broker that answers later, its reply
+waits for theirs).  That ordering, beside the six frame handlers, is why the module is a little
+over 400 lines: the handlers and the order of their replies belong together.
 
 ("Session" means an agent's work session everywhere else in mission-control, so the hub's record
 of a connection is a client, as in centrifuge.)
@@ -282,7 +283,8 @@ class Client:
         except ValidationError as e:
             return self.node.error_frame(e.code, e.message, e.frame_id)
         if self.replies and frame.type != "publish":
-            # Handled after this connection's waiting publishes, as if each were stored at once.
+            # Handled after this connection's waiting publishes are handed to the store, as if
+            # each were stored at once; its reply still goes after theirs (_in_order).
             self.node.commit_publishes()
         handler = _HANDLERS.get(frame.type)
         if handler is None:

@@ -12,27 +12,72 @@ C{idempotencyKey} used for another event).  When the store fails as a whole, not
 group is stored and every publish of it is answered with that failure.  Failures are logged
 here, once each; the answers only say what to reply.
 
-Until the group is stored, a session that one of its publishes claims (an agent's first activity
-in a session nobody owns) is already that agent's for every check (L{GroupCommit.session_owner}),
-so no other agent's publish, in the group or not, can slip into it before the claim is stored.
+The broker answers a group with a Deferred.  One group is in flight at a time: the publishes
+that arrive meanwhile wait, and are stored as the next group as soon as the one in flight is
+answered (at once, when the end of their turn has already come).  So groups are stored in the
+order their publishes arrived, seqs follow that order, and answers go out in it, without any
+reordering of answers; while the backbone is slow, the next group simply grows.
+
+Until a group is stored, a session that one of its publishes claims (an agent's first activity
+in a session nobody owns) is already that agent's for every check (L{GroupCommit.session_owner}):
+while the group waits, through its own claims; while it is in flight, through the hub's
+L{PendingOwners}, which hold them until the group's Deferred fires.  So no other agent's
+publish, in the group or not, can slip into the session before the claim is stored.
+
+L{InFlight} counts what the node handed the broker and has not heard back about, so that a hub
+that stops can wait until every publish it accepted is answered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mission_control import events
 from mission_control.hub.broker import IBroker
-from mission_control.hub.publishing import BatchOwners
+from mission_control.hub.publishing import BatchOwners, PendingOwners
 from mission_control.store import EachResult, Idempotency, IdempotencyConflict
 
 #: C{answer(result)}: told what became of one publish, once its group is stored.
 Answer = Callable[[EachResult], None]
+_T = TypeVar("_T")
+
+
+class InFlight:
+    """The appends handed to the broker and not answered yet, and who waits for there being none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiters: list[Deferred[None]] = []
+
+    def track(self, d: Deferred[_T]) -> Deferred[_T]:
+        """Count C{d} until it fires (with whatever result); return it."""
+        self.count += 1
+
+        def done(result: object) -> object:
+            self.count -= 1
+            if not self.count:
+                waiters, self._waiters = self._waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def when_none(self) -> Deferred[None]:
+        """A Deferred that fires once nothing is in flight (at once when nothing is)."""
+        if not self.count:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
 
 
 @dataclass
@@ -51,20 +96,38 @@ class GroupCommit:
     log = Logger()
 
     def __init__(self, clock: IReactorTime, broker: IBroker,
-                 session_owner: Callable[[str], Optional[str]]) -> None:
+                 session_owner: Callable[[str], Optional[str]],
+                 in_flight: InFlight | None = None) -> None:
+        """
+        @param session_owner: the owner of a session as the checks see it: a L{PendingOwners}
+            (the hub's, shared with its other publishes) or the store's own function.
+        @param in_flight: where the groups in flight are counted (the hub's), if anywhere.
+        """
         self.clock = clock
         self.broker = broker
-        self._store_owner = session_owner
+        self._pending = (session_owner if isinstance(session_owner, PendingOwners)
+                         else PendingOwners(session_owner))
+        self._in_flight = in_flight if in_flight is not None else InFlight()
         self._waiting: list[_Waiting] = []
-        self._owners = BatchOwners(session_owner)
+        self._owners = BatchOwners(self._pending)
         self._call: IDelayedCall | None = None
+        #: A group is being stored: the waiting publishes go after it.
+        self._storing = False
 
     def __len__(self) -> int:
-        """How many publishes wait for the commit."""
+        """How many publishes wait for the commit (not counting a group in flight)."""
         return len(self._waiting)
 
+    @property
+    def storing(self) -> bool:
+        """Whether a group is in flight: handed to the broker and not answered yet."""
+        return self._storing
+
     def session_owner(self, session_id: str) -> Optional[str]:
-        """The owner of C{session_id} as it will be once the waiting publishes are stored."""
+        """
+        The owner of C{session_id} as it will be once the publishes waiting and in flight are
+        stored.
+        """
         return self._owners(session_id)
 
     def add(self, event_type: str, payload: dict, idempotency: Optional[Idempotency],
@@ -80,7 +143,8 @@ class GroupCommit:
 
     def commit(self) -> None:
         """
-        Store every waiting publish now, as one step, and answer each in the order they came.
+        Store every waiting publish now, as one step, and answer each in the order they came,
+        once the broker answers; while a group is in flight, as soon as that one is answered.
         Called at the end of the turn, and earlier by whoever must not overtake them (a
         connection's next frame of another kind, the hub stopping).
         """
@@ -88,19 +152,36 @@ class GroupCommit:
             if self._call.active():
                 self._call.cancel()
             self._call = None
+        if self._storing or not self._waiting:
+            return  # the group in flight commits the waiting ones once it is answered
         waiting, self._waiting = self._waiting, []
-        self._owners = BatchOwners(self._store_owner)
-        if not waiting:
-            return
+        claimed, self._owners = self._owners.claimed, BatchOwners(self._pending)
+        release = self._pending.hold(claimed)
         now = self.clock.seconds()
         items = [(w.event_type, w.payload, w.idempotency) for w in waiting]
-        results: list[EachResult]
+        self._storing = True
         try:
-            results = self.broker.append_each(items, events.format_timestamp(now), now)
-        except Exception as e:
-            self.log.failure("storing a group of {count} publishes failed", count=len(waiting))
-            results = [e] * len(waiting)
+            d = self.broker.append_each(items, events.format_timestamp(now), now)
+        except Exception:
+            d = defer.fail()
+        d.addBoth(self._stored, waiting, release)
+        self._in_flight.track(d).addErrback(
+            lambda failure: self.log.failure("answering a group of publishes failed", failure))
+
+    def _stored(self, outcome: list[EachResult] | Failure, waiting: list[_Waiting],
+                release: Callable[[], None]) -> None:
+        """The broker answered the group in flight: answer each of its publishes, in order."""
+        self._storing = False
+        release()
+        results: list[EachResult]
+        if isinstance(outcome, Failure):
+            self.log.failure("storing a group of {count} publishes failed", outcome,
+                             count=len(waiting))
+            error = outcome.value
+            results = [error if isinstance(error, Exception) else RuntimeError(str(error))
+                       ] * len(waiting)
         else:
+            results = outcome
             for result in results:
                 if isinstance(result, Exception) and not isinstance(result, IdempotencyConflict):
                     self.log.failure("storing a publish failed", Failure(result))
@@ -109,3 +190,6 @@ class GroupCommit:
                 w.answer(result)
             except Exception:
                 self.log.failure("answering a stored publish failed")
+        if self._waiting and self._call is None:
+            # Their turn ended (or someone asked) while this group was in flight.
+            self.commit()

@@ -13,15 +13,19 @@ C{prepare} (Autobahn's C{factory.prepareMessage}, which frames them once too) an
 prepared object to every connection.  With a C{fanout_window} the connections queue it and write
 the events of one window together (L{FanoutWindow}).  Time comes from an injected C{IReactorTime}.
 
-At about 490 lines this is the largest module of the hub (over 400 lines), for a reason: it is the hub's
-whole surface for the adapters (C{protocol.py}, C{web/}, C{tap.py}), and many of its methods
-are short delegations to the parts, kept so that no adapter reaches past the node.
+Publishing is checked at once and stored later: L{Hub.publish}, L{Hub.publish_for} and
+L{Hub.publish_many} raise a refusal or a rule break before anything is appended, and return a
+C{Deferred} of the envelopes, which the broker fires once the event is stored and fanned out.
+
+At about 540 lines this is the largest module of the hub (over 400 lines), for a reason: it is
+the hub's whole surface for the adapters (C{protocol.py}, C{web/}, C{tap.py}), and many of its
+methods are short delegations to the parts, kept so that no adapter reaches past the node.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -33,7 +37,7 @@ from mission_control.hub.broker import IBroker, InProcessBroker
 from mission_control.hub.catchup import CatchUp
 from mission_control.hub import publishing
 from mission_control.hub.client import Client
-from mission_control.hub.commits import Answer, GroupCommit
+from mission_control.hub.commits import Answer, GroupCommit, InFlight
 from mission_control.hub.expiry import Deadlines
 from mission_control.hub.outbox import FanoutWindow
 from mission_control.hub.connection import CLOSED_BY_ADMIN, ConnectRequest, IConnection
@@ -43,6 +47,8 @@ from mission_control.hub.service import HubService
 from mission_control.limits import RateLimits, TokenBucket
 from mission_control.policy import Principal
 from mission_control.store import IEventStore, StoredEvent
+
+_T = TypeVar("_T")
 
 
 class Hub:
@@ -88,8 +94,13 @@ class Hub:
         self.store = store
         self.broker = broker if broker is not None else InProcessBroker(store)
         self.broker.subscribe(self._appended)
+        # Session owners as the checks see them: the store's, and the claims of publishes
+        # checked already and not stored yet (the broker answers later).
+        self.owners = publishing.PendingOwners(lambda s: self.store.session_owner(s))
+        # Appends handed to the broker and not answered yet (see when_stored).
+        self.in_flight = InFlight()
         # WebSocket publishes of one reactor turn, stored as one transaction (see publish_later).
-        self.commits = GroupCommit(clock, self.broker, lambda s: self.store.session_owner(s))
+        self.commits = GroupCommit(clock, self.broker, self.owners, self.in_flight)
         self.heartbeat_interval = heartbeat_interval
         self.max_connections = max_connections
         self.max_connections_per_user = max_connections_per_user
@@ -124,7 +135,11 @@ class Hub:
             self.service.startService()
 
     def stop(self) -> None:
-        """Stop the periodic work and refuse new connections; send what the window holds."""
+        """
+        Stop the periodic work and refuse new connections; store the publishes waiting for the
+        end of the turn (at once, or as soon as the group in flight is answered: see
+        L{when_stored}); send what the window holds.
+        """
         self.accepting = False
         self.commits.commit()
         self.window.stop()
@@ -164,6 +179,15 @@ class Hub:
         d: Deferred = Deferred()
         self._empty_waiters.append(d)
         return d
+
+    def when_stored(self) -> Deferred[None]:
+        """
+        A Deferred that fires once every publish handed to the broker, or waiting for the end of
+        the turn, has been answered (at once if none is): what stopping waits for before the
+        store is closed.
+        """
+        self.commits.commit()
+        return self.in_flight.when_none()
 
     def set_prepare(self, prepare: Callable[[bytes], Any]) -> None:
         """Use C{prepare} to turn encoded frames into what L{IConnection.deliver} takes."""
@@ -369,16 +393,22 @@ class Hub:
 
     # Publishing and fan-out
 
-    def publish(self, event_type: str, payload: dict, idempotency: Any = None) -> dict:
+    def publish(self, event_type: str, payload: dict,
+                idempotency: Any = None) -> Deferred[dict]:
         """
-        Store an already validated event, fan it out and return its envelope.  With
-        C{idempotency} (C{(user, key, fingerprint)}) a repeat returns the first event's envelope
-        and sends nothing.
+        Store an already validated event and fan it out; the Deferred fires with its envelope
+        once the broker answers (the event fanned out by then), or fails with the broker's
+        failure.  With C{idempotency} (C{(user, key, fingerprint)}) a repeat fires with the first
+        event's envelope and sends nothing (a key used for another request fails with
+        L{mission_control.store.IdempotencyConflict}).
         """
         now = self.clock.seconds()
-        event, _ = self.broker.append(event_type, payload, events.format_timestamp(now), now,
-                                      idempotency)
-        return event.envelope()
+        # A session it claims is taken for the checks of later publishes until it is stored.
+        release = self.owners.hold(
+            publishing.claims_of([(event_type, payload)], self.commits.session_owner))
+        d = self.broker.append(event_type, payload, events.format_timestamp(now), now,
+                               idempotency)
+        return _released(self.in_flight.track(d), release).addCallback(_envelope)
 
     def _appended(self, event: StoredEvent) -> None:
         """The broker appended C{event}: deliver it to every connection subscribed to it."""
@@ -392,15 +422,17 @@ class Hub:
         subject_id: str | None = None,
         idempotency_key: str | None = None,
         fingerprint: str = "",
-    ) -> dict:
+    ) -> Deferred[dict]:
         """
         Check C{body} as an event of C{event_type} that C{principal} publishes
-        (L{publishing.checked_payload}), and publish it.  C{subject_id} is the agent or session
-        id named by the URL, if any.
+        (L{publishing.checked_payload}), at once, and publish it (L{publish}): the Deferred
+        fires with its envelope once it is stored.  C{subject_id} is the agent or session id
+        named by the URL, if any.
 
-        @raise Refusal: 403 when the role does not allow it.
-        @raise ValidationError: when the payload breaks a rule.
-        @raise mission_control.store.IdempotencyConflict: the key was used for another request.
+        @raise Refusal: 403 when the role does not allow it (nothing is stored).
+        @raise ValidationError: when the payload breaks a rule (nothing is stored).
+        @return: a Deferred that fails with L{mission_control.store.IdempotencyConflict} when the
+            key was used for another request, or with the broker's failure.
         """
         payload = publishing.checked_payload(principal, event_type, body, subject_id,
                                              self.clock.seconds(), self.commits.session_owner)
@@ -436,27 +468,28 @@ class Hub:
         items: object,
         idempotency_key: str | None = None,
         fingerprint: str = "",
-    ) -> list[dict]:
+    ) -> Deferred[list[dict]]:
         """
         Check every event of a batch as L{publish_for} checks one (L{publishing.checked_batch}),
-        then store them all as one atomic append and fan each out, in seq order.  Nothing is
-        stored when any is refused.  With C{idempotency_key}, a repeat of the batch returns the
-        first one's envelopes and sends nothing.
+        at once, then store them all as one atomic append and fan each out, in seq order.
+        Nothing is stored when any is refused.  With C{idempotency_key}, a repeat of the batch
+        fires with the first one's envelopes and sends nothing.
 
         @param items: the batch as the caller sent it: a list of C{{"type", "payload"}}.
-        @return: the envelopes, in seq order.
+        @return: a Deferred that fires with the envelopes, in seq order, or fails with
+            L{mission_control.store.IdempotencyConflict} (the key was used for another request)
+            or the broker's failure.
         @raise Refusal: 403 for the first event the role does not allow (C{events[i]: ...}).
         @raise ValidationError: the first event that breaks a rule (C{events[i]: ...}).
-        @raise mission_control.store.IdempotencyConflict: the key was used for another request.
         """
         now = self.clock.seconds()
         checked = publishing.checked_batch(principal, items, now, self.commits.session_owner)
         idempotency = None
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)
-        stored, _ = self.broker.append_many(checked, events.format_timestamp(now), now,
-                                            idempotency)
-        return [event.envelope() for event in stored]
+        release = self.owners.hold(publishing.claims_of(checked, self.commits.session_owner))
+        d = self.broker.append_many(checked, events.format_timestamp(now), now, idempotency)
+        return _released(self.in_flight.track(d), release).addCallback(_envelopes)
 
     def broadcast(self, frame: Mapping) -> int:
         """
@@ -480,6 +513,25 @@ class Hub:
         self.broadcast(
             events.envelope("heartbeat", {"timestamp": ts, "lastSeq": self.store.last_seq}, ts)
         )
+
+
+def _released(d: Deferred[_T], release: Callable[[], None]) -> Deferred[_T]:
+    """C{d}, which releases the claims of its append when it fires, whatever its result."""
+
+    def both(result: object) -> object:
+        release()
+        return result
+
+    d.addBoth(both)
+    return d
+
+
+def _envelope(result: tuple[StoredEvent, bool]) -> dict:
+    return result[0].envelope()
+
+
+def _envelopes(result: tuple[list[StoredEvent], bool]) -> list[dict]:
+    return [event.envelope() for event in result[0]]
 
 
 def _number(value: float) -> int | float:

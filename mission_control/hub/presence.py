@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from mission_control import events
@@ -86,7 +88,8 @@ class Liveness:
 
     @ivar store: where an agent's latest C{agent:status} is read.
     @ivar is_connected: whether an agent has a connection now.
-    @ivar publish: C{publish(event_type, payload)}: stores and sends an event (L{Hub.publish}).
+    @ivar publish: C{publish(event_type, payload)}: stores and sends an event (L{Hub.publish});
+        its Deferred fires once the event is stored.  A failure is logged here, once.
     @ivar accepting: whether the hub still runs; nothing is published while it stops, so a
         restart does not mark every agent offline.
     """
@@ -98,7 +101,7 @@ class Liveness:
         clock: IReactorTime,
         store: IEventStore,
         is_connected: Callable[[str], bool],
-        publish: Callable[[str, dict], object],
+        publish: Callable[[str, dict], Deferred[Any]],
         accepting: Callable[[], bool],
         interval: float = 1.0,
     ) -> None:
@@ -141,13 +144,13 @@ class Liveness:
         now = self.clock.seconds()
         try:
             if self.accepting() and connected and status in (None, "offline"):
-                self._publish(entry.principal, "online", "connected")
-                entry.published_at = now
+                if self._publish(entry.principal, "online", "connected"):
+                    entry.published_at = now
             elif self.accepting() and not connected and status != "offline":
                 why = ("connection timed out (no answer to pings)" if entry.timed_out
                        else "connection closed")
-                self._publish(entry.principal, "offline", why)
-                entry.published_at = now
+                if self._publish(entry.principal, "offline", why):
+                    entry.published_at = now
         except Exception:
             self.log.failure("publishing the liveness of agent {agent} failed", agent=agent_id)
         if not connected:
@@ -157,15 +160,33 @@ class Liveness:
             else:
                 del self.agents[agent_id]
 
-    def _publish(self, principal: Principal, status: str, message: str) -> None:
+    def _publish(self, principal: Principal, status: str, message: str) -> bool:
+        """Publish C{principal}'s C{status}; whether it has not failed (yet)."""
         body: dict[str, Any] = {"status": status, "message": message,
                                 "metadata": {"source": "connection"}}
         latest = self.store.agent(principal.sub) or {}
         name = principal.name or latest.get("name")  # keep the name the agent published
         if name is not None:
             body["name"] = name
-        self.publish(events.AGENT_STATUS,
-                     events.agent_status(body, self.clock.seconds(), principal.sub))
+        return self._stored(
+            self.publish(events.AGENT_STATUS,
+                         events.agent_status(body, self.clock.seconds(), principal.sub)),
+            principal.sub)
+
+    def _stored(self, d: Deferred[Any], agent_id: str) -> bool:
+        """
+        Log, once, that storing the liveness of C{agent_id} failed, if it does; whether it has
+        not failed yet (a store that fails at once counts as no publish, as a raise did).
+        """
+        failed: list[Failure] = []
+
+        def logged(failure: Failure) -> None:
+            failed.append(failure)
+            self.log.failure("publishing the liveness of agent {agent} failed", failure,
+                             agent=agent_id)
+
+        d.addErrback(logged)
+        return not failed
 
     def sweep_absent(self) -> None:
         """
@@ -182,8 +203,10 @@ class Liveness:
                         "message": "did not reconnect after the hub restarted"}
                 if payload.get("name") is not None:
                     body["name"] = payload["name"]
-                self.publish(events.AGENT_STATUS,
-                             events.agent_status(body, self.clock.seconds(), agent_id))
+                self._stored(self.publish(events.AGENT_STATUS,
+                                          events.agent_status(body, self.clock.seconds(),
+                                                              agent_id)),
+                             agent_id)
 
     def stop(self) -> None:
         """Cancel every pending check and forget the bookkeeping."""

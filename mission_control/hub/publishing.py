@@ -5,11 +5,15 @@ store, or refuses it.  The HTTP API and the WebSocket C{publish} frame both reac
 L{Hub.publish_for}, so an event is checked the same way whichever way it came.  A batch
 (L{checked_batch}, through L{Hub.publish_many}) is every one of its events checked by that same
 function, in order, before any is stored.
+
+A publish checked now may be stored later (a broker on a shared backbone answers when it can):
+the sessions it claims (an agent's first activity in a session nobody owns) are held by
+L{PendingOwners} until its append is answered, so the checks of the publishes after it see them.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 from mission_control import events, policy
 from mission_control.auth import Refusal
@@ -141,3 +145,70 @@ class BatchOwners:
             session = payload["sessionId"]
             if self(session) is None:
                 self._claimed[session] = payload["agentId"]
+
+    @property
+    def claimed(self) -> Mapping[str, str]:
+        """The sessions the batch claims, each for the agent it will belong to once stored."""
+        return self._claimed
+
+
+def claims_of(checked: list[tuple[str, dict]],
+              session_owner: Callable[[str], str | None]) -> Mapping[str, str]:
+    """
+    The sessions that storing C{checked} (C{(event_type, payload)} in order) claims: those
+    C{session_owner} knows no owner of, each for the first agent an activity of it names.
+    """
+    owners = BatchOwners(session_owner)
+    for event_type, payload in checked:
+        owners.stored(event_type, payload)
+    return owners.claimed
+
+
+class PendingOwners:
+    """
+    The session owners every check sees while appends are in flight: the store's, and for a
+    session it has no owner of, the agent an append not yet stored claims it for (the oldest
+    such append's, as the store will record it).  A claim is held from the moment its publish
+    passed its checks until its append is answered (L{hold}), so that no other agent's publish
+    slips into the session meanwhile, whichever way it comes.
+    """
+
+    def __init__(self, session_owner: Callable[[str], str | None]) -> None:
+        self._session_owner = session_owner
+        # Claims of appends in flight, by a number given in the order they began.
+        self._held: dict[int, Mapping[str, str]] = {}
+        self._next = 0
+
+    def __call__(self, session_id: str) -> str | None:
+        owner = self._session_owner(session_id)
+        if owner is not None or not self._held:
+            return owner
+        for claimed in self._held.values():  # oldest first
+            agent = claimed.get(session_id)
+            if agent is not None:
+                return agent
+        return None
+
+    def hold(self, claimed: Mapping[str, str]) -> Callable[[], None]:
+        """
+        Keep C{claimed} (session to agent) visible until the function returned is called, when
+        the append that claims them has been answered (stored or not).  Calling it again is
+        harmless.
+        """
+        if not claimed:
+            return _nothing
+        number, self._next = self._next, self._next + 1
+        self._held[number] = claimed
+
+        def release() -> None:
+            self._held.pop(number, None)
+
+        return release
+
+    def __len__(self) -> int:
+        """How many appends hold claims."""
+        return len(self._held)
+
+
+def _nothing() -> None:
+    """Release no claim."""

@@ -17,22 +17,31 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
 POSTs are limited per user (C{--max-publishes-per-second}, 429 past it; a batch costs one per
 event) and take an
 C{Idempotency-Key} header: a repeat of the same request with the same key within
-ten minutes returns the first result instead of storing a duplicate.
+ten minutes returns the first result instead of storing a duplicate.  A publish is checked at
+once (every 4xx but a key's conflict is answered before anything is stored) and answered once the
+hub has stored it (L{mission_control.web.later}): 200, 409 for a key used for another request,
+or 503 when the store could not take it.
 
 A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
 JSON, and hands the rest to the L{Hub}.  Every client mistake is a 4xx with
 C{{"error": {"code", "message"}}}; nothing from the request is echoed except field names.
-One route is one short method here, so the module is as long as the API is wide (a little over 400
-lines; what a batch's body is, is in L{mission_control.web.batch}); what the routes share with the WebSocket lives in the hub and the rules, not here.
+One route is one short method here, so the module is as long as the API is wide: about 490
+lines, over 400 lines because each route, with the answers a publish can get once it is stored,
+belongs with the others.  What a batch's body is, is in L{mission_control.web.batch}; how an
+answer that comes later is written, in L{mission_control.web.later}; what the routes share with
+the WebSocket lives in the hub and the rules, not here.
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any, Callable, TypeVar, Union
 
 from autobahn.twisted.util import peer2str
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource
 from twisted.web.server import Request
 
@@ -46,14 +55,18 @@ from mission_control.hub import Hub
 from mission_control.limits import RateLimits
 from mission_control.store import IdempotencyConflict
 from mission_control.web import batch
+from mission_control.web.later import Rendered, render_when_fired
+from mission_control.web.redaction import redact
 from mission_control.web.site import MAX_BODY_SIZE, error_body
 from mission_control.web.streaming import StreamedBody
 
 
 #: What a handler answers with: a JSON value to encode, bytes ready to send, or a streamed body.
 Body = Union[dict[str, Any], bytes, StreamedBody]
-#: A handler: C{(request, principal, *ids) -> (status, body)}.
-Handler = Callable[..., tuple[int, Body]]
+#: What a handler answers: C{(status, body)}, or a Deferred of it (a publish, once stored).
+Answer = tuple[int, Body]
+#: A handler: C{(request, principal, *ids) -> (status, body)} or a Deferred of it.
+Handler = Callable[..., Union[Answer, "Deferred[Answer]"]]
 _T = TypeVar("_T")
 
 
@@ -97,21 +110,41 @@ class Api(resource.Resource):
             (("me",), {b"GET": self._me}),
         ]
 
-    def render(self, request: Request) -> bytes | int:
+    def render(self, request: Request) -> Rendered:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
         try:
-            status, body = self._dispatch(request)
+            answer = self._dispatch(request)
         except ApiError as e:
-            status, body = e.status, error_body(e.code, e.message)
-            for name, value in e.headers.items():
-                request.setHeader(name, value)
+            return self._error(request, e)
+        if isinstance(answer, Deferred):
+            return render_when_fired(request, answer, partial(self._respond, request),
+                                     partial(self._failed, request))
+        return self._respond(request, answer)
+
+    @staticmethod
+    def _respond(request: Request, answer: Answer) -> Rendered:
+        status, body = answer
         request.setResponseCode(status)
         if isinstance(body, StreamedBody):
             return body.write_to(request)
         return encode_json(body) if not isinstance(body, bytes) else body
 
-    def _dispatch(self, request: Request) -> tuple[int, Body]:
+    def _error(self, request: Request, e: ApiError) -> Rendered:
+        for name, value in e.headers.items():
+            request.setHeader(name, value)
+        return self._respond(request, (e.status, error_body(e.code, e.message)))
+
+    def _failed(self, request: Request, failure: Failure) -> Rendered:
+        """The answer to a request whose Deferred failed: its L{ApiError}, else a JSON 500."""
+        if isinstance(failure.value, ApiError):
+            return self._error(request, failure.value)
+        # A fault of ours, answered as HubRequest.processingFailed answers one raised at once.
+        self.log.failure("request failed: {method} {path}", failure,
+                         method=redact(request.method), path=redact(request.path))
+        return self._respond(request, (500, error_body("internal_error", "internal server error")))
+
+    def _dispatch(self, request: Request) -> Answer | Deferred[Answer]:
         segments = self._segments(request)
         for shape, methods in self._routes:
             if len(shape) == len(segments) and all(
@@ -200,16 +233,16 @@ class Api(resource.Resource):
                            {b"Retry-After": wait})
 
     def _publish(self, request: Request, principal: Principal, event_type: str,
-                 subject_id: str) -> tuple[int, Body]:
+                 subject_id: str) -> Deferred[Answer]:
         self._charge(self._publishes, principal, "publishes")
         body = self._json_body(request)
         key = self._idempotency_key(request)
         fingerprint = events.request_fingerprint(event_type, subject_id, body) if key else ""
-        envelope = self._checked(principal, self.hub.publish_for, principal, event_type, body,
-                                 subject_id, key, fingerprint)
-        return 200, {"event": envelope}
+        stored = self._checked(principal, self.hub.publish_for, principal, event_type, body,
+                               subject_id, key, fingerprint)
+        return self._when_stored(stored, _one_event)
 
-    def _post_events(self, request: Request, principal: Principal) -> tuple[int, Body]:
+    def _post_events(self, request: Request, principal: Principal) -> Deferred[Answer]:
         """
         A batch (L{batch}): charged one publish as any POST, then one more per further event
         once the body says how many (all or none of them), then checked whole by the hub and
@@ -225,19 +258,34 @@ class Api(resource.Resource):
             self._charge(self._publishes, principal, "publishes", len(items) - 1)
         key = self._idempotency_key(request)
         fingerprint = batch.fingerprint(body) if key else ""
-        envelopes = self._checked(principal, self.hub.publish_many, principal, items, key,
-                                  fingerprint)
-        return 200, {"events": envelopes}
+        stored = self._checked(principal, self.hub.publish_many, principal, items, key,
+                               fingerprint)
+        return self._when_stored(stored, _events)
+
+    def _when_stored(self, stored: Deferred[_T],
+                     answer: Callable[[_T], Answer]) -> Deferred[Answer]:
+        """
+        The answer to a publish once the hub has stored it: C{answer(result)}; a 409 when its
+        Idempotency-Key was used for another request; a 503 when the store could not take it
+        (logged here, once: the client may retry), or a 500 for an event the store refused (a
+        fault of the hub's own checks, which a retry does not mend).
+        """
+
+        def failed(failure: Failure) -> Answer:
+            if failure.check(IdempotencyConflict):
+                raise ApiError(409, "idempotency_conflict",
+                               "Idempotency-Key was already used for a different request")
+            if failure.check(ValueError):
+                return failure.raiseException()  # a JSON 500, logged (see _failed)
+            self.log.failure("storing a publish failed", failure)
+            raise ApiError(503, "unavailable", "the event could not be stored; retry later")
+
+        return stored.addCallbacks(answer, failed)
 
     def _checked(self, principal: Principal, call: Callable[..., _T], *args: Any) -> _T:
         """C{call(*args)}, its refusals and rule breaks answered as a publish answers them."""
         try:
             return call(*args)
-        except IdempotencyConflict:
-            raise ApiError(
-                409, "idempotency_conflict",
-                "Idempotency-Key was already used for a different request",
-            ) from None
         except Refusal as refusal:
             self.log.warn(
                 "security: {user} ({role}) refused: {reason}",
@@ -272,13 +320,13 @@ class Api(resource.Resource):
     # Handlers: (request, principal, *ids) -> (status, body)
 
     def _post_status(self, request: Request, principal: Principal,
-                     agent_id: str) -> tuple[int, Body]:
+                     agent_id: str) -> Deferred[Answer]:
         return self._publish(
             request, principal, AGENT_STATUS, self._subject_id(agent_id, "agentId")
         )
 
     def _post_activity(self, request: Request, principal: Principal,
-                       session_id: str) -> tuple[int, Body]:
+                       session_id: str) -> Deferred[Answer]:
         return self._publish(
             request, principal, SESSION_ACTIVITY, self._subject_id(session_id, "sessionId")
         )
@@ -410,6 +458,14 @@ class Api(resource.Resource):
             self.hub.connection_count, encode_json(self.hub.users()))
         return 200, StreamedBody(head, map(encode_json, self.hub.iter_connection_details()),
                                  b"]}")
+
+
+def _one_event(envelope: dict) -> Answer:
+    return 200, {"event": envelope}
+
+
+def _events(envelopes: list[dict]) -> Answer:
+    return 200, {"events": envelopes}
 
 
 DEFAULT_EVENTS_LIMIT = 100
