@@ -25,7 +25,7 @@ from mission_control.store.interface import (
 from mission_control.store.memory import MemoryStore
 from mission_control.store.redis_log import EpochChanged, RedisLog, SessionTaken
 from tests.redis_helpers import RedisTestMixin, count_keys, delete_keys, reconnected
-from tests.test_store import T0, TS, activity, status
+from tests.helpers import T0, TS, activity, status
 
 
 class RedisLogTestCase(RedisTestMixin, TestCase):

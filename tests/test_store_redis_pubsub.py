@@ -18,7 +18,7 @@ from mission_control.store.redis_pubsub import Appended, RedisSubscription, pars
 from mission_control.store.redis_scripts import message_head
 from mission_control.store.redis_url import parse_redis_url
 from tests.redis_helpers import RedisProxy, RedisTestMixin, eventually, sleep
-from tests.test_store import T0, TS, activity, status
+from tests.helpers import T0, TS, activity, status
 
 
 def message(**fields: object) -> bytes:

@@ -94,20 +94,17 @@ class ReplicaTests(SynchronousTestCase):
 
     def test_load_from_retained_history_and_latest_state(self):
         """
-        A replica loaded from what a shared store retains (the events behind its latest state,
-        its retained history, its last seq) reads as that store, owners of sessions whose events
+        A replica loaded from what a shared store retains (its latest state, its owners, its
+        retained history, its last seq) reads as that store, owners of sessions whose events
         left the history included, and goes on with the next seq.
         """
         store = MemoryStore(Retention(max_events=3))
-        appended = self.fill(store)
+        self.fill(store)
         retained = [(event, T0) for event in store.events_after(0, 100)]
-        behind = {}  # the newest event of each agent and session, as the latest state keeps it
-        for event in appended:
-            field = "agentId" if event.type == "agent:status" else "sessionId"
-            behind.pop((event.type, event.payload[field]), None)
-            behind[(event.type, event.payload[field])] = event
+        owners = {s: store.session_owner(s) for s in ("s1", "s2") if store.session_owner(s)}
         replica = Replica(store.epoch, Retention(max_events=3))
-        replica.load(retained, behind.values(), store.last_seq)
+        replica.load(retained, store.state("agent:status"), store.state("session:activity"),
+                     owners, store.last_seq)
         self.assertEqual(reads(replica), reads(store))
         self.assertEqual(replica.session_owner("s2"), "a2")
         following = store.append("agent:status", status("a4"), "ts", T0)[0]
@@ -116,8 +113,10 @@ class ReplicaTests(SynchronousTestCase):
 
     def test_load_without_history(self):
         """With every event trimmed, the replica starts after the last seq: nothing to replay."""
+        store = MemoryStore()
+        store.append("agent:status", status("a1"), "ts", T0)
         replica = Replica("epoch")
-        replica.load([], [StoredEvent(7, "agent:status", status("a1"), "ts")], 9)
+        replica.load([], store.state("agent:status"), [], {}, 9)
         self.assertEqual((replica.first_seq, replica.last_seq), (10, 9))
         self.assertEqual(replica.events_after(0, 10), [])
         self.assertEqual(replica.agent("a1"), status("a1"))

@@ -18,10 +18,10 @@ mistake learns at once.
 
 from __future__ import annotations
 
-from typing import Iterable, NoReturn, Optional
+from typing import Iterable, Mapping, NoReturn, Optional
 
-from mission_control.events import encode_json
-from mission_control.store.interface import Retention, StoredEvent
+from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
+from mission_control.store.interface import Retention, StateEntry, StoredEvent
 from mission_control.store.memory import MemoryStore
 from mission_control.store.rules import state_key
 
@@ -47,36 +47,28 @@ class Replica(MemoryStore):
         self.epoch = epoch
         self.last_seq = last_seq
 
-    def load(self, history: Iterable[tuple[StoredEvent, float]],
-             latest: Iterable[StoredEvent], last_seq: int) -> None:
+    def load(self, history: Iterable[tuple[StoredEvent, float]], agents: Iterable[StateEntry],
+             sessions: Iterable[StateEntry], owners: Mapping[str, str], last_seq: int) -> None:
         """
-        Start from a shared store's contents: C{latest}, the events that made the current
-        latest state, each agent's and session's newest, oldest first (each applied through the
-        caps as it was); then C{history}, the retained events with the time each was appended,
-        in seq order and without gaps; C{last_seq}, the newest seq ever appended.
-
-        Owners of sessions come from both: the latest state's events and the history name them
-        as the appends did (the shared store refuses an append into a session another agent
-        owns, so every event of a session names its owner or no agent).
+        Start from a shared store's contents: its latest state (C{agents} and C{sessions}, least
+        recently updated first, each set through the caps as an append sets it), the owners of
+        its sessions, then C{history}: the retained events with the time each was appended, in
+        seq order and without gaps, applied as they were appended (an event that is also behind
+        the latest state moves it to where it belongs: the order ends as the appends left it).
+        C{last_seq} is the newest seq ever appended.
         """
-        for event in latest:
-            self._claim(event)
-            self._latest.set(event.type, state_key(event.type, event.payload), event.payload,
-                             encode_json(event.payload))
+        for event_type, entries in ((AGENT_STATUS, agents), (SESSION_ACTIVITY, sessions)):
+            for entry in entries:
+                self._latest.set(event_type, state_key(event_type, entry.payload), entry.payload,
+                                 entry.encoded)
+        for session, agent in owners.items():
+            self._owners[session] = [agent, 0]
         events = list(history)
         self.last_seq = events[0][0].seq - 1 if events else last_seq
         for event, created in events:
             self._record(event, state_key(event.type, event.payload), encode_json(event.payload),
                          created)
         self.last_seq = max(self.last_seq, last_seq)
-
-    def _claim(self, event: StoredEvent) -> None:
-        if event.type != "session:activity":
-            return
-        key = event.payload.get("sessionId")
-        agent = event.payload.get("agentId")
-        if isinstance(key, str) and agent is not None and key not in self._owners:
-            self._owners[key] = [agent, event.seq]
 
     def apply(self, event: StoredEvent, created: float, encoded: Optional[bytes] = None) -> None:
         """
