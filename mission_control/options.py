@@ -22,8 +22,11 @@ from twisted.python import usage
 from mission_control import keys
 from mission_control.auth import OriginPolicy, TokenVerifier
 from mission_control.listener import describe_error, with_backlog
+from mission_control.store.redis_url import parse_redis_url
 
 ENV_PREFIX = "MISSION_CONTROL_"
+#: The schemes of C{--store} that name a shared Redis store.
+REDIS_SCHEMES = ("redis://", "rediss://")
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 MAX_MESSAGE_SIZE_CEILING = 16 * 1024 * 1024
 #: What a flag in the environment (C{MISSION_CONTROL_DEMO}) may say, in any case.
@@ -74,7 +77,9 @@ class Options(usage.Options):
         ["max-publishes-per-second", None, None, "HTTP publishes one user may make per second (twice that in a burst); past it 429. [200]"],
         ["max-reads-per-second", None, None, "HTTP reads (GET) one user may make per second (twice that in a burst); past it 429. [20]"],
         ["max-handshakes-per-second", None, None, "WebSocket handshakes one user may make per second (bursts of --max-connections-per-user or twice the rate, the larger); past it 429. [5]"],
-        ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
+        ["store", None, None, "Where events and latest state live: sqlite (in the data dir), memory, or "
+         "redis://[:password@]host:port/db[?prefix=P] (rediss:// for TLS), shared by every hub "
+         "process on it. [sqlite]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
     ]
@@ -157,6 +162,24 @@ class Options(usage.Options):
                     f"{', '.join(FALSE_WORDS)} (off), not {value!r}"
                 )
 
+    def _store(self) -> None:
+        """
+        C{--store}: sqlite, memory, or a Redis URL, parsed into C{self["redis"]} (a
+        L{RedisURL}, C{None} for the others).  A bad URL is one usage line that does not repeat
+        its password.
+        """
+        store = self["store"]
+        self["redis"] = None
+        if store.startswith(REDIS_SCHEMES):
+            try:
+                self["redis"] = parse_redis_url(store)
+            except ValueError as e:
+                raise usage.UsageError(f"--store: {e}") from None
+            self["store"] = "redis"
+        elif store not in ("sqlite", "memory"):
+            raise usage.UsageError("--store must be sqlite, memory or a redis:// or rediss:// "
+                                   "URL")
+
     def postOptions(self) -> None:
         self._twistd_files()
         self._from_environment()
@@ -168,8 +191,7 @@ class Options(usage.Options):
 
         self._numbers()
         self._keys()
-        if self["store"] not in ("sqlite", "memory"):
-            raise usage.UsageError(f"--store must be sqlite or memory, not {self['store']!r}")
+        self._store()
         try:
             self["origins"] = OriginPolicy(self["allowed-origin"])
         except ValueError as e:

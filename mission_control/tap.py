@@ -28,7 +28,8 @@ from mission_control.factory import HubServerFactory
 from mission_control.hub import Hub
 from mission_control.listener import Listener, ListenError, urls_of
 from mission_control.options import Options
-from mission_control.store import MemoryStore, Retention, SQLiteStore
+from mission_control.cluster.shared import SharedHistory
+from mission_control.store import IEventStore, MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard
 from mission_control.web.site import HubSite, build_site
@@ -83,9 +84,12 @@ class MissionControlService(service.MultiService):
     log = Logger()
 
     def __init__(self, hub: Hub, site: HubSite, listen: list[str], reactor: Any,
-                 options: Mapping[str, Any] | None = None) -> None:
+                 options: Mapping[str, Any] | None = None,
+                 shared: SharedHistory | None = None) -> None:
         super().__init__()
         self.hub = hub
+        #: The Redis side of a hub on a shared history (C{--store redis://}), or C{None}.
+        self.shared = shared
         self.site = site
         self.listen = listen
         self.reactor = reactor
@@ -124,6 +128,9 @@ class MissionControlService(service.MultiService):
             self.privilegedStartService()
         super().startService()
         self.hub.start()
+        if self.shared is not None:
+            self.hub.starting = True
+            self.shared.start(self._shared_ready)
         self._check_file_limit()
         renewed = self.hub.store.epoch_renewed
         if renewed:
@@ -147,6 +154,10 @@ class MissionControlService(service.MultiService):
                 command=shlex.quote(console_script()),
                 data_dir=shlex.quote(data_dir),
             )
+
+    def _shared_ready(self) -> None:
+        """The shared history is loaded: serve."""
+        self.hub.starting = False
 
     def _check_file_limit(self) -> None:
         """
@@ -200,6 +211,8 @@ class MissionControlService(service.MultiService):
         # with the in-process broker that has happened already.  Closing checkpoints and
         # releases the store.
         yield self.hub.when_stored()
+        if self.shared is not None:
+            yield self.shared.stop()
         self.hub.store.close()
 
     @defer.inlineCallbacks
@@ -251,9 +264,15 @@ def dashboard_urls(urls: list[str]) -> list[str]:
     return [url for url in urls if url.startswith(("http://", "https://"))]
 
 
+def retention_of(options: Mapping[str, Any]) -> Retention:
+    """The retention limits the options ask for."""
+    return Retention(max_events=options["history-size"], max_age=options["history-age"])
+
+
 def open_store(options: Mapping[str, Any]) -> MemoryStore | SQLiteStore:
-    """The store the options ask for: SQLite in the data dir (the default), or memory."""
-    retention = Retention(max_events=options["history-size"], max_age=options["history-age"])
+    """The store of one process the options ask for: SQLite in the data dir (the default), or
+    memory."""
+    retention = retention_of(options)
     if options["store"] == "memory":
         return MemoryStore(retention)
     path = os.path.join(options["data-dir"], STORE_FILE_NAME)
@@ -268,11 +287,18 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
     if reactor is None:
         from twisted.internet import reactor
     verifier = options["verifier"]
-    store = open_store(options)
+    shared: SharedHistory | None = None
+    store: IEventStore
+    if options["store"] == "redis":
+        shared = SharedHistory(reactor, options["redis"], retention_of(options))
+        store, broker = shared.replica, shared.broker
+    else:
+        store, broker = open_store(options), None
     rate = options["max-messages-per-second"]
     hub = Hub(
         reactor,
         store,
+        broker=broker,
         heartbeat_interval=options["heartbeat-interval"],
         max_connections=options["max-connections"],
         max_connections_per_user=options["max-connections-per-user"],
@@ -297,7 +323,11 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
     site = build_site(factory, api, reactor=reactor,
                       max_http_connections=options["max-http-connections"],
                       dashboard=Dashboard())
-    root = MissionControlService(hub, site, options["listen"], reactor, options)
+    if shared is not None:
+        # Who is connected is known per node: a restarted node must not mark offline the agents
+        # connected to the others.
+        hub.sweep_after_restart = False
+    root = MissionControlService(hub, site, options["listen"], reactor, options, shared)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)
     return root

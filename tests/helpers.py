@@ -143,6 +143,22 @@ def start_server(testcase, args=(), environ=None, tls_context=None) -> RunningSe
     return server
 
 
+class RemoteServer:
+    """Enough of L{tests.helpers.RunningServer} to connect to a hub in another process."""
+
+    scheme = "http"
+
+    def __init__(self, port, secret):
+        self.port = port
+        self.secret = secret
+
+    def token(self, sub, ttl=600.0, **claims):
+        return tokens.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, **claims)
+
+    def url(self, path="/ws", query=""):
+        return f"ws://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
+
+
 class RecordingClient(WebSocketClientProtocol):
     """An Autobahn client that queues every frame it receives, decoded."""
 

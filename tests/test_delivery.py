@@ -24,6 +24,7 @@ from tests.helpers import (
     fill_sessions,
     free_port,
     http_request,
+    RemoteServer,
     raw_request,
     spawn_twistd,
     start_server,
@@ -236,7 +237,7 @@ class GracefulShutdownTests(unittest.TestCase):
                          timeout=20)
         secret = keys.read_secret(os.path.join(data_dir, "jwt-secret"))
         token = tokens.mint_token(secret, "root", reactor.seconds(), role="admin")
-        server = _Remote(port, secret)
+        server = RemoteServer(port, secret)
         clients = []
         for i in range(20):
             clients.append((yield connect(self, server, server.token(f"u{i % 4}"))))
@@ -256,22 +257,6 @@ class GracefulShutdownTests(unittest.TestCase):
         response = yield raw_request(port, http_request("GET", "/api/events?since=0&limit=1000",
                                                         token=token))
         self.assertEqual(response.json()["lastSeq"], 50)
-
-
-class _Remote:
-    """Enough of L{tests.helpers.RunningServer} to connect to a hub in another process."""
-
-    scheme = "http"
-
-    def __init__(self, port, secret):
-        self.port = port
-        self.secret = secret
-
-    def token(self, sub, ttl=600.0, **claims):
-        return tokens.mint_token(self.secret, sub, reactor.seconds(), ttl=ttl, **claims)
-
-    def url(self, path="/ws", query=""):
-        return f"ws://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
 
 
 class TokenLifecycleTests(unittest.TestCase):

@@ -13,6 +13,7 @@ from mission_control import tokens
 from mission_control.auth import Refusal
 from mission_control.hub import ConnectRequest
 from mission_control.policy import Principal
+from mission_control.store import StoreUnavailable
 from tests.hubfakes import FAR_FUTURE, SECRET, DeferredBroker, FakeConnection, HubTestCase
 
 
@@ -610,6 +611,22 @@ class LateCommitFrameTests(PublishFramesMixin, HubTestCase):
         self.assertEqual(self.replies(conn), [("error", "a", "internal_error"),
                                               ("error", "b", "internal_error")])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertIsNone(conn.closed_with)
+
+    def test_store_unavailable_answers_unavailable(self):
+        """
+        A group the store cannot take now (StoreUnavailable: a shared store out of reach)
+        answers each of its publishes with an unavailable error frame, in order, logged as one
+        warning without a traceback; the connection stays open.
+        """
+        conn = self.connect("op", role="operator")
+        self.publish(conn, "a")
+        self.publish(conn, "b")
+        self.clock.advance(0)
+        self.broker.fail(StoreUnavailable("Redis is out of reach"))
+        self.assertEqual(self.replies(conn), [("error", "a", "unavailable"),
+                                              ("error", "b", "unavailable")])
+        self.assertEqual(self.flushLoggedErrors(StoreUnavailable), [])
         self.assertIsNone(conn.closed_with)
 
     def test_claim_in_flight_refuses_another_agent(self):

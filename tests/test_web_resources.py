@@ -48,15 +48,19 @@ class HealthUnitTests(unittest.SynchronousTestCase):
         return request, body
 
     def test_serving_and_stopping(self):
-        """200 {"status": "ok"} while serving, 503 {"status": "stopping"} after; never cached."""
-        serving = [True]
-        health = Health(lambda: serving[0])
+        """
+        200 {"status": "ok"} while serving, 503 with the reason as the status ("starting",
+        "stopping") while it cannot; never cached.
+        """
+        problem = [None]
+        health = Health(lambda: problem[0])
         request, body = self.render(health)
         self.assertEqual((request.responseCode or 200, json.loads(body)), (200, {"status": "ok"}))
         self.assertEqual(request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
-        serving[0] = False
-        request, body = self.render(health)
-        self.assertEqual((request.responseCode, json.loads(body)), (503, {"status": "stopping"}))
+        for reason in ("starting", "stopping"):
+            problem[0] = reason
+            request, body = self.render(health)
+            self.assertEqual((request.responseCode, json.loads(body)), (503, {"status": reason}))
 
     def test_head_is_allowed(self):
         """HEAD is answered as GET is."""

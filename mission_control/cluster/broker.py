@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from mission_control.cluster.sequencer import Sequencer
 from mission_control.hub.broker import IBroker, Listener
-from mission_control.store import EachItem, EachResult, StoredEvent
+from mission_control.store import EachItem, EachResult, StoredEvent, StoreUnavailable
 from mission_control.store.redis_log import RedisLog
 from mission_control.store.redis_pubsub import Appended
 from mission_control.store.replica import Replica
@@ -41,7 +41,7 @@ from mission_control.store.replica import Replica
 Timed = tuple[StoredEvent, float]
 
 
-class Stale(Exception):
+class Stale(StoreUnavailable):
     """The shared history is not the one this node loaded (its epoch changed)."""
 
 

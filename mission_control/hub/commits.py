@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from mission_control import events
 from mission_control.hub.broker import IBroker
 from mission_control.hub.publishing import BatchOwners, PendingOwners
-from mission_control.store import EachResult, Idempotency, IdempotencyConflict
+from mission_control.store import EachResult, Idempotency, IdempotencyConflict, StoreUnavailable
 
 #: C{answer(result)}: told what became of one publish, once its group is stored.
 Answer = Callable[[EachResult], None]
@@ -175,8 +175,12 @@ class GroupCommit:
         release()
         results: list[EachResult]
         if isinstance(outcome, Failure):
-            self.log.failure("storing a group of {count} publishes failed", outcome,
-                             count=len(waiting))
+            if outcome.check(StoreUnavailable):
+                self.log.warn("a group of {count} publishes could not be stored: {why}",
+                              count=len(waiting), why=outcome.getErrorMessage())
+            else:
+                self.log.failure("storing a group of {count} publishes failed", outcome,
+                                 count=len(waiting))
             error = outcome.value
             results = [error if isinstance(error, Exception) else RuntimeError(str(error))
                        ] * len(waiting)

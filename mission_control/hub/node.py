@@ -123,6 +123,13 @@ class Hub:
         self.window = FanoutWindow(clock, fanout_window)
         self._empty_waiters: list[Deferred] = []
         self.accepting = True
+        #: Whether the hub waits for its store to be loaded (a shared history): it refuses
+        #: connections with 503 "starting" until then.
+        self.starting = False
+        #: Whether agents that did not reconnect after a restart are marked offline
+        #: (L{Liveness.sweep_absent}): only where this hub is the only one that knows who is
+        #: connected.
+        self.sweep_after_restart = True
 
     # Lifecycle
 
@@ -131,8 +138,23 @@ class Hub:
         if self.service is None:
             self.service = HubService(
                 self.clock, self.send_heartbeat, self.heartbeat_interval, self.trim,
-                self.trim_interval, self.liveness.sweep_absent, self.reconnect_grace)
+                self.trim_interval, self._sweep_absent, self.reconnect_grace)
             self.service.startService()
+
+    def _sweep_absent(self) -> None:
+        if self.sweep_after_restart:
+            self.liveness.sweep_absent()
+
+    def health(self) -> str | None:
+        """
+        Why the hub cannot serve now (C{"stopping"}, C{"starting"}), or C{None} when it can:
+        what C{/healthz} answers.
+        """
+        if not self.accepting:
+            return "stopping"
+        if self.starting:
+            return "starting"
+        return None
 
     def stop(self) -> None:
         """
@@ -204,6 +226,8 @@ class Hub:
         """
         if not self.accepting:
             raise Refusal(503, "shutting down")
+        if self.starting:
+            raise Refusal(503, "starting")
         if not self.handshakes.take(principal.sub, self.clock.seconds()):
             raise Refusal(429, "too many handshakes", code="rate_limited")
         if len(self.registry) >= self.max_connections:

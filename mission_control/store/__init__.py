@@ -15,6 +15,7 @@ from mission_control.store.interface import (
     Idempotency,
     IdempotencyConflict,
     IEventStore,
+    StoreUnavailable,
     Retention,
     StateEntry,
     StoredEvent,
@@ -33,5 +34,6 @@ __all__ = [
     "Retention",
     "SQLiteStore",
     "StateEntry",
+    "StoreUnavailable",
     "StoredEvent",
 ]

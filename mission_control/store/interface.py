@@ -78,6 +78,14 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before, for a different request."""
 
 
+class StoreUnavailable(Exception):
+    """
+    The store cannot take appends now (a shared store out of reach, a history still loading):
+    nothing was appended, or nothing that will be answered; the publisher may retry, with its
+    Idempotency-Key.  Answered 503 over HTTP and with an C{unavailable} error frame.
+    """
+
+
 class IEventStore(Interface):
     """Sequence numbers, history, latest state, client positions and idempotency keys."""
 

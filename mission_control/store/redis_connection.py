@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mission_control.store.interface import StoreUnavailable
 from mission_control.store.redis_scripts import Script
 from mission_control.store.redis_url import RedisURL
 
@@ -42,7 +43,7 @@ log = Logger()
 Argument = Union[str, bytes, int]
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(StoreUnavailable):
     """Redis cannot be reached now (no connection, or it was lost before the reply came)."""
 
 

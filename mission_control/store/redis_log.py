@@ -47,6 +47,7 @@ from mission_control.store.interface import (
     Retention,
     StateEntry,
     StoredEvent,
+    StoreUnavailable,
 )
 from mission_control.store.redis_connection import Argument, RedisConnection
 from mission_control.store.redis_scripts import (
@@ -91,7 +92,7 @@ class SessionTaken(Exception):
         self.owner = owner
 
 
-class EpochChanged(Exception):
+class EpochChanged(StoreUnavailable):
     """
     The history in Redis is not the one this log loaded (the keys were lost and a new
     history begun): nothing was appended; load again.

@@ -18,7 +18,7 @@ mistake learns at once.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, NoReturn, Optional
+from typing import Callable, Iterable, Mapping, NoReturn, Optional
 
 from mission_control.events import AGENT_STATUS, SESSION_ACTIVITY, encode_json
 from mission_control.store.interface import Retention, StateEntry, StoredEvent
@@ -82,6 +82,16 @@ class Replica(MemoryStore):
         key = state_key(event.type, event.payload)
         self._record(event, key, encode_json(event.payload) if encoded is None else encoded,
                      created)
+
+    #: C{write_position(user, client, seq, now)}: also told of each position saved (a node
+    #: writes them through to the shared store, so that they outlive it).
+    write_position: Optional[Callable[[str, str, int, float], None]] = None
+
+    def save_position(self, user: str, client: str, seq: int, now: float) -> None:
+        """Remember the position here, and tell L{write_position}."""
+        super().save_position(user, client, seq, now)
+        if self.write_position is not None:
+            self.write_position(user, client, seq, now)
 
     def append(self, *args: object, **kwargs: object) -> NoReturn:
         """A replica is written by L{apply} only: the shared store assigns seqs."""

@@ -53,7 +53,7 @@ from mission_control.ids import ID_RULE
 from mission_control.text import NotText, decode_json
 from mission_control.hub import Hub
 from mission_control.limits import RateLimits
-from mission_control.store import IdempotencyConflict
+from mission_control.store import IdempotencyConflict, StoreUnavailable
 from mission_control.web import batch
 from mission_control.web.later import Rendered, render_when_fired
 from mission_control.web.redaction import redact
@@ -277,7 +277,11 @@ class Api(resource.Resource):
                                "Idempotency-Key was already used for a different request")
             if failure.check(ValueError):
                 return failure.raiseException()  # a JSON 500, logged (see _failed)
-            self.log.failure("storing a publish failed", failure)
+            if failure.check(StoreUnavailable):
+                self.log.warn("a publish could not be stored: {why}",
+                              why=failure.getErrorMessage())
+            else:
+                self.log.failure("storing a publish failed", failure)
             raise ApiError(503, "unavailable", "the event could not be stored; retry later")
 
         return stored.addCallbacks(answer, failed)

@@ -102,14 +102,17 @@ class Root(resource.Resource):
 
 
 class Health(resource.Resource):
-    """200 {"status": "ok"} while serving; 503 {"status": "stopping"} once shutdown began, so a
-    load balancer stops sending new clients while the old ones are closed."""
+    """
+    200 {"status": "ok"} while serving; 503 with the reason as the status otherwise:
+    C{"stopping"} once shutdown began, so a load balancer stops sending new clients while the
+    old ones are closed, and C{"starting"} while a shared history loads.
+    """
 
     isLeaf = True
 
-    def __init__(self, is_serving: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, problem: Callable[[], str | None] = lambda: None) -> None:
         super().__init__()
-        self.is_serving = is_serving
+        self.problem = problem
 
     def render(self, request: Any) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
@@ -118,7 +121,8 @@ class Health(resource.Resource):
             request.setHeader(b"Allow", b"GET, HEAD")
             request.setResponseCode(405)
             return error_body("method_not_allowed", "method not allowed")
-        if not self.is_serving():
+        problem = self.problem()
+        if problem is not None:
             request.setResponseCode(503)
-            return encode_json({"status": "stopping"})
+            return encode_json({"status": problem})
         return encode_json({"status": "ok"})

@@ -219,7 +219,7 @@ def build_site(
     children: dict[bytes, Any] = {
         b"ws": HubWebSocketResource(ws_factory),
         b"api": api,
-        b"healthz": Health(lambda: api.hub.accepting),
+        b"healthz": Health(api.hub.health),
     }
     for name, child in children.items():
         root.putChild(name, child)

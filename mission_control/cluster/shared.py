@@ -1,0 +1,141 @@
+# -*- test-case-name: tests.test_cluster_shared -*-
+"""
+A node's part of a history shared through Redis: its connections, its replica and its broker,
+started and stopped with the hub.
+
+L{SharedHistory} builds what C{--store redis://...} needs: a command connection and a
+L{RedisLog} over it, the L{Replica} the hub reads, the L{ClusterBroker} it appends through, and a
+subscription to the log's channel.  Starting loads the replica; until that has worked the hub
+refuses connections (503 C{starting}) and appends fail, and while Redis cannot be reached at
+start it tries again with backoff, saying so once.  Running, it trims the shared history by the
+retention limits (every node does; trimming is idempotent) and writes each client position it
+saves to Redis as well, so that it outlives the node.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from mission_control.cluster.broker import ClusterBroker
+from mission_control.store.interface import Retention
+from mission_control.store.redis_connection import RedisConnection
+from mission_control.store.redis_log import RedisLog
+from mission_control.store.redis_pubsub import RedisSubscription
+from mission_control.store.redis_url import RedisURL
+from mission_control.store.replica import Replica
+
+
+class SharedHistory:
+    """
+    The Redis side of one node.
+
+    @ivar replica: the store the hub reads (empty, epoch C{""}, until started).
+    @ivar broker: the broker the hub appends through.
+    """
+
+    log = Logger()
+    #: Seconds between trims of the shared history.
+    trim_interval = 10.0
+    #: Seconds before loading is tried again after a failure, doubled up to L{max_retry}.
+    retry = 0.5
+    max_retry = 10.0
+    #: Seconds after start without a loaded history before the log says so.
+    slow_start = 2.0
+
+    def __init__(self, reactor: Any, url: RedisURL, retention: Retention) -> None:
+        """Build the parts; the command connection starts connecting at once."""
+        self.reactor = reactor
+        self.url = url
+        self.connection = RedisConnection(url, reactor)
+        self.redis = RedisLog(self.connection, url.prefix, retention)
+        self.replica = Replica("", retention)
+        self.replica.write_position = self._write_position
+        self.broker = ClusterBroker(reactor, self.redis, self.replica)
+        self.subscription: Optional[RedisSubscription] = None
+        self._trim = LoopingCall(self._trim_shared)
+        self._trim.clock = reactor
+        self._retry_call: Optional[IDelayedCall] = None
+        self._slow_call: Optional[IDelayedCall] = None
+        self._stopped = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the replica is loaded and the node can serve."""
+        return self.broker.ready
+
+    def start(self, on_ready: Callable[[], None]) -> None:
+        """
+        Subscribe and load the replica; call C{on_ready()} once it is loaded.  Loading is tried
+        again, with backoff, until it works or L{stop} is called.
+        """
+        self.subscription = RedisSubscription(self.url, self.reactor, self.broker.received,
+                                              self.broker.subscribed)
+        self._load(on_ready, self.retry, first=True)
+        self._slow_call = self.reactor.callLater(self.slow_start, self._say_slow)
+
+    def _say_slow(self) -> None:
+        self._slow_call = None
+        if not self.ready and not self._stopped:
+            why = self.connection.refused or "no connection yet"
+            self.log.warn("cannot load the shared history from {url} yet ({why}); still "
+                          "trying, and refusing clients with 503 meanwhile",
+                          url=self.url.redacted(), why=why)
+
+    def _load(self, on_ready: Callable[[], None], delay: float, first: bool = False) -> None:
+        d = self.connection.when_connected()
+        d.addCallback(lambda _: self.broker.start())
+
+        def loaded(_: object) -> None:
+            self.log.info("shared history {url} loaded: epoch {epoch}, last seq {seq}",
+                          url=self.url.redacted(), epoch=self.replica.epoch,
+                          seq=self.replica.last_seq)
+            self._trim.start(self.trim_interval, now=False)
+            # What was appended between the load and the subscription is read back now.
+            self.broker.subscribed()
+            on_ready()
+
+        def failed(failure: Any) -> None:
+            if self._stopped:
+                return
+            if first:
+                self.log.warn("cannot load the shared history from {url} yet ({why}); "
+                              "trying again", url=self.url.redacted(),
+                              why=failure.getErrorMessage())
+            self._retry_call = self.reactor.callLater(
+                delay, self._load, on_ready, min(delay * 2, self.max_retry))
+
+        d.addCallbacks(loaded, failed)
+
+    def _write_position(self, user: str, client: str, seq: int, now: float) -> None:
+        if not self.ready:
+            return
+        d = self.redis.save_position(user, client, seq, now)
+        d.addErrback(lambda f: self.log.debug("saving a position to Redis failed: {why}",
+                                              why=f.getErrorMessage()))
+
+    def _trim_shared(self) -> Deferred[Any]:
+        d = self.redis.trim(self.reactor.seconds())
+        d.addErrback(lambda f: self.log.warn("trimming the shared history failed: {why}",
+                                             why=f.getErrorMessage()))
+        return d
+
+    def stop(self) -> Deferred[Any]:
+        """Stop loading, trimming and hearing; close the connections to Redis."""
+        self._stopped = True
+        for call in (self._retry_call, self._slow_call):
+            if call is not None and call.active():
+                call.cancel()
+        if self._trim.running:
+            self._trim.stop()
+        self.broker.stop()
+        closing: list[Deferred[Any]] = []
+        if self.subscription is not None:
+            closing.append(self.subscription.stop())
+        closing.append(self.connection.close())
+        return defer.gatherResults(closing, consumeErrors=True)
