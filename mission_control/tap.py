@@ -327,6 +327,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
         # Who is connected is known per node: a restarted node must not mark offline the agents
         # connected to the others.
         hub.sweep_after_restart = False
+        hub.store_health = shared.health
     root = MissionControlService(hub, site, options["listen"], reactor, options, shared)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)

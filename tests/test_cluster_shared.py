@@ -19,7 +19,7 @@ from mission_control.cluster.shared import SharedHistory
 from mission_control.store import Retention
 from mission_control.store.redis_url import parse_redis_url
 from tests.helpers import T0, TS, free_port, status
-from tests.redis_helpers import RedisTestMixin, eventually, sleep
+from tests.redis_helpers import RedisProxy, RedisTestMixin, eventually, sleep
 
 
 class SharedHistoryTests(RedisTestMixin, TestCase):
@@ -81,3 +81,32 @@ class SharedHistoryTests(RedisTestMixin, TestCase):
         with self.assertRaises(Stale):
             await shared.broker.append("agent:status", status("a1"), TS, T0)
         await shared.stop()
+
+    async def test_health_says_whether_pubsub_delivers(self) -> None:
+        """
+        health() is None while the node's own canaries come back through its subscription;
+        on a link that stops carrying anything (frozen, still open) it says pubsub_stalled
+        within the canary timeout, and None again once the link carries again.
+        """
+        proxy = RedisProxy()
+        port = await proxy.start("tcp:0:interface=127.0.0.1")
+        self.addCleanup(lambda: Deferred.fromCoroutine(proxy.stop()))
+        url = parse_redis_url(f"redis://127.0.0.1:{port}/0?prefix={self.prefix}")
+        shared = self.shared(url)
+        shared.canary_interval, shared.canary_timeout = 0.05, 0.3
+        shared.start(lambda: None)
+        await eventually(lambda: shared.ready)
+        await eventually(lambda: shared.health() is None)
+        await sleep(0.2)
+        self.assertIsNone(shared.health())
+        proxy.frozen = True
+        await eventually(lambda: shared.health() == "pubsub_stalled")
+        proxy.frozen = False
+        await eventually(lambda: shared.health() is None, timeout=15)
+
+    async def test_health_before_start_and_unreachable(self) -> None:
+        """With nothing listening, health() says redis_unreachable."""
+        url = parse_redis_url(f"redis://127.0.0.1:{free_port()}/0?prefix={self.prefix}")
+        shared = self.shared(url)
+        shared.start(lambda: None)
+        self.assertEqual(shared.health(), "redis_unreachable")

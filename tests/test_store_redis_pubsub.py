@@ -14,7 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mission_control.store.interface import StoredEvent
 from mission_control.store.redis_log import RedisLog
-from mission_control.store.redis_pubsub import Appended, RedisSubscription, parse_appended
+from mission_control.store.redis_pubsub import (
+    Appended,
+    RedisSubscription,
+    canary,
+    parse_appended,
+    parse_canary,
+)
 from mission_control.store.redis_scripts import message_head
 from mission_control.store.redis_url import parse_redis_url
 from tests.redis_helpers import RedisProxy, RedisTestMixin, eventually, sleep
@@ -37,6 +43,13 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(appended, Appended("e1", 7, 8, T0, [
             StoredEvent(7, "agent:status", status("a1"), TS),
             StoredEvent(8, "session:activity", activity("s1"), TS)]))
+
+    def test_canary_round_trip(self) -> None:
+        """A canary message parses back to its node and number; anything else is None."""
+        self.assertEqual(parse_canary(canary("node-1", 7)), ("node-1", 7))
+        for other in (b"not json", b"[]", b'{"canary": 3, "n": 1}', b'{"canary": "x", "n": 0}',
+                      message(first=1, last=1)):
+            self.assertIsNone(parse_canary(other))
 
     def test_message_without_events(self) -> None:
         """A message without events names the seqs to read from the stream: events is None."""

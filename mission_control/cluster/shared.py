@@ -14,6 +14,7 @@ saves to Redis as well, so that it outlives the node.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer
@@ -26,7 +27,7 @@ from mission_control.cluster.broker import ClusterBroker
 from mission_control.store.interface import Retention
 from mission_control.store.redis_connection import RedisConnection
 from mission_control.store.redis_log import RedisLog
-from mission_control.store.redis_pubsub import RedisSubscription
+from mission_control.store.redis_pubsub import RedisSubscription, canary
 from mission_control.store.redis_url import RedisURL
 from mission_control.store.replica import Replica
 
@@ -45,12 +46,18 @@ class SharedHistory:
     #: Seconds before loading is tried again after a failure, doubled up to L{max_retry}.
     retry = 0.5
     max_retry = 10.0
+    #: Seconds between canaries, and how late one may come back before pub/sub is stalled.
+    canary_interval = 2.0
+    canary_timeout = 5.0
     #: Seconds after start without a loaded history before the log says so.
     slow_start = 2.0
 
-    def __init__(self, reactor: Any, url: RedisURL, retention: Retention) -> None:
+    def __init__(self, reactor: Any, url: RedisURL, retention: Retention,
+                 node_id: Optional[str] = None) -> None:
         """Build the parts; the command connection starts connecting at once."""
         self.reactor = reactor
+        #: This node's name among the nodes on the same Redis (random unless given).
+        self.node_id = node_id or secrets.token_hex(6)
         self.url = url
         self.connection = RedisConnection(url, reactor)
         self.redis = RedisLog(self.connection, url.prefix, retention)
@@ -60,6 +67,12 @@ class SharedHistory:
         self.subscription: Optional[RedisSubscription] = None
         self._trim = LoopingCall(self._trim_shared)
         self._trim.clock = reactor
+        self._canaries = LoopingCall(self._send_canary)
+        self._canaries.clock = reactor
+        # The number of the last canary sent, and (number, when) of the first one sent since
+        # the last one heard back (None when every one sent was heard).
+        self._canary_number = 0
+        self._unheard: Optional[tuple[int, float]] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._slow_call: Optional[IDelayedCall] = None
         self._stopped = False
@@ -75,8 +88,9 @@ class SharedHistory:
         again, with backoff, until it works or L{stop} is called.
         """
         self.subscription = RedisSubscription(self.url, self.reactor, self.broker.received,
-                                              self.broker.subscribed)
+                                              self.broker.subscribed, on_canary=self._heard)
         self._load(on_ready, self.retry, first=True)
+        self._canaries.start(self.canary_interval, now=True)
         self._slow_call = self.reactor.callLater(self.slow_start, self._say_slow)
 
     def _say_slow(self) -> None:
@@ -112,6 +126,39 @@ class SharedHistory:
 
         d.addCallbacks(loaded, failed)
 
+    # Health
+
+    def health(self) -> Optional[str]:
+        """
+        Why this node cannot serve as part of the cluster now, or C{None}: Redis out of reach
+        for commands (C{"redis_unreachable"}), the subscription down (C{"pubsub_down"}), or up
+        but not delivering: the last canary this node published has not come back through it
+        within L{canary_timeout} seconds (C{"pubsub_stalled"}).
+        """
+        if not self.connection.connected:
+            return "redis_unreachable"
+        if self.subscription is None or not self.subscription.active:
+            return "pubsub_down"
+        if (self._unheard is not None
+                and self.reactor.seconds() - self._unheard[1] > self.canary_timeout):
+            return "pubsub_stalled"
+        return None
+
+    def _send_canary(self) -> None:
+        if not (self.connection.connected and self.subscription is not None
+                and self.subscription.active):
+            return
+        self._canary_number += 1
+        if self._unheard is None:
+            self._unheard = (self._canary_number, self.reactor.seconds())
+        d = self.connection.execute("PUBLISH", self.redis.keys.channel,
+                                    canary(self.node_id, self._canary_number))
+        d.addErrback(lambda f: None)  # the connection's state says what health needs
+
+    def _heard(self, node: str, number: int) -> None:
+        if node == self.node_id and self._unheard is not None and number >= self._unheard[0]:
+            self._unheard = None
+
     def _write_position(self, user: str, client: str, seq: int, now: float) -> None:
         if not self.ready:
             return
@@ -131,8 +178,9 @@ class SharedHistory:
         for call in (self._retry_call, self._slow_call):
             if call is not None and call.active():
                 call.cancel()
-        if self._trim.running:
-            self._trim.stop()
+        for loop in (self._trim, self._canaries):
+            if loop.running:
+                loop.stop()
         self.broker.stop()
         closing: list[Deferred[Any]] = []
         if self.subscription is not None:

@@ -130,6 +130,8 @@ class Hub:
         #: (L{Liveness.sweep_absent}): only where this hub is the only one that knows who is
         #: connected.
         self.sweep_after_restart = True
+        #: Why the store cannot serve now (a shared store out of reach), or C{None}.
+        self.store_health: Callable[[], str | None] = lambda: None
 
     # Lifecycle
 
@@ -154,7 +156,7 @@ class Hub:
             return "stopping"
         if self.starting:
             return "starting"
-        return None
+        return self.store_health()
 
     def stop(self) -> None:
         """

@@ -112,6 +112,34 @@ def _event(item: object, seq: int) -> StoredEvent:
     return StoredEvent(seq=seq, type=str(kind), payload=payload, ts=ts)
 
 
+#: How a canary message begins: a node's proof that its own subscription delivers.
+CANARY_HEAD = b'{"canary":'
+
+
+def canary(node: str, number: int) -> bytes:
+    """
+    The canary message C{number} of C{node}: a node publishes one on its channel now and then
+    and expects it back through its own subscription, which proves the subscription delivers
+    (not just that its socket is open).  It is not an append: receivers that are not its node
+    ignore it.
+    """
+    return CANARY_HEAD + json.dumps(node).encode() + b',"n":' + str(int(number)).encode() + b"}"
+
+
+def parse_canary(message: bytes) -> Optional[tuple[str, int]]:
+    """C{(node, number)} of a canary message, or C{None} for anything else."""
+    try:
+        body = json.loads(message)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    node, number = body.get("canary"), body.get("n")
+    if not isinstance(node, str) or not _is_seq(number):
+        return None
+    return node, number
+
+
 class SubscriberProtocol(txredisapi.SubscriberProtocol):
     """
     A subscribed connection: subscribes each time it is made (after AUTH and SELECT), hands
@@ -178,12 +206,14 @@ class RedisSubscription:
     @param on_connected: called each time the subscription is confirmed, the first time and
         after each reconnect: what was published while it was down was not received.
     @param on_lost: called each time a confirmed subscription's connection is lost.
+    @param on_canary: called with C{(node, number)} for each canary message (L{canary}).
     """
 
     def __init__(self, url: RedisURL, reactor: IReactorTCP,
                  on_message: Callable[[Appended], None],
                  on_connected: Callable[[], None],
                  on_lost: Callable[[], None] = lambda: None,
+                 on_canary: Callable[[str, int], None] = lambda node, number: None,
                  ping_interval: float = 10.0, ping_timeout: float = 10.0,
                  connect_timeout: float = 10.0, initial_delay: float = 1.0,
                  max_delay: float = 10.0, clock: Optional[IReactorTime] = None) -> None:
@@ -194,6 +224,7 @@ class RedisSubscription:
         self.on_message = on_message
         self.on_connected = on_connected
         self.on_lost = on_lost
+        self.on_canary = on_canary
         #: Whether a subscription is confirmed and its connection up.
         self.active = False
         #: Why connecting failed for good (a wrong password, a missing database), or C{None}.
@@ -213,6 +244,11 @@ class RedisSubscription:
 
     def received(self, message: bytes) -> None:
         """A message of the channel arrived (called by the protocol)."""
+        if message.startswith(CANARY_HEAD):
+            canary = parse_canary(message)
+            if canary is not None:
+                self._call(self.on_canary, *canary)
+            return
         try:
             appended = parse_appended(message)
         except ValueError as e:

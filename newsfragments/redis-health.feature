@@ -1,0 +1,1 @@
+On a Redis store, `/healthz` answers 503 with the reason when the node cannot serve as part of the cluster: `redis_unreachable` (no command connection), `pubsub_down` (no subscription), or `pubsub_stalled` (the canary the node publishes every 2 seconds has not come back through its own subscription within 5 seconds: the socket is open but nothing is delivered).
