@@ -19,18 +19,40 @@ AGENT = Principal(sub="a1", role="agent", name="Agent One", expires_at=0)
 
 class LocalPresenceTests(SynchronousTestCase):
     def test_join_get_leave(self):
-        """A joined user is listed, by id, with name, role and since; leaving removes them."""
+        """
+        A connected user is listed, by id, with name, role and since, and counted; they leave
+        with their last connection.
+        """
         presence = LocalPresence()
         verifyObject(IPresenceManager, presence)
-        presence.join(Principal(sub="zed", role="viewer", name=None, expires_at=0), 0.0)
-        presence.join(AGENT, 1.5)
+        zed = Principal(sub="zed", role="viewer", name=None, expires_at=0)
+        presence.connected(zed, 0.0)
+        presence.connected(AGENT, 1.5)
+        presence.connected(AGENT, 2.0)
         self.assertEqual(presence.get("a1"), {"id": "a1", "name": "Agent One", "role": "agent",
                                               "since": "1970-01-01T00:00:01.500Z"})
         self.assertEqual([entry["id"] for entry in presence.entries()], ["a1", "zed"])
-        presence.leave("a1")
-        presence.leave("a1")  # twice is harmless
+        self.assertEqual((presence.count("a1"), presence.count("zed"), presence.count("x")),
+                         (2, 1, 0))
+        presence.disconnected(AGENT)
+        self.assertEqual(presence.count("a1"), 1)
+        presence.disconnected(AGENT)
+        presence.disconnected(AGENT)  # one more than there were is harmless
         self.assertIsNone(presence.get("a1"))
+        self.assertEqual(presence.count("a1"), 0)
         self.assertEqual([entry["id"] for entry in presence.entries()], ["zed"])
+
+    def test_changes_told_on_first_and_last(self):
+        """on_change hears a user's join with their first connection and leave with the last."""
+        presence = LocalPresence()
+        changes = []
+        presence.on_change = lambda kind, info, count: changes.append((kind, info["id"], count))
+        presence.connected(AGENT, 1.0)
+        presence.connected(AGENT, 2.0)
+        presence.disconnected(AGENT)
+        self.assertEqual(changes, [("presence:join", "a1", 1)])
+        presence.disconnected(AGENT)
+        self.assertEqual(changes, [("presence:join", "a1", 1), ("presence:leave", "a1", 0)])
 
 
 class LivenessTests(SynchronousTestCase):

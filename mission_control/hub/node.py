@@ -117,7 +117,8 @@ class Hub:
         self.deadlines = Deadlines(clock)
         self.catchup = CatchUp(self)
         self.presence_manager: IPresenceManager = LocalPresence()
-        self.liveness = Liveness(clock, store, self.registry.is_connected, self.publish,
+        self.presence_manager.on_change = self._presence_changed
+        self.liveness = Liveness(clock, store, self.is_connected, self.publish,
                                  lambda: self.accepting)
         self.service: HubService | None = None
         self.window = FanoutWindow(clock, fanout_window)
@@ -234,7 +235,7 @@ class Hub:
             raise Refusal(429, "too many handshakes", code="rate_limited")
         if len(self.registry) >= self.max_connections:
             raise Refusal(503, "too many connections")
-        if self.registry.connection_count_of(principal.sub) >= self.max_connections_per_user:
+        if self.presence_manager.count(principal.sub) >= self.max_connections_per_user:
             raise Refusal(429, "too many connections for this user")
 
     def register(self, conn: IConnection, request: ConnectRequest | None = None) -> None:
@@ -269,11 +270,9 @@ class Hub:
         }, events.format_timestamp(now)))
         if forbidden:
             conn.send_frame(client.forbidden_channels(forbidden))
-        if first:
-            self.presence_manager.join(conn.principal, now)
-            self._presence_event("presence:join", conn.principal.sub)
-            if conn.principal.role == "agent":
-                self.liveness.changed(conn.principal)
+        self.presence_manager.connected(conn.principal, now)
+        if first and conn.principal.role == "agent":
+            self.liveness.changed(conn.principal)
         self.catchup.start(client)
 
     def writable(self, conn: IConnection) -> None:
@@ -295,11 +294,9 @@ class Hub:
             return
         client.cancel_expiry()
         principal = conn.principal
-        if last:
-            self._presence_event("presence:leave", principal.sub)
-            self.presence_manager.leave(principal.sub)
-            if principal.role == "agent":
-                self.liveness.changed(principal, client.timed_out)
+        self.presence_manager.disconnected(principal)
+        if last and principal.role == "agent":
+            self.liveness.changed(principal, client.timed_out)
         self.log.info("connection {connection_id} of {user} closed",
                       connection_id=conn.connection_id, user=principal.sub)
         if not len(self.registry):
@@ -408,13 +405,16 @@ class Hub:
     def iter_presence(self) -> Iterator[dict]:
         """L{presence}, one entry at a time, each made when it is reached (for streaming)."""
         for info in self.presence_manager.entries():
-            yield dict(info, connections=self.registry.connection_count_of(info["id"]))
+            yield dict(info, connections=self.presence_manager.count(info["id"]))
 
-    def _presence_event(self, event_type: str, user: str) -> None:
-        info = self.presence_manager.get(user)
-        assert info is not None
+    def is_connected(self, user_id: str) -> bool:
+        """Whether C{user_id} has a connection, here or on any node sharing the history."""
+        return self.presence_manager.count(user_id) > 0
+
+    def _presence_changed(self, event_type: str, info: dict, count: int) -> None:
+        """A user came or went (anywhere): tell this node's presence subscribers."""
         payload = {"userId": info["id"], "name": info["name"], "role": info["role"],
-                   "connections": self.registry.connection_count_of(user)}
+                   "connections": count}
         self.fan_out(events.envelope(event_type, payload, self.now()), (channels.PRESENCE,))
 
     # Publishing and fan-out

@@ -23,21 +23,35 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from mission_control import events
 from mission_control.policy import Principal
 from mission_control.store import IEventStore
 
 
+#: C{on_change(event_type, info, count)}: a user's first connection anywhere opened
+#: (C{"presence:join"}) or their last one closed (C{"presence:leave"}); C{info} is their entry,
+#: C{count} their connections now.
+PresenceChange = Callable[[str, dict, int], None]
+
+
 class IPresenceManager(Interface):
-    """Who is connected: one entry per user, however many connections they have."""
+    """
+    Who is connected: one entry per user, however many connections they have, on however many
+    hub processes share the history.
+    """
 
-    def join(principal: Principal, now: float) -> None:
-        """C{principal}'s first connection opened at C{now}."""
+    on_change: PresenceChange = Attribute("told when a user comes or goes (L{PresenceChange})")
 
-    def leave(user_id: str) -> None:
-        """C{user_id}'s last connection closed."""
+    def connected(principal: Principal, now: float) -> None:
+        """A connection of C{principal} opened on this node at C{now}."""
+
+    def disconnected(principal: Principal) -> None:
+        """A connection of C{principal} on this node closed."""
+
+    def count(user_id: str) -> int:
+        """How many connections C{user_id} has, on every node."""
 
     def get(user_id: str) -> dict | None:
         """C{{"id", "name", "role", "since"}} of a present user, or C{None}."""
@@ -52,15 +66,27 @@ class LocalPresence:
 
     def __init__(self) -> None:
         self._here: dict[str, dict] = {}
+        self._counts: dict[str, int] = {}
+        self.on_change: PresenceChange = lambda event_type, info, count: None
 
-    def join(self, principal: Principal, now: float) -> None:
-        self._here[principal.sub] = {
-            "id": principal.sub, "name": principal.name, "role": principal.role,
-            "since": events.format_timestamp(now),
-        }
+    def connected(self, principal: Principal, now: float) -> None:
+        count = self._counts[principal.sub] = self._counts.get(principal.sub, 0) + 1
+        if count == 1:
+            info = self._here[principal.sub] = entry_of(principal, now)
+            self.on_change("presence:join", info, 1)
 
-    def leave(self, user_id: str) -> None:
-        self._here.pop(user_id, None)
+    def disconnected(self, principal: Principal) -> None:
+        count = self._counts.get(principal.sub, 0) - 1
+        if count > 0:
+            self._counts[principal.sub] = count
+            return
+        self._counts.pop(principal.sub, None)
+        info = self._here.pop(principal.sub, None)
+        if info is not None:
+            self.on_change("presence:leave", info, 0)
+
+    def count(self, user_id: str) -> int:
+        return self._counts.get(user_id, 0)
 
     def get(self, user_id: str) -> dict | None:
         return self._here.get(user_id)
@@ -68,6 +94,12 @@ class LocalPresence:
     def entries(self) -> Iterator[dict]:
         for _, info in sorted(self._here.items()):
             yield info
+
+
+def entry_of(principal: Principal, now: float) -> dict:
+    """The presence entry of C{principal}, present since C{now}."""
+    return {"id": principal.sub, "name": principal.name, "role": principal.role,
+            "since": events.format_timestamp(now)}
 
 
 @dataclass(eq=False)
