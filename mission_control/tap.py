@@ -328,6 +328,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
         # connected to the others.
         hub.sweep_after_restart = False
         hub.store_health = shared.health
+        hub.use_presence(shared.presence)
+        shared.presence.on_node_gone = hub.agents_gone
     root = MissionControlService(hub, site, options["listen"], reactor, options, shared)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)

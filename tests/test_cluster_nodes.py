@@ -9,12 +9,13 @@ Redis answers.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from mission_control import keys
@@ -53,13 +54,13 @@ class ClusterNodesTests(RedisTestMixin, unittest.TestCase):
         self.store = f"redis://127.0.0.1:6379/0?prefix={self.prefix}"
 
     @defer.inlineCallbacks
-    def node(self, port: int | None = None) -> Any:
+    def node(self, port: int | None = None, extra: tuple[str, ...] = ()) -> Any:
         """Start a node on a port of its own; fires with (process, RemoteServer) once it serves."""
         port = port or free_port()
         data_dir = os.path.join(self.dir, f"node-{port}")
         proc = spawn_twistd(self, "--listen", f"tcp:{port}:interface=127.0.0.1",
                             "--data-dir", data_dir, "--jwt-secret-file", self.secret_path,
-                            "--store", self.store, "--heartbeat-interval", "0")
+                            "--store", self.store, "--heartbeat-interval", "0", *extra)
         yield wait_until(lambda: "shared history" in proc.output and "loaded" in proc.output
                          or proc.ended.called, timeout=20)
         self.assertFalse(proc.ended.called, proc.output)
@@ -148,6 +149,102 @@ class ClusterNodesTests(RedisTestMixin, unittest.TestCase):
         self.assertEqual(response.json()["events"], answered)
         after = yield self.publish(b, admin, "agent-1", "after")
         self.assertEqual(after["seq"], 61)
+
+    @defer.inlineCallbacks
+    def test_per_user_limit_spans_nodes(self) -> Any:
+        """
+        With --max-connections-per-user 1, a user connected to node A is refused 429 by node
+        B; once that connection closes, B accepts them.
+        """
+        (_, a), (_, b) = (yield self.node(extra=("--max-connections-per-user", "1"))), \
+            (yield self.node(extra=("--max-connections-per-user", "1")))
+        first = yield connect(self, a, a.token("dana"))
+        yield first.next_of("snapshot")
+        yield wait_until(lambda: self.presence_count(b, "dana") == 1, timeout=5, interval=0.2)
+        response = yield raw_request(b.port, upgrade_request(f"/ws?token={b.token('dana')}"))
+        self.assertEqual(response.status, 429)
+        first.sendClose()
+        yield first.closed
+        yield wait_until(lambda: self.presence_count(b, "dana") == 0, timeout=5, interval=0.2)
+        second = yield connect(self, b, b.token("dana"))
+        yield second.next_of("snapshot")
+
+    @defer.inlineCallbacks
+    def test_presence_spans_nodes(self) -> Any:
+        """
+        A viewer on node B sees presence:join when a user connects to node A, and
+        presence:leave when they go; /api/presence on B lists them meanwhile.
+        """
+        (_, a), (_, b) = (yield self.node()), (yield self.node())
+        watcher = yield connect(self, b, b.token("watcher", role="admin"),
+                                query="channels=presence")
+        yield watcher.next_of("welcome")
+        visitor = yield connect(self, a, a.token("visitor", name="Visitor"))
+        frame = yield watcher.next_of("presence:join")
+        self.assertEqual((frame["payload"]["userId"], frame["payload"]["name"],
+                          frame["payload"]["connections"]), ("visitor", "Visitor", 1))
+        yield wait_until(lambda: self.presence_count(b, "visitor") == 1, timeout=5, interval=0.2)
+        visitor.sendClose()
+        yield visitor.closed
+        frame = yield watcher.next_of("presence:leave")
+        self.assertEqual(frame["payload"]["userId"], "visitor")
+
+    @defer.inlineCallbacks
+    def test_agents_of_a_killed_node_go_offline(self) -> Any:
+        """
+        An agent connected to node A, which is killed with SIGKILL, is marked offline by the
+        other node within the presence bound (ttl + heartbeat: 8 s), once; an agent connected
+        to the surviving node stays online.
+        """
+        (proc_a, a), (_, b) = (yield self.node()), (yield self.node())
+        admin = a.token("root", role="admin")
+        doomed = yield connect(self, a, a.token("agent-a", role="agent"))
+        survivor = yield connect(self, b, b.token("agent-b", role="agent"))
+        yield doomed.next_of("snapshot")
+        yield survivor.next_of("snapshot")
+        yield wait_until(lambda: self.agent_status(b, admin, "agent-a") == "online",
+                         timeout=5, interval=0.2)
+        proc_a.process.signalProcess("KILL")
+        yield proc_a.ended
+        killed = reactor.seconds()
+        yield wait_until(lambda: self.agent_status(b, admin, "agent-a") == "offline",
+                         timeout=12, interval=0.2)
+        self.assertLess(reactor.seconds() - killed, 9.5)
+        self.assertEqual(self.agent_status(b, admin, "agent-b"), "online",
+                         self.get_json(b, "/api/events?since=0", admin))
+        response = yield raw_request(b.port, http_request(
+            "GET", "/api/events?since=0&limit=1000", token=admin))
+        offline = [e for e in response.json()["events"]
+                   if e["payload"]["agentId"] == "agent-a" and e["payload"]["status"] == "offline"]
+        self.assertEqual(len(offline), 1)
+        self.assertEqual(offline[0]["payload"]["message"], "its hub node stopped answering")
+
+    def presence_count(self, server: RemoteServer, user: str) -> int:
+        """The connections /api/presence of C{server} says C{user} has (0 when absent)."""
+        body = self.get_json(server, "/api/presence", server.token("probe", role="admin"))
+        for entry in body["presence"]:
+            if entry["id"] == user:
+                return int(entry["connections"])
+        return 0
+
+    def agent_status(self, server: RemoteServer, token: str, agent: str) -> str | None:
+        """The status of C{agent} in C{server}'s latest state, or None."""
+        for payload in self.get_json(server, "/api/agents", token).get("agents", []):
+            if payload["agentId"] == agent:
+                return str(payload["status"])
+        return None
+
+    def get_json(self, server: RemoteServer, path: str, token: str) -> Any:
+        """GET C{path} on C{server}, blocking (for polling in wait_until)."""
+        import urllib.error
+        import urllib.request
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            return json.loads(e.read())
 
     @defer.inlineCallbacks
     def test_node_started_later_serves_the_history(self) -> Any:

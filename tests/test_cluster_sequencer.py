@@ -62,7 +62,7 @@ class SequencerTests(SynchronousTestCase):
         self.assertEqual(seq.missing(), None)
 
     def test_restart_drops_what_waited(self):
-        """After restart() the next seq is the one after the new start; old waiting ones are gone."""
+        """After restart() the next seq follows the new start; what waited is dropped."""
         seq = Sequencer[str](10)
         seq.offer(12, "e12")
         seq.restart(0)

@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mission_control.cluster.broker import ClusterBroker
+from mission_control.cluster.presence import ClusterPresence
 from mission_control.store.interface import Retention
 from mission_control.store.redis_connection import RedisConnection
 from mission_control.store.redis_log import RedisLog
@@ -64,6 +65,8 @@ class SharedHistory:
         self.replica = Replica("", retention)
         self.replica.write_position = self._write_position
         self.broker = ClusterBroker(reactor, self.redis, self.replica)
+        self.presence = ClusterPresence(reactor, self.connection, self.redis.keys.base,
+                                        self.redis.keys.channel, self.node_id)
         self.subscription: Optional[RedisSubscription] = None
         self._trim = LoopingCall(self._trim_shared)
         self._trim.clock = reactor
@@ -88,7 +91,8 @@ class SharedHistory:
         again, with backoff, until it works or L{stop} is called.
         """
         self.subscription = RedisSubscription(self.url, self.reactor, self.broker.received,
-                                              self.broker.subscribed, on_canary=self._heard)
+                                              self._subscribed, on_canary=self._heard,
+                                              on_presence=self.presence.received)
         self._load(on_ready, self.retry, first=True)
         self._canaries.start(self.canary_interval, now=True)
         self._slow_call = self.reactor.callLater(self.slow_start, self._say_slow)
@@ -110,6 +114,7 @@ class SharedHistory:
                           url=self.url.redacted(), epoch=self.replica.epoch,
                           seq=self.replica.last_seq)
             self._trim.start(self.trim_interval, now=False)
+            self.presence.start()
             # What was appended between the load and the subscription is read back now.
             self.broker.subscribed()
             on_ready()
@@ -125,6 +130,14 @@ class SharedHistory:
                 delay, self._load, on_ready, min(delay * 2, self.max_retry))
 
         d.addCallbacks(loaded, failed)
+
+    def _subscribed(self) -> None:
+        """The subscription is (again) made: read back what it may have missed."""
+        self.broker.subscribed()
+        if self.ready:
+            self.presence.resync().addErrback(
+                lambda f: self.log.warn("reading the cluster's presence failed: {why}",
+                                        why=f.getErrorMessage()))
 
     # Health
 
@@ -173,7 +186,15 @@ class SharedHistory:
         return d
 
     def stop(self) -> Deferred[Any]:
-        """Stop loading, trimming and hearing; close the connections to Redis."""
+        """
+        Stop loading, trimming and hearing; leave the cluster's presence (the others are told
+        at once); close the connections to Redis.
+        """
+        return Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if self._stopped:
+            return
         self._stopped = True
         for call in (self._retry_call, self._slow_call):
             if call is not None and call.active():
@@ -182,8 +203,8 @@ class SharedHistory:
             if loop.running:
                 loop.stop()
         self.broker.stop()
-        closing: list[Deferred[Any]] = []
+        await self.presence.stop()
+        closing: list[Deferred[Any]] = [self.connection.close()]
         if self.subscription is not None:
             closing.append(self.subscription.stop())
-        closing.append(self.connection.close())
-        return defer.gatherResults(closing, consumeErrors=True)
+        await defer.gatherResults(closing, consumeErrors=True)

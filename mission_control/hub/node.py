@@ -407,6 +407,22 @@ class Hub:
         for info in self.presence_manager.entries():
             yield dict(info, connections=self.presence_manager.count(info["id"]))
 
+    def use_presence(self, manager: IPresenceManager) -> None:
+        """Keep presence in C{manager} (one shared by several nodes) from now on."""
+        self.presence_manager = manager
+        manager.on_change = self._presence_changed
+
+    def agents_gone(self, entries: list[dict]) -> None:
+        """
+        The users of C{entries} were connected only to a node that died: mark its agents
+        offline (the node that noticed first does this, once).
+        """
+        for info in entries:
+            if info.get("role") == "agent":
+                principal = Principal(sub=info["id"], role="agent", name=info.get("name"),
+                                      expires_at=0.0)
+                self.liveness.changed(principal, why="its hub node stopped answering")
+
     def is_connected(self, user_id: str) -> bool:
         """Whether C{user_id} has a connection, here or on any node sharing the history."""
         return self.presence_manager.count(user_id) > 0

@@ -112,6 +112,8 @@ class _Agent:
     #: The pending check, while one is due.
     call: IDelayedCall | None = None
     timed_out: bool = False
+    #: Why it is offline, when not its own connection's end (its hub node died).
+    why: str | None = None
 
 
 class Liveness:
@@ -146,7 +148,8 @@ class Liveness:
         self.interval = interval
         self.agents: dict[str, _Agent] = {}
 
-    def changed(self, principal: Principal, timed_out: bool = False) -> None:
+    def changed(self, principal: Principal, timed_out: bool = False,
+                why: str | None = None) -> None:
         """
         An agent's first connection opened or its last one closed: check its liveness now, or,
         when its online or offline was published less than L{interval} ago, once that interval
@@ -155,7 +158,7 @@ class Liveness:
         entry = self.agents.get(principal.sub)
         if entry is None:
             entry = self.agents[principal.sub] = _Agent(principal)
-        entry.principal, entry.timed_out = principal, timed_out
+        entry.principal, entry.timed_out, entry.why = principal, timed_out, why
         if entry.call is not None and entry.call.active():
             return  # the pending check will see the state as it is then
         wait = entry.published_at + self.interval - self.clock.seconds()
@@ -179,8 +182,8 @@ class Liveness:
                 if self._publish(entry.principal, "online", "connected"):
                     entry.published_at = now
             elif self.accepting() and not connected and status != "offline":
-                why = ("connection timed out (no answer to pings)" if entry.timed_out
-                       else "connection closed")
+                why = entry.why or ("connection timed out (no answer to pings)"
+                                    if entry.timed_out else "connection closed")
                 if self._publish(entry.principal, "offline", why):
                     entry.published_at = now
         except Exception:

@@ -114,6 +114,8 @@ def _event(item: object, seq: int) -> StoredEvent:
 
 #: How a canary message begins: a node's proof that its own subscription delivers.
 CANARY_HEAD = b'{"canary":'
+#: How a presence message begins: a node's news of who is connected to it.
+PRESENCE_HEAD = b'{"presence":'
 
 
 def canary(node: str, number: int) -> bytes:
@@ -207,6 +209,8 @@ class RedisSubscription:
         after each reconnect: what was published while it was down was not received.
     @param on_lost: called each time a confirmed subscription's connection is lost.
     @param on_canary: called with C{(node, number)} for each canary message (L{canary}).
+    @param on_presence: called with the object of each presence message (one that begins
+        with L{PRESENCE_HEAD}: see L{mission_control.cluster.presence}).
     """
 
     def __init__(self, url: RedisURL, reactor: IReactorTCP,
@@ -214,6 +218,7 @@ class RedisSubscription:
                  on_connected: Callable[[], None],
                  on_lost: Callable[[], None] = lambda: None,
                  on_canary: Callable[[str, int], None] = lambda node, number: None,
+                 on_presence: Callable[[dict], None] = lambda body: None,
                  ping_interval: float = 10.0, ping_timeout: float = 10.0,
                  connect_timeout: float = 10.0, initial_delay: float = 1.0,
                  max_delay: float = 10.0, clock: Optional[IReactorTime] = None) -> None:
@@ -225,6 +230,7 @@ class RedisSubscription:
         self.on_connected = on_connected
         self.on_lost = on_lost
         self.on_canary = on_canary
+        self.on_presence = on_presence
         #: Whether a subscription is confirmed and its connection up.
         self.active = False
         #: Why connecting failed for good (a wrong password, a missing database), or C{None}.
@@ -248,6 +254,14 @@ class RedisSubscription:
             canary = parse_canary(message)
             if canary is not None:
                 self._call(self.on_canary, *canary)
+            return
+        if message.startswith(PRESENCE_HEAD):
+            try:
+                body = json.loads(message)
+            except ValueError:
+                return
+            if isinstance(body, dict):
+                self._call(self.on_presence, body)
             return
         try:
             appended = parse_appended(message)
