@@ -155,11 +155,11 @@ class DeferredBroker:
         self.pending.append((name, args, d))
         return d
 
-    def append(self, event_type, payload, ts, now, idempotency=None):
-        return self._held("append", event_type, payload, ts, now, idempotency)
+    def append(self, event_type, payload, ts, now, idempotency=None, claimant=None):
+        return self._held("append", event_type, payload, ts, now, idempotency, claimant)
 
-    def append_many(self, items, ts, now, idempotency=None):
-        return self._held("append_many", items, ts, now, idempotency)
+    def append_many(self, items, ts, now, idempotency=None, claimant=None):
+        return self._held("append_many", items, ts, now, idempotency, claimant)
 
     def append_each(self, items, ts, now):
         return self._held("append_each", items, ts, now)

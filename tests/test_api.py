@@ -19,7 +19,7 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from mission_control import events
-from mission_control.store import IdempotencyConflict
+from mission_control.store import IdempotencyConflict, SessionTaken
 from mission_control.web import api
 from mission_control.web import site
 from mission_control.web.site import HubHTTPChannel
@@ -480,6 +480,23 @@ class LateAnswerTests(ApiTestCase):
         response = yield answer
         self.assertEqual((response.status, [e["seq"] for e in response.json()["events"]]),
                          (200, [1, 2]))
+
+    @defer.inlineCallbacks
+    def test_session_taken_by_another_node_is_403(self):
+        """
+        An agent's activity that the shared store refuses because another agent claimed the
+        session meanwhile (SessionTaken) is answered 403 forbidden, as the check refuses one;
+        the agent was named to the store as the claimant.
+        """
+        answer = self.call("POST", "/api/sessions/s9/activity", {"activity": "started"},
+                           token=self.agent)
+        yield self.held()
+        self.assertEqual(self.broker.pending[0][1][-1], "a1")  # the claimant
+        self.broker.fail(SessionTaken("agent-2"))
+        response = yield answer
+        self.assertEqual(response.status, 403, response.raw)
+        self.assertEqual(response.json(), {"error": {
+            "code": "forbidden", "message": "session belongs to another agent"}})
 
     @defer.inlineCallbacks
     def test_store_failure_later_is_503(self):

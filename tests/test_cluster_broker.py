@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
 from mission_control.cluster.broker import ClusterBroker, Stale
-from mission_control.store import IdempotencyConflict, StoredEvent
+from mission_control.store import IdempotencyConflict, SessionTaken, StoredEvent
 from mission_control.store.redis_log import RedisLog
 from mission_control.store.replica import Replica
 from tests.helpers import T0, TS, activity, status
@@ -191,3 +191,24 @@ class ClusterBrokerTests(RedisTestMixin, TestCase):
             await broker.append("agent:status", status("a1"), TS, T0)
         await log.load()
         self.assertEqual(await log.last_seq(), 0)
+
+    async def test_session_claim_race_across_nodes(self) -> None:
+        """
+        Two agents' first activity in one session, appended at once on two nodes (each node's
+        own check saw the session free), stores one: the other append is refused SessionTaken;
+        every node's replica names the winner as the owner.
+        """
+        a, b = await self.node(), await self.node()
+        results = await gatherResults([
+            a.broker.append("session:activity", activity("s1", agentId="a1"), TS, T0,
+                            None, "a1").addErrback(lambda f: f.value),
+            b.broker.append("session:activity", activity("s1", agentId="a2"), TS, T0,
+                            None, "a2").addErrback(lambda f: f.value),
+        ])
+        refused = [r for r in results if isinstance(r, SessionTaken)]
+        stored = [r for r in results if isinstance(r, tuple)]
+        self.assertEqual((len(refused), len(stored)), (1, 1))
+        winner = stored[0][0].payload["agentId"]
+        self.assertEqual(refused[0].owner, winner)
+        await eventually(lambda: b.replica.session_owner("s1") == winner
+                         and a.replica.session_owner("s1") == winner)

@@ -13,7 +13,7 @@ from mission_control import tokens
 from mission_control.auth import Refusal
 from mission_control.hub import ConnectRequest
 from mission_control.policy import Principal
-from mission_control.store import StoreUnavailable
+from mission_control.store import SessionTaken, StoreUnavailable
 from tests.hubfakes import FAR_FUTURE, SECRET, DeferredBroker, FakeConnection, HubTestCase
 
 
@@ -612,6 +612,23 @@ class LateCommitFrameTests(PublishFramesMixin, HubTestCase):
                                               ("error", "b", "internal_error")])
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertIsNone(conn.closed_with)
+
+    def test_session_taken_answers_forbidden(self):
+        """
+        An agent's publish that the shared store refuses for a session another agent claimed
+        (SessionTaken, for that item alone) is answered forbidden; the agent was named as the
+        claimant; the others of the group are stored.
+        """
+        agent = self.connect("a1", role="agent")
+        while self.broker.pending:
+            self.broker.fire()  # its "online" (liveness)
+        self.activity(agent, "s")
+        self.clock.advance(0)
+        (name, args, d), = self.broker.pending
+        self.assertEqual(args[0][0][3], "a1")
+        self.broker.pending.clear()
+        d.callback([SessionTaken("a2")])
+        self.assertEqual([reply[2] for reply in self.replies(agent)][-1:], ["forbidden"])
 
     def test_store_unavailable_answers_unavailable(self):
         """

@@ -156,7 +156,7 @@ class GroupInFlightTests(SynchronousTestCase):
 
     def groups(self):
         """The items of each append held by the broker, by the names of their agents."""
-        return [[payload["agentId"] for _, payload, _ in args[0]]
+        return [[payload["agentId"] for _, payload, *_ in args[0]]
                 for _, args, _ in self.broker.pending]
 
     def test_next_group_waits_for_the_one_in_flight(self):

@@ -126,8 +126,9 @@ class ClusterBroker:
     # Appending
 
     def append(self, event_type: str, payload: dict, ts: str, now: float,
-               idempotency: Any = None) -> Deferred[tuple[StoredEvent, bool]]:
-        d = self.append_each([(event_type, payload, idempotency)], ts, now)
+               idempotency: Any = None,
+               claimant: Optional[str] = None) -> Deferred[tuple[StoredEvent, bool]]:
+        d = self.append_each([(event_type, payload, idempotency, claimant)], ts, now)
 
         def one(results: list[EachResult]) -> tuple[StoredEvent, bool]:
             result = results[0]
@@ -138,10 +139,11 @@ class ClusterBroker:
         return d.addCallback(one)
 
     def append_many(self, items: Sequence[tuple[str, dict]], ts: str, now: float,
-                    idempotency: Any = None) -> Deferred[tuple[list[StoredEvent], bool]]:
+                    idempotency: Any = None,
+                    claimant: Optional[str] = None) -> Deferred[tuple[list[StoredEvent], bool]]:
         if not self.ready:
             return _not_ready()
-        d = self.redis.append_many(items, ts, now, idempotency)
+        d = self.redis.append_many(items, ts, now, idempotency, claimant)
 
         def applied(answer: tuple[list[StoredEvent], bool]) -> Any:
             stored, created = answer

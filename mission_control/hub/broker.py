@@ -18,7 +18,7 @@ ordered against other nodes' appends.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -44,16 +44,20 @@ class IBroker(Interface):
     """
 
     def append(event_type: str, payload: dict, ts: str, now: float,
-               idempotency: Any = None) -> Deferred[tuple[StoredEvent, bool]]:
+               idempotency: Any = None,
+               claimant: Optional[str] = None) -> Deferred[tuple[StoredEvent, bool]]:
         """
+        (C{claimant}: the agent that publishes it, or C{None}: see L{EachItem}.)
         Append one event (see L{IEventStore.append}); fire with it and whether it was created
         (not an idempotent repeat).  Listeners have been told of it when the Deferred fires, when
         it was appended here; a repeat tells nobody.
         """
 
     def append_many(items: Sequence[tuple[str, dict]], ts: str, now: float,
-                    idempotency: Any = None) -> Deferred[tuple[list[StoredEvent], bool]]:
+                    idempotency: Any = None,
+                    claimant: Optional[str] = None) -> Deferred[tuple[list[StoredEvent], bool]]:
         """
+        (C{claimant}: the agent that publishes the batch, or C{None}: see L{EachItem}.)
         Append a batch of C{(event_type, payload)} as one atomic step (see
         L{IEventStore.append_many}); fire with the events in seq order and whether they were
         created.  Listeners have been told of each, in seq order, when the Deferred fires; a
@@ -89,7 +93,8 @@ class InProcessBroker:
         self._listeners: list[Listener] = []
 
     def append(self, event_type: str, payload: dict, ts: str, now: float,
-               idempotency: Any = None) -> Deferred[tuple[StoredEvent, bool]]:
+               idempotency: Any = None,
+               claimant: Optional[str] = None) -> Deferred[tuple[StoredEvent, bool]]:
         try:
             event, created = self.store.append(event_type, payload, ts, now, idempotency)
             if created:
@@ -100,7 +105,8 @@ class InProcessBroker:
         return defer.succeed((event, created))
 
     def append_many(self, items: Sequence[tuple[str, dict]], ts: str, now: float,
-                    idempotency: Any = None) -> Deferred[tuple[list[StoredEvent], bool]]:
+                    idempotency: Any = None,
+                    claimant: Optional[str] = None) -> Deferred[tuple[list[StoredEvent], bool]]:
         try:
             stored, created = self.store.append_many(items, ts, now, idempotency)
             if created:

@@ -37,7 +37,13 @@ from mission_control.hub.expiry import Deadline, Deadlines
 from mission_control.hub.registry import Registry
 from mission_control.limits import TokenBucket
 from mission_control.policy import Principal
-from mission_control.store import EachResult, IdempotencyConflict, IEventStore, StoreUnavailable
+from mission_control.store import (
+    EachResult,
+    IdempotencyConflict,
+    IEventStore,
+    SessionTaken,
+    StoreUnavailable,
+)
 
 #: Close codes the client uses.
 TOKEN_EXPIRED = 4001
@@ -417,6 +423,9 @@ class Client:
             return self.node.error_frame(
                 "idempotency_conflict", "idempotencyKey was already used for a different event",
                 frame_id)
+        if isinstance(result, SessionTaken):
+            return self.node.error_frame("forbidden", "session belongs to another agent",
+                                         frame_id)
         if isinstance(result, StoreUnavailable):
             return self.node.error_frame("unavailable",
                                          "the event could not be stored; retry later", frame_id)

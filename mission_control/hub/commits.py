@@ -42,7 +42,14 @@ from twisted.python.failure import Failure
 from mission_control import events
 from mission_control.hub.broker import IBroker
 from mission_control.hub.publishing import BatchOwners, PendingOwners
-from mission_control.store import EachResult, Idempotency, IdempotencyConflict, StoreUnavailable
+from mission_control.store import (
+    EachItem,
+    EachResult,
+    Idempotency,
+    IdempotencyConflict,
+    SessionTaken,
+    StoreUnavailable,
+)
 
 #: C{answer(result)}: told what became of one publish, once its group is stored.
 Answer = Callable[[EachResult], None]
@@ -88,6 +95,8 @@ class _Waiting:
     payload: dict
     idempotency: Optional[Idempotency]
     answer: Answer
+    #: The agent that publishes it, or None (see EachItem).
+    claimant: Optional[str] = None
 
 
 class GroupCommit:
@@ -131,12 +140,12 @@ class GroupCommit:
         return self._owners(session_id)
 
     def add(self, event_type: str, payload: dict, idempotency: Optional[Idempotency],
-            answer: Answer) -> None:
+            answer: Answer, claimant: Optional[str] = None) -> None:
         """
         Wait with a checked publish for the end of this turn; C{answer} is called once it is
         stored (never before this returns).
         """
-        self._waiting.append(_Waiting(event_type, payload, idempotency, answer))
+        self._waiting.append(_Waiting(event_type, payload, idempotency, answer, claimant))
         self._owners.stored(event_type, payload)
         if self._call is None:
             self._call = self.clock.callLater(0, self.commit)
@@ -158,7 +167,8 @@ class GroupCommit:
         claimed, self._owners = self._owners.claimed, BatchOwners(self._pending)
         release = self._pending.hold(claimed)
         now = self.clock.seconds()
-        items = [(w.event_type, w.payload, w.idempotency) for w in waiting]
+        items: list[EachItem] = [(w.event_type, w.payload, w.idempotency, w.claimant)
+                                 for w in waiting]
         self._storing = True
         try:
             d = self.broker.append_each(items, events.format_timestamp(now), now)
@@ -187,7 +197,8 @@ class GroupCommit:
         else:
             results = outcome
             for result in results:
-                if isinstance(result, Exception) and not isinstance(result, IdempotencyConflict):
+                if isinstance(result, Exception) and not isinstance(
+                        result, (IdempotencyConflict, SessionTaken)):
                     self.log.failure("storing a publish failed", Failure(result))
         for w, result in zip(waiting, results):
             try:

@@ -435,21 +435,22 @@ class Hub:
 
     # Publishing and fan-out
 
-    def publish(self, event_type: str, payload: dict,
-                idempotency: Any = None) -> Deferred[dict]:
+    def publish(self, event_type: str, payload: dict, idempotency: Any = None,
+                claimant: str | None = None) -> Deferred[dict]:
         """
         Store an already validated event and fan it out; the Deferred fires with its envelope
         once the broker answers (the event fanned out by then), or fails with the broker's
         failure.  With C{idempotency} (C{(user, key, fingerprint)}) a repeat fires with the first
         event's envelope and sends nothing (a key used for another request fails with
-        L{mission_control.store.IdempotencyConflict}).
+        L{mission_control.store.IdempotencyConflict}).  C{claimant}: the agent that publishes
+        it (see L{mission_control.store.EachItem}; L{claimant_of}).
         """
         now = self.clock.seconds()
         # A session it claims is taken for the checks of later publishes until it is stored.
         release = self.owners.hold(
             publishing.claims_of([(event_type, payload)], self.commits.session_owner))
         d = self.broker.append(event_type, payload, events.format_timestamp(now), now,
-                               idempotency)
+                               idempotency, claimant)
         return _released(self.in_flight.track(d), release).addCallback(_envelope)
 
     def _appended(self, event: StoredEvent) -> None:
@@ -481,7 +482,7 @@ class Hub:
         idempotency = None
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)
-        return self.publish(event_type, payload, idempotency)
+        return self.publish(event_type, payload, idempotency, claimant_of(principal))
 
     def publish_later(self, principal: Principal, event_type: str, body: object,
                       idempotency_key: str | None, fingerprint: str, answer: Answer) -> None:
@@ -498,7 +499,7 @@ class Hub:
         idempotency = None
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)
-        self.commits.add(event_type, payload, idempotency, answer)
+        self.commits.add(event_type, payload, idempotency, answer, claimant_of(principal))
 
     def commit_publishes(self) -> None:
         """Store and answer the publishes waiting for the end of the turn, now."""
@@ -530,7 +531,8 @@ class Hub:
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)
         release = self.owners.hold(publishing.claims_of(checked, self.commits.session_owner))
-        d = self.broker.append_many(checked, events.format_timestamp(now), now, idempotency)
+        d = self.broker.append_many(checked, events.format_timestamp(now), now, idempotency,
+                                    claimant_of(principal))
         return _released(self.in_flight.track(d), release).addCallback(_envelopes)
 
     def broadcast(self, frame: Mapping) -> int:
@@ -579,3 +581,11 @@ def _envelopes(result: tuple[list[StoredEvent], bool]) -> list[dict]:
 def _number(value: float) -> int | float:
     """C{30.0} as C{30}: whole seconds read better in JSON."""
     return int(value) if float(value).is_integer() else value
+
+
+def claimant_of(principal: Principal) -> str | None:
+    """
+    Who claims the sessions that C{principal}'s publishes name: an agent claims for itself;
+    an administrator's or operator's activity claims for nobody (it may name any agent).
+    """
+    return principal.sub if principal.role == "agent" else None

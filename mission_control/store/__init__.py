@@ -17,6 +17,7 @@ from mission_control.store.interface import (
     IEventStore,
     StoreUnavailable,
     Retention,
+    SessionTaken,
     StateEntry,
     StoredEvent,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "MemoryStore",
     "Retention",
     "SQLiteStore",
+    "SessionTaken",
     "StateEntry",
     "StoreUnavailable",
     "StoredEvent",

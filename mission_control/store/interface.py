@@ -66,8 +66,13 @@ IDEMPOTENCY_WINDOW = 600.0
 #: C{(user, key, fingerprint)}, as L{IEventStore.append} takes it.
 Idempotency = Tuple[str, str, str]
 
-#: One append of L{IEventStore.append_each}: C{(event_type, payload, idempotency or None)}.
-EachItem = Tuple[str, dict, Optional[Idempotency]]
+#: One append of L{IEventStore.append_each}: C{(event_type, payload, idempotency or None)},
+#: or with a fourth element, the claimant: the agent that publishes it (C{None} for an
+#: administrator or operator).  A store shared by several nodes refuses an item whose claimant
+#: is not the owner of its session (L{SessionTaken}): two nodes may both have let one agent's
+#: first activity claim a session.  A store of one process checked that already and ignores it.
+EachItem = Union[Tuple[str, dict, Optional[Idempotency]],
+                 Tuple[str, dict, Optional[Idempotency], Optional[str]]]
 
 #: What L{IEventStore.append_each} answers for one item: C{(event, created)} as L{append}
 #: returns, or the exception L{append} would have raised for that item alone.
@@ -76,6 +81,14 @@ EachResult = Union[Tuple[StoredEvent, bool], Exception]
 
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before, for a different request."""
+
+
+class SessionTaken(Exception):
+    """The session belongs to another agent than the one claiming it (see L{EachItem})."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__("the session belongs to another agent")
+        self.owner = owner
 
 
 class StoreUnavailable(Exception):

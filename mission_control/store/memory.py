@@ -139,7 +139,8 @@ class MemoryStore(LatestStateReads):
         answered with its exception and changes nothing.  See L{IEventStore.append_each}.
         """
         results: list[EachResult] = []
-        for event_type, payload, idempotency in items:
+        for item in items:
+            event_type, payload, idempotency = item[0], item[1], item[2]
             try:
                 stored, created = self._append([(event_type, payload)], ts, now, idempotency,
                                                 False)

@@ -46,6 +46,7 @@ from mission_control.store.interface import (
     IdempotencyConflict,
     Retention,
     StateEntry,
+    SessionTaken,
     StoredEvent,
     StoreUnavailable,
 )
@@ -82,14 +83,6 @@ TRIM_BUDGET = 10_000
 
 #: The most payload bytes an append's message carries inline (see redis_pubsub).
 INLINE_LIMIT = 64 * 1024
-
-
-class SessionTaken(Exception):
-    """The session belongs to another agent than the one claiming it."""
-
-    def __init__(self, owner: str) -> None:
-        super().__init__("the session belongs to another agent")
-        self.owner = owner
 
 
 class EpochChanged(StoreUnavailable):

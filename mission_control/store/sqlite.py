@@ -294,7 +294,7 @@ class SQLiteStore(LatestStateReads):
         """
         results: list[Optional[EachResult]] = []
         rows: list[Optional[_Row]] = []
-        for event_type, payload, _ in items:
+        for event_type, payload, *_ in items:
             try:
                 rows.append(self._row(event_type, payload))
                 results.append(None)

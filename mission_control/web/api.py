@@ -53,7 +53,7 @@ from mission_control.ids import ID_RULE
 from mission_control.text import NotText, decode_json
 from mission_control.hub import Hub
 from mission_control.limits import RateLimits
-from mission_control.store import IdempotencyConflict, StoreUnavailable
+from mission_control.store import IdempotencyConflict, SessionTaken, StoreUnavailable
 from mission_control.web import batch
 from mission_control.web.later import Rendered, render_when_fired
 from mission_control.web.redaction import redact
@@ -272,6 +272,8 @@ class Api(resource.Resource):
         """
 
         def failed(failure: Failure) -> Answer:
+            if failure.check(SessionTaken):
+                raise ApiError(403, "forbidden", "session belongs to another agent")
             if failure.check(IdempotencyConflict):
                 raise ApiError(409, "idempotency_conflict",
                                "Idempotency-Key was already used for a different request")
