@@ -3,8 +3,9 @@
 C{twistd mission-control}: the service tree, built from the parsed options.
 
 L{makeService} opens the store and builds the hub, the WebSocket factory, the API and the site,
-under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint
-and, with C{--demo}, the simulated fleet.  The options themselves (the command line, the
+under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint,
+the L{MetricsListener} of C{--metrics-listen} if one is given, and, with C{--demo}, the simulated
+fleet.  The options themselves (the command line, the
 environment, the key files) are parsed and checked in L{mission_control.options}; twistd's
 plugin still finds L{Options} and L{makeService} here, in the module it names.
 """
@@ -27,10 +28,12 @@ from mission_control.demo import DemoFleet
 from mission_control.factory import HubServerFactory
 from mission_control.hub import Hub
 from mission_control.listener import Listener, ListenError, urls_of
+from mission_control.metrics import Metrics
 from mission_control.options import Options
 from mission_control.store import MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard
+from mission_control.web.metrics import MetricsListener, admin_page
 from mission_control.web.site import HubSite, build_site
 
 __all__ = ["MissionControlService", "Options", "makeService", "urls_of"]
@@ -270,6 +273,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
     verifier = options["verifier"]
     store = open_store(options)
     rate = options["max-messages-per-second"]
+    metrics = Metrics()
     hub = Hub(
         reactor,
         store,
@@ -281,6 +285,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
         message_burst=max(1, int(rate * 2)),
         handshake_rate=options["max-handshakes-per-second"],
         fanout_window=Hub.FANOUT_WINDOW,
+        metrics=metrics,
     )
     factory = HubServerFactory(
         hub,
@@ -296,8 +301,10 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
               read_rate=options["max-reads-per-second"])
     site = build_site(factory, api, reactor=reactor,
                       max_http_connections=options["max-http-connections"],
-                      dashboard=Dashboard())
+                      dashboard=Dashboard(), metrics=admin_page(api))
     root = MissionControlService(hub, site, options["listen"], reactor, options)
+    if options["metrics-listen"] is not None:
+        MetricsListener(options["metrics-listen"], metrics, reactor).setServiceParent(root)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)
     return root
