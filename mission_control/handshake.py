@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from mission_control.auth import Refusal
 from mission_control.events import encode_json
 from mission_control.hub import ConnectRequest
+from mission_control.metrics import handshake_outcome
 from mission_control.policy import Principal
 from mission_control.web.site import redact, status_phrase
 
@@ -214,6 +215,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
             self._refusal_logged = True
             raise ConnectionDeny(500, "Internal Server Error")
         # Accepted: the hub logs the audit line when it registers the connection (onOpen).
+        factory.hub.metrics.handshake("accepted")
         self.principal = principal
         return None
 
@@ -243,6 +245,7 @@ class HandshakeProtocol(WebSocketServerProtocol):
                 detail=detail,
                 user=f" (user {_printable(user.sub)})" if user is not None else "",
             )
+        self.factory.hub.metrics.handshake(handshake_outcome(code, refusal.reason))
         self.wasNotCleanReason = refusal.reason
         # The refusal is a complete HTTP exchange, not a broken connection: marked clean, Autobahn
         # does not log the drop a second time.

@@ -82,6 +82,7 @@ class Options(usage.Options):
          "process on it. [sqlite]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
+        ["metrics-listen", None, None, "Twisted endpoint string of a listener serving only GET /metrics, without a token. [none]"],
     ]
 
     _repeatable = ("listen", "jwt-algorithm", "allowed-origin")
@@ -199,12 +200,9 @@ class Options(usage.Options):
         from twisted.internet import reactor
 
         for description in self["listen"]:
-            try:
-                serverFromString(reactor, with_backlog(description))
-            except Exception as e:
-                raise usage.UsageError(
-                    f"--listen {description!r} is not a usable endpoint: {describe_error(e)}"
-                ) from None
+            _check_endpoint("--listen", description, reactor)
+        if self["metrics-listen"] is not None:
+            _check_endpoint("--metrics-listen", self["metrics-listen"], reactor)
 
     def _twistd_files(self) -> None:
         """
@@ -334,6 +332,16 @@ class Options(usage.Options):
             audience=self["jwt-audience"],
             leeway=self["jwt-leeway"],
         )
+
+
+def _check_endpoint(option: str, description: str, reactor: Any) -> None:
+    """An endpoint string that the reactor cannot listen on is a usage error naming C{option}."""
+    try:
+        serverFromString(reactor, with_backlog(description))
+    except Exception as e:
+        raise usage.UsageError(
+            f"{option} {description!r} is not a usable endpoint: {describe_error(e)}"
+        ) from None
 
 
 def _twistd_log_file(parent: Mapping[str, Any], daemon: bool) -> str | None:

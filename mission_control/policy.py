@@ -79,6 +79,11 @@ def may_close_connections(principal: Principal) -> bool:
     return principal.role == "admin"
 
 
+def may_read_metrics(principal: Principal) -> bool:
+    """Only admins read C{GET /metrics} on the main listener (it tells about every user)."""
+    return principal.role == "admin"
+
+
 def _claim_allows(claim: Sequence[str], channel: str) -> bool:
     parent = channel.partition(":")[0]
     for entry in claim:

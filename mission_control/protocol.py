@@ -38,7 +38,9 @@ connection is closed behind it, without waiting for a close reply, so a flood co
 Backpressure: a small push producer registered on the transport hears when the kernel stops
 taking data (about 64 KiB queued).  Bytes sent while paused are counted; past
 C{max_outbound_bytes} the connection is closed with 4008, so one stalled client can hold only
-that much of the server's memory, and the hub's fan-out to everyone else is never held up.
+that much of the server's memory, and the hub's fan-out to everyone else is never held up.  The
+hub's metrics count those closes, and the fan-out frames a connection drops (past the limit, or
+because it was closing).
 
 Fan-out frames are queued (L{HubServerProtocol.enqueue}) and written together by
 L{HubServerProtocol.flush}: the framed bytes Autobahn prepared once for every connection
@@ -49,7 +51,7 @@ sends its framed bytes at once, straight to C{fast_send} (the socket's C{send}) 
 connection is in the common case, else through L{HubServerProtocol.deliver}.  Anything else sent
 to the connection writes the queue first.
 
-Nearly 500 lines, past the 400 lines of a module, for a reason: it is the one adapter between
+About 500 lines, past the 400 lines of a module, for a reason: it is the one adapter between
 Autobahn and the hub, and its parts (backpressure, the streamed snapshot, the fan-out queue and
 its direct sends) all guard the same writes.
 """
@@ -211,6 +213,7 @@ class HubServerProtocol(HandshakeProtocol):
         return False
 
     def _too_slow(self) -> None:
+        self.factory.hub.metrics.slow_consumer_closed()
         self._log.warn(
             "closing connection {connection_id} of {user}: too slow ({size} bytes waiting)",
             connection_id=self.connection_id,
@@ -227,6 +230,8 @@ class HubServerProtocol(HandshakeProtocol):
         queued = self._queued
         if queued is not None:
             queued.append(prepared)
+        else:
+            self._dropped("closing")
 
     def flush(self) -> None:
         queued = self._queued
@@ -244,6 +249,7 @@ class HubServerProtocol(HandshakeProtocol):
                 self.write_rest(data, sent)
             return
         if self.state != self.STATE_OPEN:
+            self._dropped("closing", len(queued))
             return
         if self._held is not None or self._perMessageCompress is not None:
             for prepared in queued:
@@ -266,6 +272,7 @@ class HubServerProtocol(HandshakeProtocol):
             self._write(_framed(queued[:taken]))
         if taken < len(queued):
             self._paused_bytes += len(queued[taken].payload)
+            self._dropped("slow_consumer", len(queued) - taken)
             self._too_slow()
 
     def _write(self, data: bytes) -> bool:
@@ -325,11 +332,14 @@ class HubServerProtocol(HandshakeProtocol):
         # Once per connection per event after a quiet window: the common case (open, nothing
         # queued, held or compressed, not paused) is a few checks and one write.
         if self.state != self.STATE_OPEN:
-            return  # sendPreparedMessage does not check the state: a closing one is skipped
+            # sendPreparedMessage does not check the state: a closing one is skipped
+            self._dropped("closing")
+            return
         if self._queued:
             self.flush()
             if self.state != self.STATE_OPEN:
-                return  # the queue was past the outbound limit
+                self._dropped("slow_consumer")  # the queue was past the outbound limit
+                return
         if self.paused or self._held is not None or self._perMessageCompress is not None:
             self._deliver_one(prepared)
         elif self._write(prepared.payloadHybi):
@@ -337,11 +347,18 @@ class HubServerProtocol(HandshakeProtocol):
 
     def _deliver_one(self, prepared: PreparedMessage) -> None:
         if self.state != self.STATE_OPEN:
-            return
-        if self._held is not None:
-            self._hold(self.sendPreparedMessage, prepared, len(prepared.payload))
+            self._dropped("closing")
+        elif self._held is not None:
+            if not self._hold(self.sendPreparedMessage, prepared, len(prepared.payload)):
+                self._dropped("slow_consumer")
         elif self._account(len(prepared.payload)):
             self.sendPreparedMessage(prepared)
+        else:
+            self._dropped("slow_consumer")
+
+    def _dropped(self, reason: str, count: int = 1) -> None:
+        """C{count} fan-out frames this connection will never write: counted by the hub."""
+        self.factory.hub.metrics.dropped(reason, count)
 
     def send_frame(self, frame: Mapping) -> None:
         if self.state != self.STATE_OPEN:
@@ -401,19 +418,24 @@ class HubServerProtocol(HandshakeProtocol):
                 return
             self.sendMessageFrame(chunk)
 
-    def _hold(self, send: Callable[[Any], None], value: Any, size: int) -> None:
-        """Keep a frame until the streamed message ends; past the outbound limit, close 4008."""
+    def _hold(self, send: Callable[[Any], None], value: Any, size: int) -> bool:
+        """
+        Keep a frame until the streamed message ends; past the outbound limit, close 4008 and
+        drop it (C{False}).
+        """
         self._held_bytes += size
         if self._held_bytes > self.factory.max_outbound_bytes:
+            self.factory.hub.metrics.slow_consumer_closed()
             self._log.warn("closing connection {connection_id} of {user}: too slow "
                            "({size} bytes held behind its snapshot)",
                            connection_id=self.connection_id,
                            user=self.principal.sub if self.principal else None,
                            size=self._held_bytes)
             self.sendClose(4008, "too slow")
-            return
+            return False
         assert self._held is not None  # frames are held only while a message streams
         self._held.append((send, value))
+        return True
 
     def bytes_waiting(self) -> int:
         """Bytes queued in the transports below us (TLS, then TCP), best effort."""

@@ -3,8 +3,9 @@
 C{twistd mission-control}: the service tree, built from the parsed options.
 
 L{makeService} opens the store and builds the hub, the WebSocket factory, the API and the site,
-under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint
-and, with C{--demo}, the simulated fleet.  The options themselves (the command line, the
+under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint,
+the L{MetricsListener} of C{--metrics-listen} if one is given, and, with C{--demo}, the simulated
+fleet.  The options themselves (the command line, the
 environment, the key files) are parsed and checked in L{mission_control.options}; twistd's
 plugin still finds L{Options} and L{makeService} here, in the module it names.
 """
@@ -23,15 +24,17 @@ from twisted.logger import Logger
 
 from mission_control import tokens
 from mission_control.auth import TokenVerifier
+from mission_control.cluster.shared import SharedHistory
 from mission_control.demo import DemoFleet
 from mission_control.factory import HubServerFactory
 from mission_control.hub import Hub
 from mission_control.listener import Listener, ListenError, urls_of
+from mission_control.metrics import Metrics
 from mission_control.options import Options
-from mission_control.cluster.shared import SharedHistory
 from mission_control.store import IEventStore, MemoryStore, Retention, SQLiteStore
 from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard
+from mission_control.web.metrics import MetricsListener, admin_page
 from mission_control.web.site import HubSite, build_site
 
 __all__ = ["MissionControlService", "Options", "makeService", "urls_of"]
@@ -289,8 +292,9 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
     verifier = options["verifier"]
     shared: SharedHistory | None = None
     store: IEventStore
+    metrics = Metrics()
     if options["store"] == "redis":
-        shared = SharedHistory(reactor, options["redis"], retention_of(options))
+        shared = SharedHistory(reactor, options["redis"], retention_of(options), metrics=metrics)
         store, broker = shared.replica, shared.broker
     else:
         store, broker = open_store(options), None
@@ -307,6 +311,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
         message_burst=max(1, int(rate * 2)),
         handshake_rate=options["max-handshakes-per-second"],
         fanout_window=Hub.FANOUT_WINDOW,
+        metrics=metrics,
     )
     factory = HubServerFactory(
         hub,
@@ -322,7 +327,7 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
               read_rate=options["max-reads-per-second"])
     site = build_site(factory, api, reactor=reactor,
                       max_http_connections=options["max-http-connections"],
-                      dashboard=Dashboard())
+                      dashboard=Dashboard(), metrics=admin_page(api))
     if shared is not None:
         # Who is connected is known per node: a restarted node must not mark offline the agents
         # connected to the others.
@@ -331,6 +336,8 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
         hub.use_presence(shared.presence)
         shared.presence.on_node_gone = hub.agents_gone
     root = MissionControlService(hub, site, options["listen"], reactor, options, shared)
+    if options["metrics-listen"] is not None:
+        MetricsListener(options["metrics-listen"], metrics, reactor).setServiceParent(root)
     if options["demo"]:
         DemoFleet(hub, reactor).setServiceParent(root)
     return root

@@ -157,6 +157,14 @@ class RedisTestMixin:
         await log.load()
         return log
 
+    async def kill_subscription(self, subscription: RedisSubscription) -> None:
+        """
+        Have Redis close C{subscription}'s connection (that one only: other tests running at
+        the same time keep theirs).
+        """
+        host = subscription._factory.pool[0].transport.getHost()
+        await self.admin.execute("CLIENT", "KILL", "ADDR", f"{host.host}:{host.port}")
+
     def subscribe(self, on_message: Callable[[Appended], None],
                   on_connected: Callable[[], None], **options: Any) -> RedisSubscription:
         """A subscription to this test's channel (stopped at the end)."""

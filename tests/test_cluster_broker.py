@@ -125,7 +125,7 @@ class ClusterBrokerTests(RedisTestMixin, TestCase):
         await a.broker.append("agent:status", status("a1"), TS, T0)
         await eventually(lambda: b.seqs() == [1])
         b_subscription = b.subscription  # type: ignore[attr-defined]
-        await self.admin.execute("CLIENT", "KILL", "TYPE", "pubsub")
+        await self.kill_subscription(b_subscription)
         for i in range(5):
             await a.broker.append("agent:status", status(f"a{i}"), TS, T0)
         await eventually(lambda: b_subscription.active)

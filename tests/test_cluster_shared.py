@@ -99,6 +99,9 @@ class SharedHistoryTests(RedisTestMixin, TestCase):
         await eventually(lambda: shared.health() is None)
         await sleep(0.2)
         self.assertIsNone(shared.health())
+        roundtrips = shared.metrics.registry.get_sample_value(
+            "mission_control_redis_roundtrip_seconds_count")
+        self.assertGreater(roundtrips, 0)  # each canary heard back is one round trip
         proxy.frozen = True
         await eventually(lambda: shared.health() == "pubsub_stalled")
         proxy.frozen = False
@@ -110,3 +113,14 @@ class SharedHistoryTests(RedisTestMixin, TestCase):
         shared = self.shared(url)
         shared.start(lambda: None)
         self.assertEqual(shared.health(), "redis_unreachable")
+
+    async def test_resubscribing_is_counted(self) -> None:
+        """A subscription made again after its connection was killed counts one reconnect."""
+        shared = self.shared()
+        shared.start(lambda: None)
+        await eventually(lambda: shared.ready and shared.health() is None)
+        reconnects = "mission_control_redis_reconnects_total"
+        self.assertEqual(shared.metrics.registry.get_sample_value(reconnects), 0.0)
+        assert shared.subscription is not None
+        await self.kill_subscription(shared.subscription)
+        await eventually(lambda: shared.metrics.registry.get_sample_value(reconnects) == 1.0)

@@ -17,6 +17,7 @@ from twisted.trial import unittest
 from mission_control import events
 from mission_control.hub import ConnectRequest, Hub
 from mission_control.hub.outbox import FanoutWindow
+from mission_control.metrics import Metrics
 from mission_control.protocol import HubServerProtocol
 from tests.helpers import connect, start_server, wait_until
 from tests.hubfakes import FakeConnection, HubTestCase
@@ -268,8 +269,18 @@ class FastSendTests(unittest.SynchronousTestCase):
         outbox.stop()
 
 
+class _Hub:
+    """What the protocol needs of the hub here: where it counts what it drops."""
+
+    def __init__(self):
+        self.metrics = Metrics(process=False)
+
+
 class _Factory:
     max_outbound_bytes = 100
+
+    def __init__(self):
+        self.hub = _Hub()
 
 
 class ProtocolFlushTests(unittest.SynchronousTestCase):
@@ -297,6 +308,11 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         from autobahn.websocket.protocol import PreparedMessage
         return [PreparedMessage(p, False, False, False) for p in payloads]
 
+    def counted(self, name, **labels):
+        """The value of the metric C{name} (a sample's full name) the hub counts."""
+        registry = self.protocol.factory.hub.metrics.registry
+        return registry.get_sample_value(f"mission_control_{name}", labels)
+
     def test_one_write_of_the_framed_bytes(self):
         """Queued frames go out as one write: their framed bytes, joined, in order."""
         prepared = self.frames(b'{"a":1}', b'{"b":2}', b'{"c":3}')
@@ -320,6 +336,9 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.protocol.flush()
         self.assertEqual(self.writes, [prepared[0].payloadHybi + prepared[1].payloadHybi])
         self.assertEqual(self.closed, [4008])
+        # The two frames not written are dropped deliveries; one slow consumer was closed.
+        self.assertEqual(self.counted("deliveries_dropped_total", reason="slow_consumer"), 2)
+        self.assertEqual(self.counted("slow_consumer_closes_total"), 1)
 
     def test_closed_connection_drops_its_queue(self):
         """A connection no longer open writes nothing of what it had queued."""
@@ -327,6 +346,7 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.protocol.state = self.protocol.STATE_CLOSING
         self.protocol.flush()
         self.assertEqual(self.writes, [])
+        self.assertEqual(self.counted("deliveries_dropped_total", reason="closing"), 1)
 
     def test_direct_frame_writes_the_queue_first(self):
         """A frame sent directly goes out after what was queued before it."""
@@ -362,6 +382,8 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
             self.protocol.deliver(p)
         self.assertEqual(self.writes, [prepared[0].payloadHybi, prepared[1].payloadHybi])
         self.assertEqual(self.closed, [4008])
+        self.assertEqual(self.counted("deliveries_dropped_total", reason="slow_consumer"), 1)
+        self.assertEqual(self.counted("slow_consumer_closes_total"), 1)
 
     def test_deliver_to_a_closing_connection_writes_nothing(self):
         """A connection no longer open is not written to, queued frames included."""
@@ -370,6 +392,10 @@ class ProtocolFlushTests(unittest.SynchronousTestCase):
         self.protocol.state = self.protocol.STATE_CLOSING
         self.protocol.deliver(delivered)
         self.assertEqual(self.writes, [])
+        # The delivered frame is dropped; the queued one is dropped when the queue is flushed.
+        self.assertEqual(self.counted("deliveries_dropped_total", reason="closing"), 1)
+        self.protocol.flush()
+        self.assertEqual(self.counted("deliveries_dropped_total", reason="closing"), 2)
 
 
     def test_fast_send_dropped_on_pause(self):

@@ -408,6 +408,38 @@ class UsageErrorTests(OptionsMixin, SynchronousTestCase):
         self.assertIn("--jwt-leeway must be a number >= 0, not 'abc'", exc.code)
 
 
+class MetricsListenTests(OptionsMixin, SynchronousTestCase):
+    """--metrics-listen: none by default, from the environment too, checked like --listen."""
+
+    def test_none_by_default(self):
+        """Without the option there is no metrics endpoint."""
+        self.assertIsNone(self.parse()["metrics-listen"])
+
+    def test_given(self):
+        """A usable endpoint string is kept as given."""
+        options = self.parse("--metrics-listen", "tcp:9100:interface=127.0.0.1")
+        self.assertEqual(options["metrics-listen"], "tcp:9100:interface=127.0.0.1")
+
+    def test_from_environment(self):
+        """MISSION_CONTROL_METRICS_LISTEN sets it; the command line wins over it."""
+        environ = {"MISSION_CONTROL_METRICS_LISTEN": "tcp:9100"}
+        self.assertEqual(self.parse(environ=environ)["metrics-listen"], "tcp:9100")
+        self.assertEqual(self.parse("--metrics-listen", "tcp:9200", environ=environ)
+                         ["metrics-listen"], "tcp:9200")
+
+    def test_bad_endpoint(self):
+        """An endpoint string that cannot listen is one usage line naming the option."""
+        self.assertUsageError(["--metrics-listen", "nonsense:1"], "--metrics-listen",
+                              "nonsense:1", "is not a usable endpoint")
+        self.assertUsageError(["--metrics-listen", "tcp:notaport"], "--metrics-listen",
+                              "notaport")
+
+    def test_bad_endpoint_from_environment(self):
+        """A bad endpoint from the environment is refused the same way."""
+        self.assertUsageError([], "--metrics-listen", "tcp:x",
+                              environ={"MISSION_CONTROL_METRICS_LISTEN": "tcp:x"})
+
+
 class SecurityDocTests(SynchronousTestCase):
     """docs/security.md, the one table of limits, names every limit option."""
 

@@ -67,6 +67,13 @@ class PermissionTests(SynchronousTestCase):
             [True, False, False, False],
         )
 
+    def test_read_metrics(self):
+        """Only admins read the metrics on the main listener."""
+        self.assertEqual(
+            [policy.may_read_metrics(self.principal(r)) for r in policy.ROLES],
+            [True, False, False, False],
+        )
+
 
 class RoleTests(SynchronousTestCase):
     """What each role may receive by default."""

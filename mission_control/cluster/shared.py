@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from mission_control.cluster.broker import ClusterBroker
 from mission_control.cluster.presence import ClusterPresence
+from mission_control.metrics import Metrics
 from mission_control.store.interface import Retention
 from mission_control.store.redis_connection import RedisConnection
 from mission_control.store.redis_log import RedisLog
@@ -54,9 +55,15 @@ class SharedHistory:
     slow_start = 2.0
 
     def __init__(self, reactor: Any, url: RedisURL, retention: Retention,
-                 node_id: Optional[str] = None) -> None:
-        """Build the parts; the command connection starts connecting at once."""
+                 node_id: Optional[str] = None, metrics: Optional[Metrics] = None) -> None:
+        """
+        Build the parts; the command connection starts connecting at once.  C{metrics} is
+        told each canary's round trip through Redis and each time the subscription is made
+        again.
+        """
         self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics(process=False)
+        self._subscriptions = 0
         #: This node's name among the nodes on the same Redis (random unless given).
         self.node_id = node_id or secrets.token_hex(6)
         self.url = url
@@ -75,6 +82,7 @@ class SharedHistory:
         # The number of the last canary sent, and (number, when) of the first one sent since
         # the last one heard back (None when every one sent was heard).
         self._canary_number = 0
+        self._canary_sent: dict[int, float] = {}
         self._unheard: Optional[tuple[int, float]] = None
         self._retry_call: Optional[IDelayedCall] = None
         self._slow_call: Optional[IDelayedCall] = None
@@ -133,6 +141,9 @@ class SharedHistory:
 
     def _subscribed(self) -> None:
         """The subscription is (again) made: read back what it may have missed."""
+        self._subscriptions += 1
+        if self._subscriptions > 1:
+            self.metrics.redis_reconnected()
         self.broker.subscribed()
         if self.ready:
             self.presence.resync().addErrback(
@@ -162,6 +173,9 @@ class SharedHistory:
                 and self.subscription.active):
             return
         self._canary_number += 1
+        self._canary_sent[self._canary_number] = self.reactor.seconds()
+        while len(self._canary_sent) > 16:
+            del self._canary_sent[min(self._canary_sent)]
         if self._unheard is None:
             self._unheard = (self._canary_number, self.reactor.seconds())
         d = self.connection.execute("PUBLISH", self.redis.keys.channel,
@@ -169,7 +183,12 @@ class SharedHistory:
         d.addErrback(lambda f: None)  # the connection's state says what health needs
 
     def _heard(self, node: str, number: int) -> None:
-        if node == self.node_id and self._unheard is not None and number >= self._unheard[0]:
+        if node != self.node_id:
+            return
+        sent = self._canary_sent.pop(number, None)
+        if sent is not None:
+            self.metrics.redis_roundtrip(self.reactor.seconds() - sent)
+        if self._unheard is not None and number >= self._unheard[0]:
             self._unheard = None
 
     def _write_position(self, user: str, client: str, seq: int, now: float) -> None:

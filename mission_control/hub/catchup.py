@@ -25,6 +25,7 @@ from twisted.internet.interfaces import IReactorTime
 from mission_control import channels, events, replay
 from mission_control.hub.client import Client
 from mission_control.hub.registry import Registry
+from mission_control.metrics import Metrics
 from mission_control.store import IEventStore, StoredEvent
 
 
@@ -34,6 +35,8 @@ class CatchUpNode(Protocol):
     clock: IReactorTime
     store: IEventStore
     registry: Registry[Client]
+    #: Where resumes are counted, by outcome.
+    metrics: Metrics
     #: Turns encoded bytes into what L{IConnection.deliver} takes.
     prepare: Callable[[bytes], Any]
 
@@ -89,6 +92,7 @@ class CatchUp:
 
     def _not_recovered(self, client: Client, reason: str) -> None:
         store = self.node.store
+        self.node.metrics.resumed(reason)
         client.replay_cursor = None
         client.conn.send_frame(
             self.node.frame("resumed", {"recovered": False, "reason": reason,
@@ -130,6 +134,7 @@ class CatchUp:
         if cursor >= store.last_seq:
             if client.resuming:
                 assert client.replay_start is not None
+                node.metrics.resumed("recovered")
                 conn.send_frame(
                     node.frame("resumed", {"recovered": True, "from": client.replay_start + 1,
                                            "to": cursor, "epoch": store.epoch})

@@ -36,6 +36,7 @@ from mission_control.hub.connection import ConnectRequest, IConnection
 from mission_control.hub.expiry import Deadline, Deadlines
 from mission_control.hub.registry import Registry
 from mission_control.limits import TokenBucket
+from mission_control.metrics import Metrics
 from mission_control.policy import Principal
 from mission_control.store import (
     EachResult,
@@ -67,6 +68,8 @@ class ClientNode(Protocol):
     deadlines: Deadlines
     #: Seconds before a token's C{exp} that C{auth:expiring} warns.
     expiry_warning: float
+    #: Where messages refused for the rate are counted.
+    metrics: Metrics
 
     @property
     def max_strikes(self) -> int: ...
@@ -237,6 +240,7 @@ class Client:
         """
         if self.bucket.take(self.node.clock.seconds()):
             return True
+        self.node.metrics.refused_rate("message")
         if self.bucket.strikes > self.node.max_strikes:
             self.log.warn("closing connection {connection_id} of {user}: too many messages",
                           connection_id=self.conn.connection_id, user=self.conn.principal.sub)

@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from mission_control import events
 from mission_control.hub.broker import IBroker
 from mission_control.hub.publishing import BatchOwners, PendingOwners
+from mission_control.metrics import Metrics
 from mission_control.store import (
     EachItem,
     EachResult,
@@ -106,13 +107,16 @@ class GroupCommit:
 
     def __init__(self, clock: IReactorTime, broker: IBroker,
                  session_owner: Callable[[str], Optional[str]],
-                 in_flight: InFlight | None = None) -> None:
+                 in_flight: InFlight | None = None, metrics: Metrics | None = None) -> None:
         """
         @param session_owner: the owner of a session as the checks see it: a L{PendingOwners}
             (the hub's, shared with its other publishes) or the store's own function.
         @param in_flight: where the groups in flight are counted (the hub's), if anywhere.
+        @param metrics: where each group's append time and its new events are counted (the
+            hub's), if anywhere.
         """
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics(process=False)
         self.broker = broker
         self._pending = (session_owner if isinstance(session_owner, PendingOwners)
                          else PendingOwners(session_owner))
@@ -170,17 +174,19 @@ class GroupCommit:
         items: list[EachItem] = [(w.event_type, w.payload, w.idempotency, w.claimant)
                                  for w in waiting]
         self._storing = True
+        started = self.metrics.timer()
         try:
             d = self.broker.append_each(items, events.format_timestamp(now), now)
         except Exception:
             d = defer.fail()
-        d.addBoth(self._stored, waiting, release)
+        d.addBoth(self._stored, waiting, release, started)
         self._in_flight.track(d).addErrback(
             lambda failure: self.log.failure("answering a group of publishes failed", failure))
 
     def _stored(self, outcome: list[EachResult] | Failure, waiting: list[_Waiting],
-                release: Callable[[], None]) -> None:
+                release: Callable[[], None], started: float) -> None:
         """The broker answered the group in flight: answer each of its publishes, in order."""
+        self.metrics.appended(started)
         self._storing = False
         release()
         results: list[EachResult]
@@ -197,9 +203,11 @@ class GroupCommit:
         else:
             results = outcome
             for result in results:
-                if isinstance(result, Exception) and not isinstance(
-                        result, (IdempotencyConflict, SessionTaken)):
-                    self.log.failure("storing a publish failed", Failure(result))
+                if isinstance(result, Exception):
+                    if not isinstance(result, (IdempotencyConflict, SessionTaken)):
+                        self.log.failure("storing a publish failed", Failure(result))
+                elif result[1]:
+                    self.metrics.published(result[0].type)
         for w, result in zip(waiting, results):
             try:
                 w.answer(result)

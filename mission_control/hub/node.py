@@ -45,6 +45,7 @@ from mission_control.hub.presence import IPresenceManager, Liveness, LocalPresen
 from mission_control.hub.registry import Registry
 from mission_control.hub.service import HubService
 from mission_control.limits import RateLimits, TokenBucket
+from mission_control.metrics import Metrics
 from mission_control.policy import Principal
 from mission_control.store import IEventStore, StoredEvent
 
@@ -57,6 +58,7 @@ class Hub:
     @ivar broker: the L{IBroker} events are appended through (by default, straight to C{store}).
     @ivar heartbeat_interval: seconds between C{heartbeat} frames; 0 turns them off.
     @ivar verifier: checks the tokens of C{auth} frames; its leeway also applies to expiry.
+    @ivar metrics: what this node counts (L{Metrics}), read by C{GET /metrics}.
     """
 
     log = Logger()
@@ -89,8 +91,10 @@ class Hub:
         handshake_burst: int | None = None,
         broker: IBroker | None = None,
         fanout_window: float = 0.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.clock = clock
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.broker = broker if broker is not None else InProcessBroker(store)
         self.broker.subscribe(self._appended)
@@ -100,7 +104,7 @@ class Hub:
         # Appends handed to the broker and not answered yet (see when_stored).
         self.in_flight = InFlight()
         # WebSocket publishes of one reactor turn, stored as one transaction (see publish_later).
-        self.commits = GroupCommit(clock, self.broker, self.owners, self.in_flight)
+        self.commits = GroupCommit(clock, self.broker, self.owners, self.in_flight, self.metrics)
         self.heartbeat_interval = heartbeat_interval
         self.max_connections = max_connections
         self.max_connections_per_user = max_connections_per_user
@@ -113,6 +117,7 @@ class Hub:
         burst = handshake_burst or max(max_connections_per_user, int(handshake_rate * 2), 1)
         self.handshakes = RateLimits(handshake_rate, burst)
         self.registry: Registry[Client] = Registry()
+        self.metrics.watch_connections(self.registry.__len__)  # read when scraped, never counted
         # Every client's token deadlines, on one timer (see Client.schedule_expiry).
         self.deadlines = Deadlines(clock)
         self.catchup = CatchUp(self)
@@ -232,6 +237,7 @@ class Hub:
         if self.starting:
             raise Refusal(503, "starting")
         if not self.handshakes.take(principal.sub, self.clock.seconds()):
+            self.metrics.refused_rate("handshake")
             raise Refusal(429, "too many handshakes", code="rate_limited")
         if len(self.registry) >= self.max_connections:
             raise Refusal(503, "too many connections")
@@ -449,9 +455,20 @@ class Hub:
         # A session it claims is taken for the checks of later publishes until it is stored.
         release = self.owners.hold(
             publishing.claims_of([(event_type, payload)], self.commits.session_owner))
+        started = self.metrics.timer()
         d = self.broker.append(event_type, payload, events.format_timestamp(now), now,
                                idempotency, claimant)
+        d.addBoth(self._counted, started)
         return _released(self.in_flight.track(d), release).addCallback(_envelope)
+
+    def _counted(self, result: _T, started: float) -> _T:
+        """An append answered: its time, and the events it created (one or a batch)."""
+        self.metrics.appended(started)
+        if isinstance(result, tuple) and result[1]:
+            stored = result[0]
+            for event in stored if isinstance(stored, list) else (stored,):
+                self.metrics.published(event.type)
+        return result
 
     def _appended(self, event: StoredEvent) -> None:
         """The broker appended C{event}: deliver it to every connection subscribed to it."""
@@ -531,8 +548,10 @@ class Hub:
         if idempotency_key is not None:
             idempotency = (principal.sub, idempotency_key, fingerprint)
         release = self.owners.hold(publishing.claims_of(checked, self.commits.session_owner))
+        started = self.metrics.timer()
         d = self.broker.append_many(checked, events.format_timestamp(now), now, idempotency,
                                     claimant_of(principal))
+        d.addBoth(self._counted, started)
         return _released(self.in_flight.track(d), release).addCallback(_envelopes)
 
     def broadcast(self, frame: Mapping) -> int:
@@ -550,6 +569,7 @@ class Hub:
         if not targets:
             return 0
         self.window.fan_out(self.prepare(events.encode_json(frame)), targets)
+        self.metrics.delivered(len(targets))  # once per event, never per connection
         return len(targets)
 
     def send_heartbeat(self) -> None:

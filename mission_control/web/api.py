@@ -14,6 +14,8 @@ The JSON HTTP API under C{/api} (docs/http-api.md).
     DELETE /api/connections/{connectionId}    admin: close it with 4009
     GET  /api/me                              any role: the token's user, expiry and channels
 
+The same authentication guards C{GET /metrics}, outside C{/api} (L{Api.authorize}).
+
 POSTs are limited per user (C{--max-publishes-per-second}, 429 past it; a batch costs one per
 event) and take an
 C{Idempotency-Key} header: a repeat of the same request with the same key within
@@ -25,7 +27,7 @@ or 503 when the store could not take it.
 A thin adapter: it routes, authenticates with the same L{TokenVerifier} as the WebSocket, parses
 JSON, and hands the rest to the L{Hub}.  Every client mistake is a 4xx with
 C{{"error": {"code", "message"}}}; nothing from the request is echoed except field names.
-One route is one short method here, so the module is as long as the API is wide: about 490
+One route is one short method here, so the module is as long as the API is wide: about 510
 lines, over 400 lines because each route, with the answers a publish can get once it is stored,
 belongs with the others.  What a batch's body is, is in L{mission_control.web.batch}; how an
 answer that comes later is written, in L{mission_control.web.later}; what the routes share with
@@ -202,6 +204,23 @@ class Api(resource.Resource):
                 {b"WWW-Authenticate": b'Bearer realm="mission-control"'},
             ) from None
 
+    def authorize(self, request: Request, may: Callable[[Principal], bool],
+                  refusal: str) -> Principal:
+        """
+        The caller of a page outside C{/api} that API tokens guard (C{GET /metrics}), as a read
+        under C{/api} has it: authenticated (401), charged one read (429), then allowed by
+        C{may(principal)}, else a 403 saying C{refusal}.
+
+        @raise ApiError: with the answer to give instead.
+        """
+        principal = self._authenticate(request)
+        self._charge(self._reads, principal, "reads")
+        if not may(principal):
+            self.log.warn("security: {user} ({role}) refused: {reason}", user=principal.sub,
+                          role=principal.role, reason=refusal)
+            raise ApiError(403, "forbidden", refusal)
+        return principal
+
     @staticmethod
     def _json_body(request: Request) -> object:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
@@ -228,6 +247,7 @@ class Api(resource.Resource):
         reads.  C{Retry-After} is the longest the bucket can take to refill C{cost}.
         """
         if not limits.take(principal.sub, self.hub.clock.seconds(), cost):
+            self.hub.metrics.refused_rate("publish" if limits is self._publishes else "read")
             wait = b"%d" % max(1, -(-cost // max(1, int(limits.rate))))
             raise ApiError(429, "rate_limited", f"too many {what}; slow down",
                            {b"Retry-After": wait})

@@ -54,10 +54,16 @@ class HubWebSocketResource(WebSocketResource):
 
     log = Logger()
 
+    def __init__(self, factory: Any) -> None:
+        super().__init__(factory)
+        #: The L{mission_control.factory.HubServerFactory}: its hub counts the refusals here.
+        self.ws_factory = factory
+
     def render(self, request: Any) -> Any:
         channel = request.channel
         problem = handshake_problem(request) if channel.transport is not None else "no transport"
         if problem is not None:
+            self.ws_factory.hub.metrics.handshake("bad_request")
             # A smuggling attempt, as likely as not: logged with the other refused handshakes.
             self.log.warn("security: handshake refused from {peer}: 400 Bad Request ({problem})",
                           peer=peer2str(channel.transport) if channel.transport else "unknown",

@@ -7,6 +7,7 @@ The HTTP side of the listener: the C{Site}, its request, and the tree it serves.
                  will re-read)
     /api/...     the JSON API (L{mission_control.web.api})
     /healthz     200 {"status": "ok"} while serving (L{mission_control.web.resources.Health})
+    /metrics     the Prometheus text format, for admins (L{mission_control.web.metrics})
     /, /assets/  the dashboard's page and files (L{mission_control.web.dashboard})
     anything else  a JSON 404
 
@@ -201,6 +202,7 @@ def build_site(
     idle_timeout: float = IDLE_TIMEOUT,
     max_http_connections: int = MAX_HTTP_CONNECTIONS,
     dashboard: Any = None,
+    metrics: Any = None,
 ) -> HubSite:
     """
     Put the WebSocket, the API, the health check and the dashboard under one C{Site}.
@@ -212,6 +214,8 @@ def build_site(
         WebSocket connections are not counted here (see the hub's C{max_connections}).
     @param dashboard: the L{mission_control.web.dashboard.Dashboard} to serve at C{/} and under
         C{/assets/} (the tap gives the package's own); without one those paths are JSON 404s.
+    @param metrics: the resource to serve at C{/metrics} (the tap gives
+        L{mission_control.web.metrics.admin_page}); without one, a JSON 404 there.
     """
     root = Root()
     if dashboard is not None:
@@ -221,6 +225,8 @@ def build_site(
         b"api": api,
         b"healthz": Health(api.hub.health),
     }
+    if metrics is not None:
+        children[b"metrics"] = metrics
     for name, child in children.items():
         root.putChild(name, child)
     return HubSite(root, reactor=reactor, handshake_timeout=handshake_timeout,

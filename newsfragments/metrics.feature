@@ -1,0 +1,1 @@
+`GET /metrics` answers what the hub counts in the Prometheus text format: connections, handshakes by outcome, events published and delivered, deliveries dropped, slow-consumer closes, rate-limit refusals, append time, resumes and Redis round trips and reconnects. Admins read it on the main listener; `--metrics-listen ENDPOINT` serves it without a token on a listener of its own.
