@@ -13,13 +13,14 @@ all of that, apart from the service tree that L{mission_control.tap} builds from
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from mission_control import keys
+from mission_control import keys, workers
 from mission_control.auth import OriginPolicy, TokenVerifier
 from mission_control.listener import describe_error, with_backlog
 
@@ -75,6 +76,7 @@ class Options(usage.Options):
         ["max-reads-per-second", None, None, "HTTP reads (GET) one user may make per second (twice that in a burst); past it 429. [20]"],
         ["max-handshakes-per-second", None, None, "WebSocket handshakes one user may make per second (bursts of --max-connections-per-user or twice the rate, the larger); past it 429. [5]"],
         ["store", None, None, "Where events and latest state live: sqlite (in the data dir) or memory. [sqlite]"],
+        ["workers", None, None, "Hub processes sharing the listeners; above 1 needs a shared store (--store redis://...). [1]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
     ]
@@ -97,6 +99,7 @@ class Options(usage.Options):
         "max-reads-per-second": "20",
         "max-handshakes-per-second": "5",
         "store": "sqlite",
+        "workers": "1",
         "history-size": "100000",
         "history-age": "86400",
     }
@@ -108,6 +111,8 @@ class Options(usage.Options):
             self[name] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        # As given, for the workers of --workers, which are started with the same options.
+        self["arguments"] = list(options) if options is not None else sys.argv[1:]
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -168,8 +173,10 @@ class Options(usage.Options):
 
         self._numbers()
         self._keys()
-        if self["store"] not in ("sqlite", "memory"):
-            raise usage.UsageError(f"--store must be sqlite or memory, not {self['store']!r}")
+        if self["store"] not in ("sqlite", "memory") and not workers.is_shared_store(self["store"]):
+            raise usage.UsageError(f"--store must be sqlite, memory or a redis:// URL, "
+                                   f"not {self['store']!r}")
+        self._workers()
         try:
             self["origins"] = OriginPolicy(self["allowed-origin"])
         except ValueError as e:
@@ -259,6 +266,7 @@ class Options(usage.Options):
             "max-http-connections": (1, 1_000_000),
             "max-outbound-bytes": (1024, 1 << 34),
             "history-size": (1, 1_000_000_000),
+            "workers": (1, workers.MAX_WORKERS),
         }
         for name, (low, high) in limits.items():
             try:
@@ -270,6 +278,19 @@ class Options(usage.Options):
                     f"--{name} must be a whole number from {low} to {high}, not {self[name]!r}"
                 )
             self[name] = value
+
+    def _workers(self) -> None:
+        """
+        C{--workers} above 1 only with a shared store and shareable listeners; and, in a worker
+        that the supervisor of C{--workers} started, which inherited sockets are its listeners.
+        """
+        refused = workers.refusal(self["workers"], self["store"], self["listen"])
+        if refused is not None:
+            raise usage.UsageError(refused)
+        try:
+            self["worker"] = workers.assignment_from(self.environ, len(self["listen"]))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _keys(self) -> None:
         secret_file, public_key = self["jwt-secret-file"], self["jwt-public-key"]
