@@ -8,7 +8,8 @@ A L{Listener} is Twisted's C{StreamServerEndpointService}, built as C{strports.s
 it (a listen that fails at once raises from C{privilegedStartService}), with two changes: that
 failure is raised as a L{ListenError} naming the C{--listen} description, so the hub's service
 can turn it into one line; and stopping first accepts the connections the kernel has already
-queued (L{stop_listening}), so that each of them gets an answer.
+queued (L{stop_listening}), so that each of them gets an answer.  A worker of C{--workers} listens
+on a socket it shares with the others (C{shared}), and stopping only closes its own descriptor.
 
 Every endpoint that has a listen backlog (C{tcp:}, C{tcp6:}, C{ssl:}, C{unix:}) and does not
 set its own (C{backlog=}) listens with L{LISTEN_BACKLOG} (L{with_backlog}): Twisted's default
@@ -27,7 +28,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, tcp
 from twisted.internet.endpoints import _parse as parse_endpoint
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress, IReactorCore
+from twisted.internet.interfaces import IAddress, IReactorCore, IStreamServerEndpoint
 
 #: The listen backlog of an endpoint that does not set one: connections the kernel completes and
 #: queues until the hub accepts them.  Linux caps it at C{net.core.somaxconn} (4096 by default
@@ -127,14 +128,24 @@ class Listener(StreamServerEndpointService):
 
     @ivar description: the endpoint description, as given to C{--listen}.
     @ivar port: the listening port once listening began, else L{None}.
+    @ivar shared: whether other processes accept on the same listening socket (the workers of
+        C{--workers}): then stopping closes this process's descriptor and nothing more.
     """
 
     # As strports.service sets it: a listen that fails at once fails privilegedStartService.
     _raiseSynchronously = True
 
-    def __init__(self, description: str, site: Any, reactor: IReactorCore) -> None:
-        super().__init__(serverFromString(reactor, with_backlog(description)), site)
+    def __init__(self, description: str, site: Any, reactor: IReactorCore,
+                 endpoint: IStreamServerEndpoint | None = None, shared: bool = False) -> None:
+        """
+        @param endpoint: where to listen, when not the endpoint C{description} names (a socket
+            inherited for it).
+        """
+        if endpoint is None:
+            endpoint = serverFromString(reactor, with_backlog(description))
+        super().__init__(endpoint, site)
         self.description = description
+        self.shared = shared
         self.port: ListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -173,6 +184,10 @@ class Listener(StreamServerEndpointService):
         self.port = None
         if port is None:
             return None
+        if self.shared:
+            # Neither the last accepts nor the shutdown of stop_listening: what waits in the
+            # queue is the other workers' to accept, and a shutdown would stop them listening.
+            return port.stopListening()
         return stop_listening(port, self.factory)
 
 

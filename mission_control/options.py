@@ -13,13 +13,14 @@ all of that, apart from the service tree that L{mission_control.tap} builds from
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from mission_control import keys
+from mission_control import keys, workers
 from mission_control.auth import OriginPolicy, TokenVerifier
 from mission_control.listener import describe_error, with_backlog
 from mission_control.store.redis_url import parse_redis_url
@@ -80,6 +81,7 @@ class Options(usage.Options):
         ["store", None, None, "Where events and latest state live: sqlite (in the data dir), memory, or "
          "redis://[:password@]host:port/db[?prefix=P] (rediss:// for TLS), shared by every hub "
          "process on it. [sqlite]"],
+        ["workers", None, None, "Hub processes sharing the listeners; above 1 needs a shared store (--store redis://...). [1]"],
         ["history-size", None, None, "Events kept for resume. [100000]"],
         ["history-age", None, None, "Seconds an event is kept for resume. [86400]"],
         ["metrics-listen", None, None, "Twisted endpoint string of a listener serving only GET /metrics, without a token. [none]"],
@@ -103,6 +105,7 @@ class Options(usage.Options):
         "max-reads-per-second": "20",
         "max-handshakes-per-second": "5",
         "store": "sqlite",
+        "workers": "1",
         "history-size": "100000",
         "history-age": "86400",
     }
@@ -114,6 +117,8 @@ class Options(usage.Options):
             self[name] = []
 
     def parseOptions(self, options: list[str] | None = None) -> None:
+        # As given, for the workers of --workers, which are started with the same options.
+        self["arguments"] = list(options) if options is not None else sys.argv[1:]
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -192,6 +197,7 @@ class Options(usage.Options):
 
         self._numbers()
         self._keys()
+        self._workers()  # before _store(), which parses a Redis URL into self["redis"]
         self._store()
         try:
             self["origins"] = OriginPolicy(self["allowed-origin"])
@@ -279,6 +285,7 @@ class Options(usage.Options):
             "max-http-connections": (1, 1_000_000),
             "max-outbound-bytes": (1024, 1 << 34),
             "history-size": (1, 1_000_000_000),
+            "workers": (1, workers.MAX_WORKERS),
         }
         for name, (low, high) in limits.items():
             try:
@@ -290,6 +297,22 @@ class Options(usage.Options):
                     f"--{name} must be a whole number from {low} to {high}, not {self[name]!r}"
                 )
             self[name] = value
+
+    def _workers(self) -> None:
+        """
+        C{--workers} above 1 only with a shared store and shareable listeners; and, in a worker
+        that the supervisor of C{--workers} started, which inherited sockets are its listeners.
+        """
+        refused = workers.refusal(self["workers"], self["store"], self["listen"])
+        if refused is not None:
+            raise usage.UsageError(refused)
+        if self["workers"] > 1 and self["metrics-listen"] is not None:
+            raise usage.UsageError("--metrics-listen cannot be shared by --workers above 1 "
+                                   "(each worker counts for itself): leave it out")
+        try:
+            self["worker"] = workers.assignment_from(self.environ, len(self["listen"]))
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
     def _keys(self) -> None:
         secret_file, public_key = self["jwt-secret-file"], self["jwt-public-key"]

@@ -5,9 +5,11 @@ C{twistd mission-control}: the service tree, built from the parsed options.
 L{makeService} opens the store and builds the hub, the WebSocket factory, the API and the site,
 under one L{MissionControlService}: its children are one L{Listener} per C{--listen} endpoint,
 the L{MetricsListener} of C{--metrics-listen} if one is given, and, with C{--demo}, the simulated
-fleet.  The options themselves (the command line, the
-environment, the key files) are parsed and checked in L{mission_control.options}; twistd's
-plugin still finds L{Options} and L{makeService} here, in the module it names.
+fleet.  With C{--workers} above 1 it builds the supervisor of that many such hubs instead
+(L{mission_control.workers}), each a node on the shared store.  The options themselves (the
+command line, the environment, the key files) are parsed and checked in
+L{mission_control.options}; twistd's plugin still finds L{Options} and L{makeService} here, in
+the module it names.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from mission_control.web.api import Api
 from mission_control.web.dashboard import Dashboard
 from mission_control.web.metrics import MetricsListener, admin_page
 from mission_control.web.site import HubSite, build_site
+from mission_control.workers.supervisor import supervisor_for
+from mission_control.workers.worker import SupervisorWatch, worker_listeners
 
 __all__ = ["MissionControlService", "Options", "makeService", "urls_of"]
 
@@ -97,7 +101,9 @@ class MissionControlService(service.MultiService):
         self.listen = listen
         self.reactor = reactor
         self.options: Mapping[str, Any] = options or {}
-        self.listeners = [Listener(description, site, reactor) for description in listen]
+        worker = self.options.get("worker")
+        self.listeners = (worker_listeners(worker, listen, site, reactor) if worker is not None
+                          else [Listener(description, site, reactor) for description in listen])
         for listener in self.listeners:
             listener.setServiceParent(self)
         self._privileged = False
@@ -285,10 +291,17 @@ def open_store(options: Mapping[str, Any]) -> MemoryStore | SQLiteStore:
         raise SystemExit(f"mission-control: {e}") from None
 
 
-def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionControlService:
-    """Build the service tree from parsed L{Options}."""
+def makeService(options: Mapping[str, Any],
+                reactor: Any = None) -> MissionControlService | service.Service:
+    """
+    Build the service tree from parsed L{Options}: the hub; or, with C{--workers} above 1, the
+    supervisor of its workers (L{mission_control.workers.supervisor}), each of them a hub.
+    """
     if reactor is None:
         from twisted.internet import reactor
+    worker = options.get("worker")
+    if options.get("workers", 1) > 1 and worker is None:
+        return supervisor_for(options, reactor)
     verifier = options["verifier"]
     shared: SharedHistory | None = None
     store: IEventStore
@@ -338,8 +351,10 @@ def makeService(options: Mapping[str, Any], reactor: Any = None) -> MissionContr
     root = MissionControlService(hub, site, options["listen"], reactor, options, shared)
     if options["metrics-listen"] is not None:
         MetricsListener(options["metrics-listen"], metrics, reactor).setServiceParent(root)
-    if options["demo"]:
+    if options["demo"] and (worker is None or worker.number == 1):  # one fleet for all workers
         DemoFleet(hub, reactor).setServiceParent(root)
+    if worker is not None:
+        SupervisorWatch(reactor).setServiceParent(root)
     return root
 
 

@@ -29,7 +29,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet import defer, reactor, task
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -763,3 +764,37 @@ def status(agent: str, state: str = "online", **extra: object) -> dict:
 def activity(session: str, word: str = "started", **extra: object) -> dict:
     """A C{session:activity} payload."""
     return {"sessionId": session, "activity": word, "timestamp": TS, **extra}
+
+
+def alive(pid: int) -> bool:
+    """Whether a process C{pid} exists (and is not a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # pragma: no cover (no /proc)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+# TLS clients
+
+def client_tls(ca_pem: bytes):
+    """Client TLS options that trust only C{ca_pem} and expect the name C{localhost}."""
+    return optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(ca_pem))
+
+
+@defer.inlineCallbacks
+def tls_exchange(port: int, request: bytes, tls_options):
+    """
+    Send C{request} over a new TLS connection to 127.0.0.1:C{port}; fires with the bytes received
+    and the reason the connection ended.
+    """
+    proto = RawExchange(request)
+    yield connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port, tls_options), proto)
+    data = yield proto.done
+    return data, proto.reason

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 
 from OpenSSL import SSL
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
-from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from mission_control.tap import urls_of
 from tests import certs
 from tests.helpers import (
-    RawExchange,
+    client_tls,
+    tls_exchange,
     connect,
     fill_sessions,
     http_request,
@@ -29,23 +28,6 @@ from tests.helpers import (
     upgrade_request,
     wait_until,
 )
-
-
-def client_tls(ca_pem: bytes):
-    """Client TLS options that trust only C{ca_pem} and expect the name C{localhost}."""
-    return optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(ca_pem))
-
-
-@defer.inlineCallbacks
-def tls_exchange(port: int, request: bytes, tls_options):
-    """
-    Send C{request} over a new TLS connection to 127.0.0.1:C{port}; fires with the bytes received
-    and the reason the connection ended.
-    """
-    proto = RawExchange(request)
-    yield connectProtocol(SSL4ClientEndpoint(reactor, "127.0.0.1", port, tls_options), proto)
-    data = yield proto.done
-    return data, proto.reason
 
 
 def track_connections(testcase, server):

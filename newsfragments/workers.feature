@@ -1,0 +1,1 @@
+`--workers N` runs N hub processes behind the same listeners: the process twistd starts listens, hands the sockets to its workers and starts again one that dies (with a backoff), and `SIGTERM` stops them all, each closing its WebSockets with 1001. Above 1 it needs a shared store (`--store redis://...`); without one the start stops with a usage line.
