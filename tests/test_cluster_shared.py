@@ -16,10 +16,10 @@ from twisted.trial.unittest import TestCase
 
 from mission_control.cluster.broker import Stale
 from mission_control.cluster.shared import SharedHistory
-from mission_control.store import Retention
+from mission_control.store import Retention, StoreUnavailable
 from mission_control.store.redis_url import parse_redis_url
 from tests.helpers import T0, TS, free_port, status
-from tests.redis_helpers import RedisProxy, RedisTestMixin, eventually, sleep
+from tests.redis_helpers import RedisProxy, RedisTestMixin, delete_keys, eventually, sleep
 
 
 class SharedHistoryTests(RedisTestMixin, TestCase):
@@ -124,3 +124,18 @@ class SharedHistoryTests(RedisTestMixin, TestCase):
         assert shared.subscription is not None
         await self.kill_subscription(shared.subscription)
         await eventually(lambda: shared.metrics.registry.get_sample_value(reconnects) == 1.0)
+
+    async def test_lost_history_is_unhealthy(self) -> None:
+        """
+        When Redis loses the history this node loaded (its keys deleted, as a Redis restarted
+        without persistence does), appends fail and health() says history_lost: the node must
+        be restarted, and says so rather than numbering a new history under the old name.
+        """
+        shared = self.shared()
+        shared.start(lambda: None)
+        await eventually(lambda: shared.ready and shared.health() is None)
+        await shared.broker.append("agent:status", status("a1"), TS, T0)
+        await delete_keys(self.admin, self.keys.pattern)
+        with self.assertRaises(StoreUnavailable):
+            await shared.broker.append("agent:status", status("a2"), TS, T0)
+        self.assertEqual(shared.health(), "history_lost")

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from mission_control.cluster.sequencer import Sequencer
 from mission_control.hub.broker import IBroker, Listener
 from mission_control.store import EachItem, EachResult, StoredEvent, StoreUnavailable
-from mission_control.store.redis_log import RedisLog
+from mission_control.store.redis_log import EpochChanged, RedisLog
 from mission_control.store.redis_pubsub import Appended
 from mission_control.store.replica import Replica
 
@@ -68,6 +68,8 @@ class ClusterBroker:
         self.replica = replica
         self.sequencer: Sequencer[Timed] = Sequencer(replica.last_seq)
         self.ready = False
+        #: The epoch Redis holds when it is not this node's (its history was lost), else None.
+        self.history_lost: Optional[str] = None
         self._listeners: list[Listener] = []
         # (seq, fire): answers that wait until every seq up to theirs is applied, in order;
         # fire(exception) fails one instead.
@@ -151,7 +153,12 @@ class ClusterBroker:
                 return answer
             return self._after([(event, now) for event in stored], answer)
 
-        return d.addCallback(applied)
+        return d.addCallbacks(applied, self._append_failed)
+
+    def _append_failed(self, failure: Any) -> Any:
+        if failure.check(EpochChanged):
+            self._lost_history("(unknown until a restart)")
+        return failure
 
     def append_each(self, items: Sequence[EachItem], ts: str,
                     now: float) -> Deferred[list[EachResult]]:
@@ -163,7 +170,7 @@ class ClusterBroker:
             created = [(r[0], now) for r in results if isinstance(r, tuple) and r[1]]
             return self._after(created, results)
 
-        return d.addCallback(applied)
+        return d.addCallbacks(applied, self._append_failed)
 
     def _after(self, created: list[Timed], answer: Any) -> Deferred[Any]:
         """Offer this node's new events; fire with C{answer} once they are all applied."""
@@ -202,9 +209,7 @@ class ClusterBroker:
             self._early.append(message)
             return
         if message.epoch != self.replica.epoch:
-            self.log.error("the shared history has a new epoch ({epoch}); this node still "
-                           "serves {ours} until it restarts", epoch=message.epoch,
-                           ours=self.replica.epoch)
+            self._lost_history(message.epoch)
             return
         if message.events is None:
             self.sequencer.note(message.last)
@@ -212,6 +217,15 @@ class ClusterBroker:
             for event in message.events:
                 self._offer((event, message.created))
         self._check_gap()
+
+    def _lost_history(self, epoch: str) -> None:
+        """Redis holds another history than this node loaded: say so, once."""
+        if self.history_lost is None:
+            self.history_lost = epoch
+            self.log.error("the shared history in Redis is not the one this node loaded (new "
+                           "epoch {epoch}: its keys were lost); this node refuses publishes and "
+                           "answers /healthz 503 history_lost until it is restarted",
+                           epoch=epoch)
 
     def subscribed(self) -> None:
         """

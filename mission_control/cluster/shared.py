@@ -154,11 +154,15 @@ class SharedHistory:
 
     def health(self) -> Optional[str]:
         """
-        Why this node cannot serve as part of the cluster now, or C{None}: Redis out of reach
+        Why this node cannot serve as part of the cluster now, or C{None}: the history in Redis
+        is not the one it loaded (C{"history_lost"}: its keys were lost; restart the node), Redis
+        out of reach
         for commands (C{"redis_unreachable"}), the subscription down (C{"pubsub_down"}), or up
         but not delivering: the last canary this node published has not come back through it
         within L{canary_timeout} seconds (C{"pubsub_stalled"}).
         """
+        if self.broker.history_lost is not None:
+            return "history_lost"
         if not self.connection.connected:
             return "redis_unreachable"
         if self.subscription is None or not self.subscription.active:

@@ -1,0 +1,1 @@
+A node on Redis whose history was lost from Redis (its keys deleted, or a Redis restarted without persistence) no longer numbers a new history under the old name: its publishes are answered 503, and `/healthz` answers 503 `history_lost` until the node is restarted. The log says so once.
