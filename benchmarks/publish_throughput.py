@@ -1,8 +1,8 @@
 """
 Publish throughput end to end: HTTP POSTs to a real hub process with the SQLite store.
 
-    python benchmarks/publish_throughput.py [--seconds 10] [--clients 4] [--store sqlite]
-                                            [--batch N]
+    python benchmarks/publish_throughput.py [--seconds 10] [--clients 4]
+                                            [--store sqlite|memory|redis://...] [--batch N]
 
 Starts ``twistd -n mission-control`` on a free loopback port with a fresh data dir, then
 ``--clients`` threads each keep one HTTP/1.1 connection open and POST ``agent:status`` events
@@ -14,6 +14,12 @@ and over its slowest second (the sustained figure), and the answer latency.
 
 The hub is one Python process on one core; the client threads run on the other.  Figures are for
 comparison between versions on the same machine, not promises.
+
+With ``--store redis://...`` the hub is a node on that Redis, under a key prefix of its own (the
+URL's ``prefix``, or ``bench``, and a random suffix: an empty history), counted as started once
+``/healthz`` answers 200; its keys are deleted (SCAN and DEL) once it has stopped.  ``--clients 1``
+sends one request at a time, so its latency is what one publish costs end to end: run it with
+``--store sqlite`` and with a Redis URL for what Redis adds to each.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 from mission_control import keys, tokens  # noqa: E402
+from mission_control.store.redis_url import parse_redis_url  # noqa: E402
+from fanout import Redis, fresh_store_url  # noqa: E402  (benchmarks/fanout.py: SCAN and DEL)
 
 
 def free_port() -> int:
@@ -57,8 +66,10 @@ def start_hub(port: int, data_dir: str, store: str) -> subprocess.Popen:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
+            # 503 "starting" until a shared store's history is loaded.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as answer:
+                if answer.status == 200:
+                    return proc
         except OSError:
             time.sleep(0.1)
     proc.kill()
@@ -104,7 +115,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--store", default="sqlite",
+                        help="sqlite, memory, or a redis:// URL (a fresh key prefix, deleted "
+                             "afterwards)")
     parser.add_argument("--batch", type=int, default=0,
                         help="events per request, as POST /api/events (default: one event per "
                              "request, to its own path)")
@@ -115,9 +128,13 @@ def main() -> None:
             raise SystemExit(f"--batch {args.batch}: {size} bytes a request; a batch holds 1 to "
                              "1000 events in at most 64 KiB")
 
+    shared = args.store.startswith(("redis://", "rediss://"))
+    if not shared and args.store not in ("sqlite", "memory"):
+        raise SystemExit("--store must be sqlite, memory or a redis:// or rediss:// URL")
+    store = fresh_store_url(args.store) if shared else args.store
     data_dir = tempfile.mkdtemp(prefix="mc-bench-")
     port = free_port()
-    hub = start_hub(port, data_dir, args.store)
+    hub = start_hub(port, data_dir, store)
     try:
         secret = keys.read_secret(os.path.join(data_dir, "jwt-secret"))
         token = tokens.mint_token(secret, "bench", time.time(), ttl=3600, role="admin")
@@ -146,7 +163,9 @@ def main() -> None:
 
         if failures:
             raise SystemExit("a request was refused: " + failures[0])
-        print(f"store={args.store} clients={args.clients} seconds={args.seconds:g} "
+        shown = parse_redis_url(args.store).redacted() if shared else store
+        print(f"store={shown} clients={args.clients} "
+              f"seconds={args.seconds:g} "
               f"batch={args.batch or 'none (one event per request)'}")
         print(f"events answered 200: {len(counts)}")
         print(f"events/s overall:    {len(counts) / elapsed:,.0f}")
@@ -157,6 +176,12 @@ def main() -> None:
         hub.send_signal(signal.SIGTERM)
         hub.wait(timeout=15)
         shutil.rmtree(data_dir, ignore_errors=True)
+        if shared:
+            redis = Redis(store)
+            try:
+                redis.delete_prefix()
+            finally:
+                redis.close()
 
 
 if __name__ == "__main__":
