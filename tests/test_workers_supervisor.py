@@ -462,9 +462,12 @@ class HubWorkerTests(SupervisorMixin, TestCase):
                 return f"ws://127.0.0.1:{port}{path}" + (f"?{query}" if query else "")
 
         Server.port = port  # type: ignore[attr-defined]
-        token = tokens.mint_token(secret, "alice", reactor.seconds(), ttl=600, role="viewer")
         clients = []
-        for _ in range(40):
+        for i in range(40):
+            # A user each: one user's handshakes are rate limited per worker, and the kernel may
+            # hand many connections in a row to one worker before the other gets one.
+            token = tokens.mint_token(secret, f"viewer-{i}", reactor.seconds(), ttl=600,
+                                      role="viewer")
             client = yield connect(self, Server(), token=token)
             clients.append(client)
             yield wait_until(lambda: len(self.logged("handshake accepted")) == len(clients))
