@@ -181,15 +181,7 @@ class Peer:
 
 
 async def handshake(port: int, token: str) -> Peer:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write((
-        f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = await reader.readuntil(b"\r\n\r\n")
-    if not response.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(response.split(b"\r\n", 1)[0].decode(errors="replace"))
-    peer = Peer(reader, writer)
+    peer = await open_ws(port, f"/ws?token={token}")
     opcode, payload = await peer.frame()
     if opcode != 0x1 or b'"welcome"' not in payload[:40]:
         raise RuntimeError(f"first frame is not a welcome: {payload[:60]!r}")

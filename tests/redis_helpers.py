@@ -122,6 +122,7 @@ class RedisTestMixin:
     keys: RedisKeys
     admin: RedisConnection
     addCleanup: Callable[..., None]
+    fail: Callable[..., Any]
 
     async def redis_setup(self) -> None:
         """Skip without Redis; else the prefix and the admin connection of this test."""
@@ -156,6 +157,14 @@ class RedisTestMixin:
         log = RedisLog(await self.connect(), self.prefix, retention, **options)
         await log.load()
         return log
+
+    async def failing(self, deferred: Deferred) -> Exception:
+        """The exception C{deferred} fails with (the test fails if it succeeds)."""
+        try:
+            result = await deferred
+        except Exception as e:
+            return e
+        self.fail(f"expected a failure, got {result!r}")
 
     async def kill_subscription(self, subscription: RedisSubscription) -> None:
         """

@@ -31,14 +31,6 @@ class ConnectionTestCase(RedisTestMixin, TestCase):
     def setUp(self) -> Deferred[None]:
         return Deferred.fromCoroutine(self.redis_setup())
 
-    async def failing(self, deferred: Deferred) -> Exception:
-        """The exception C{deferred} fails with (the test fails if it succeeds)."""
-        try:
-            result = await deferred
-        except Exception as e:
-            return e
-        self.fail(f"expected a failure, got {result!r}")
-
 
 class CommandTests(ConnectionTestCase):
     async def test_replies_are_bytes(self) -> None:

@@ -52,14 +52,6 @@ class RedisLogTestCase(RedisTestMixin, TestCase):
         return ([entry.payload for entry in snapshot.agents],
                 [entry.payload for entry in snapshot.sessions], snapshot.owners)
 
-    async def failing(self, deferred: Deferred) -> Exception:
-        """The exception C{deferred} fails with (the test fails if it succeeds)."""
-        try:
-            result = await deferred
-        except Exception as e:
-            return e
-        self.fail(f"expected a failure, got {result!r}")
-
 
 class LoadTests(RedisLogTestCase):
     async def test_first_load_creates_the_epoch(self) -> None:
